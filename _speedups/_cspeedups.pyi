@@ -1,0 +1,3 @@
+from typing import Any
+
+def decode_payload(data: bytes | str) -> Any: ...

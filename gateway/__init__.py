@@ -1,0 +1,1 @@
+"""The asyncio runtime: config, CLI, supervisor, connectors, MQTT, simulators."""

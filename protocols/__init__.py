@@ -1,0 +1,1 @@
+"""Sans-I/O vendor protocols: bytes and dicts in, bytes and events out. No asyncio here."""

@@ -1,0 +1,50 @@
+"""Declares the optional Cython extension; all metadata lives in pyproject.toml.
+
+The extension is optional on purpose: without a compiler (or with
+``CLOUD2MQTT_NO_EXTENSIONS=1``) the build falls back to the pure-Python reference
+in ``_speedups/_reference.py``, which has the same API.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+
+class OptionalBuildExt(build_ext):
+    """Build the extension, but never fail the install because of it."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # noqa: BLE001 - any build failure means "use the reference"
+            print(f"cloud2mqtt: compiled speedups skipped ({exc}); using pure Python", file=sys.stderr)
+
+    def build_extension(self, ext) -> None:  # type: ignore[no-untyped-def]
+        try:
+            super().build_extension(ext)
+        except Exception as exc:  # noqa: BLE001
+            print(f"cloud2mqtt: building {ext.name} failed ({exc}); using pure Python", file=sys.stderr)
+
+
+def extensions() -> list:  # type: ignore[type-arg]
+    if os.environ.get("CLOUD2MQTT_NO_EXTENSIONS"):
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        print("cloud2mqtt: Cython missing; using pure Python", file=sys.stderr)
+        return []
+    from setuptools import Extension
+
+    return cythonize(
+        [Extension("_speedups._cspeedups", ["_speedups/_cspeedups.pyx"], extra_compile_args=["-O2"])],
+        compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
+        quiet=True,
+    )
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
