@@ -379,7 +379,7 @@ def test_model_mapping_and_schema() -> None:
     assert av is not None and av.online and av.device == "s1"
     assert records.availability(DeviceRecord("s3"), 5) is None
     # only name/desc/tags are writable: the gateway's validation rejects the rest
-    assert records.WRITABLE == {"name", "desc", "tags"}
+    assert {"name", "desc", "tags"} == records.WRITABLE
     assert tsl.validate_props(records.SCHEMA, {"name": "x", "tags": ["a", "b"]}) == {
         "name": "x",
         "tags": ["a", "b"],
