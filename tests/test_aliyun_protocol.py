@@ -35,6 +35,7 @@ from protocols.aliyun import (
 from protocols.aliyun.signing import sign
 from protocols.model import (
     Availability,
+    CommandError,
     DeviceEvent,
     RemoteProtocolError,
     StateChange,
@@ -420,7 +421,7 @@ def test_values_coerced_and_denormalized_through_schema() -> None:
     assert flagged == ["Temp"]
     valid = ntsl.validate_props(schema, {"LightSwitch": True, "Since": 1700000000000, "Color": {"r": 1, "on": True}})
     assert denormalize(valid, schema) == {"LightSwitch": 1, "Since": "1700000000000", "Color": {"r": 1, "on": 1}}
-    with pytest.raises(Exception):
+    with pytest.raises(CommandError):
         ntsl.validate_props(schema, {"Temp": 3})  # read-only
 
 
