@@ -1,0 +1,159 @@
+"""Integration harness: a private mosquitto per test, the gateway in-process, a paho probe.
+
+The probe is a plain paho-mqtt client (an independent MQTT implementation, not ours) that
+subscribes to ``#`` and records everything, so tests see the topic tree as a user's client does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway.app import Gateway
+from gateway.config import parse_config
+from gateway.mosquitto import Mosquitto
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def peer_unavailable(reason: str) -> None:
+    """Skip a cross-check against an official vendor library locally; fail in CI."""
+    if IN_CI:
+        pytest.fail(f"peer library unavailable in CI: {reason}")
+    pytest.skip(reason)
+
+
+def _decode(payload: bytes) -> Any:
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return payload
+
+
+class Probe:
+    def __init__(self, host: str, port: int, topic: str = "#") -> None:
+        self.messages: list[tuple[str, Any, bool]] = []
+        self.props: list[Any] = []
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self.client = paho.Client(
+            paho.CallbackAPIVersion.VERSION2, client_id=f"probe-{id(self)}", protocol=paho.MQTTv5
+        )
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, u, f, rc, p: (c.subscribe(topic, qos=1), self._connected.set())
+        self.client.connect(host, port)
+        self.client.loop_start()
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, _decode(msg.payload), bool(msg.retain)))
+            self.props.append(msg.properties)
+
+    async def ready(self) -> None:
+        for _ in range(200):
+            if self._connected.is_set():
+                await asyncio.sleep(0.1)  # let the SUBACK land
+                return
+            await asyncio.sleep(0.05)
+        raise TimeoutError("probe did not connect")
+
+    def find(self, topic: str, predicate: Callable[[Any], bool] | None = None, start: int = 0) -> list[Any]:
+        with self._lock:
+            msgs = list(self.messages[start:])
+        return [p for t, p, _ in msgs if t == topic and (predicate is None or predicate(p))]
+
+    async def wait_for(
+        self,
+        topic: str,
+        predicate: Callable[[Any], bool] | None = None,
+        timeout: float = 10.0,
+        start: int = 0,
+    ) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.find(topic, predicate, start)
+            if found:
+                return found[-1]
+            if time.monotonic() > deadline:
+                seen = sorted({t for t, _, _ in self.messages})
+                raise TimeoutError(f"nothing on {topic!r} matching within {timeout}s; topics seen: {seen[:40]}")
+            await asyncio.sleep(0.02)
+
+    def mark(self) -> int:
+        with self._lock:
+            return len(self.messages)
+
+    def publish(
+        self,
+        topic: str,
+        payload: Any,
+        qos: int = 1,
+        retain: bool = False,
+        response_topic: str | None = None,
+        correlation: bytes | None = None,
+    ) -> None:
+        if not isinstance(payload, (bytes, str)):
+            payload = orjson.dumps(payload)
+        props = None
+        if response_topic:
+            props = Properties(PacketTypes.PUBLISH)
+            props.ResponseTopic = response_topic
+            if correlation is not None:
+                props.CorrelationData = correlation
+        self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+async def mosquitto() -> AsyncIterator[Mosquitto]:
+    broker = Mosquitto()
+    await broker.start()
+    yield broker
+    await broker.stop()
+    broker.cleanup()
+
+
+@pytest.fixture
+async def probe(mosquitto: Mosquitto) -> AsyncIterator[Probe]:
+    p = Probe(mosquitto.host, mosquitto.port)
+    await p.ready()
+    yield p
+    p.close()
+
+
+@pytest.fixture
+async def gateway_factory(
+    mosquitto: Mosquitto, tmp_path: Any
+) -> AsyncIterator[Callable[..., Any]]:
+    started: list[Gateway] = []
+
+    async def factory(accounts: list[dict[str, Any]], **gateway_opts: Any) -> Gateway:
+        opts = {
+            "state_dir": str(tmp_path / "state"),
+            "health_interval": 0.5,
+            "command_timeout": 3.0,
+            "offline_grace": 2.0,
+        }
+        opts.update(gateway_opts)
+        raw = {"mqtt": {"url": mosquitto.url, "client_id": f"gw-{len(started)}"}, "gateway": opts, "accounts": accounts}
+        gw = Gateway(parse_config(raw))
+        await gw.start()
+        started.append(gw)
+        return gw
+
+    yield factory
+    for gw in started:
+        await gw.stop()
