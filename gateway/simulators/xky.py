@@ -1,0 +1,687 @@
+"""An emulated XiakeCloud: the seed's client API over HTTP, for the demo and the tests.
+
+It serves the calls of ``protocols.xky.api.ENDPOINTS`` as the cloud would: it reads each request
+with the shared codec (``parse_request``: GET query or POST JSON as the seed marks it, a wrong
+method is refused), checks the ``session`` of every call but ``login``, answers in the assumed
+envelope (``protocols.xky.envelope``), and returns results "encrypted" (base64) when a call does
+not ask for ``source: true``. Sessions expire after ``session_ttl`` seconds (default: never,
+since the seed names no lifetime); temporary sessions after 5 minutes (seed), both options.
+
+Accounts have sub-control accounts (which log in with ``subaccount`` and see only the devices
+given to them), node servers, devices and a group-control list. Devices can come and go and
+change on their own (``churn_interval``, ``change_interval``), and tests can drive them directly.
+
+Misbehaviour, for tests and the demo, in-process or by ``POST /_control/<fault>`` with a JSON body:
+
+- ``fail``       ``{"count": 1, "status": 500, "path": null}`` — answer HTTP ``status`` with a text page;
+- ``slow``       ``{"seconds": 2, "count": 1, "path": null}`` — delay the reply;
+- ``malformed``  ``{"count": 1, "kind": "garble"|"shape"|"record", "path": null}`` — a body that
+  is not JSON, a payload of the wrong type, or a device list with a record lacking ``sn``;
+- ``expire_sessions`` — every session becomes invalid (the next call gets the session code);
+- ``add_device`` / ``remove_device`` / ``update_device`` ``{"sn": …, "name": …, "online": …}``;
+- ``reset`` — forget pending faults.
+
+``path`` limits a fault to one call (``"/get_device_list"``); faults are consumed in order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import itertools
+import logging
+import random
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from protocols.xky import api
+from protocols.xky.envelope import ASSUMED_ENVELOPE, encode_error, encode_ok
+from protocols.xky.records import DeviceRecord, encode_device
+
+__all__ = ["XkyCloud", "add_arguments", "serve"]
+
+log = logging.getLogger("cloud2mqtt.sim.xky")
+
+# Codes of the assumed envelope the emulator answers with (see protocols.xky.envelope).
+SESSION_INVALID = ASSUMED_ENVELOPE.session_invalid
+BAD_ARGS, FORBIDDEN, NOT_FOUND, BAD_LOGIN = 400, 403, 404, 1001
+
+
+class _Reject(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class SimDevice:
+    sn: str
+    name: str = ""
+    desc: str = ""
+    tags: list[str] = field(default_factory=list)
+    node: str | None = None
+    online: bool = True
+    model: str = "android"
+
+    def record(self, report_online: bool) -> dict[str, Any]:
+        rec = DeviceRecord(
+            self.sn,
+            self.name,
+            self.desc,
+            tuple(self.tags),
+            self.node,
+            self.online if report_online else None,
+            {"model": self.model},
+        )
+        out = encode_device(rec)
+        if not report_online:
+            out.pop("online", None)
+        return out
+
+
+@dataclass
+class SimSub:
+    id: str
+    account: str
+    password: str
+    description: str = ""
+    devices: list[str] = field(default_factory=list)
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "account": self.account,
+            "description": self.description,
+            "devices": list(self.devices),
+        }
+
+
+@dataclass
+class SimNode:
+    id: str
+    serial: str
+    name: str
+
+
+@dataclass
+class SimSession:
+    account: str
+    sub: str | None  # sub-account id, None for the main account
+    expires: float | None  # loop.time()
+
+
+@dataclass
+class Fault:
+    kind: str  # fail | slow | malformed
+    count: int
+    path: str | None
+    status: int = 500
+    seconds: float = 0.0
+    garble: str = "garble"
+
+
+@dataclass
+class Call:
+    method: str
+    path: str
+    args: dict[str, Any]
+    at: float  # time.monotonic()
+
+
+class XkyCloud:
+    """One emulated XiakeCloud with a single main account (plus its sub-accounts)."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        account: str = "demo",
+        password: str = "demo-pass",
+        key: str = api.DEFAULT_KEY,
+        devices: int = 3,
+        nodes: int = 1,
+        subaccount: tuple[str, str] | None = ("kid", "kid-pass"),
+        session_ttl: float | None = None,
+        temp_session_ttl: float = 300.0,
+        change_interval: float | None = None,
+        churn_interval: float | None = None,
+        report_online: bool = True,
+        seed: int = 0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.key = key
+        self.account = account
+        self.password = password
+        self.uid = "934"
+        self.session_ttl = session_ttl
+        self.temp_session_ttl = temp_session_ttl
+        self.change_interval = change_interval
+        self.churn_interval = churn_interval
+        self.report_online = report_online
+        self.rng = random.Random(seed)
+        self.devices: dict[str, SimDevice] = {}
+        self.nodes: dict[str, SimNode] = {}
+        self.subs: dict[str, SimSub] = {}
+        self.multi: list[str] = []
+        self.sessions: dict[str, SimSession] = {}
+        self.faults: list[Fault] = []
+        self.calls: list[Call] = []
+        self._ids = itertools.count(1)
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()  # ends pending "slow" replies at stop()
+        for i in range(nodes):
+            node_id = str(next(self._ids))
+            self.nodes[node_id] = SimNode(node_id, f"{i + 1:032d}", f"node {i + 1}")
+        for _ in range(devices):
+            self.add_device()
+        if subaccount is not None:
+            sub_id = str(next(self._ids))
+            self.subs[sub_id] = SimSub(
+                sub_id, subaccount[0], subaccount[1], "demo sub-account", list(self.devices)[:1]
+            )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        self._stopping.clear()
+        app = web.Application()
+        app.router.add_post("/_control/{fault}", self._control)
+        app.router.add_route("*", "/{path:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        if self.port == 0:
+            self.port = self._runner.addresses[0][1]
+        if self.change_interval:
+            self._tasks.append(asyncio.create_task(self._every(self.change_interval, self._change)))
+        if self.churn_interval:
+            self._tasks.append(asyncio.create_task(self._every(self.churn_interval, self._churn)))
+        log.info("xky emulator on %s (account %s)", self.url, self.account)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> XkyCloud:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def account_config(self, name: str = "demo", **overrides: Any) -> dict[str, Any]:
+        """The ``[[accounts]]`` table that points a gateway at this emulator."""
+        cfg: dict[str, Any] = {
+            "vendor": "xky",
+            "name": name,
+            "base_url": self.url,
+            "account": self.account,
+            "password": self.password,
+            "poll_interval": 2.0,
+            "min_poll_interval": 0.5,
+        }
+        cfg.update(overrides)
+        return cfg
+
+    # ------------------------------------------------------------------ driving devices
+
+    def add_device(
+        self,
+        sn: str | None = None,
+        *,
+        name: str | None = None,
+        desc: str = "",
+        tags: list[str] | None = None,
+        node: str | None = None,
+        online: bool = True,
+    ) -> str:
+        sn = sn or secrets.token_hex(4)
+        if node is None and self.nodes:
+            node = next(iter(self.nodes))
+        name = name if name is not None else f"device {sn}"
+        self.devices[sn] = SimDevice(sn, name, desc, list(tags or []), node, online)
+        return sn
+
+    def remove_device(self, sn: str) -> None:
+        self.devices.pop(sn, None)
+        self.multi = [s for s in self.multi if s != sn]
+        for sub in self.subs.values():
+            sub.devices = [s for s in sub.devices if s != sn]
+
+    def update_device(self, sn: str, **fields: Any) -> None:
+        dev = self.devices[sn]
+        for key, value in fields.items():
+            if key not in ("name", "desc", "tags", "node", "online", "model"):
+                raise KeyError(key)
+            setattr(dev, key, list(value) if key == "tags" else value)
+
+    def set_online(self, sn: str, online: bool) -> None:
+        self.devices[sn].online = online
+
+    # ------------------------------------------------------------------ faults
+
+    def expire_sessions(self) -> None:
+        self.sessions.clear()
+
+    def fail(self, count: int = 1, status: int = 500, path: str | None = None) -> None:
+        self.faults.append(Fault("fail", count, path, status=status))
+
+    def slow(self, seconds: float, count: int = 1, path: str | None = None) -> None:
+        self.faults.append(Fault("slow", count, path, seconds=seconds))
+
+    def malformed(self, count: int = 1, kind: str = "garble", path: str | None = None) -> None:
+        if kind not in ("garble", "shape", "record"):
+            raise ValueError(f"unknown malformed kind {kind!r}")
+        self.faults.append(Fault("malformed", count, path, garble=kind))
+
+    def reset(self) -> None:
+        self.faults.clear()
+
+    def count(self, path: str) -> int:
+        """How many calls ``path`` received (tests)."""
+        return sum(1 for c in self.calls if c.path == path)
+
+    def _take_faults(self, path: str) -> list[Fault]:
+        """Every pending ``slow`` fault for ``path``, then at most one that replaces the reply."""
+        taken: list[Fault] = []
+        replaced = False
+        for fault in self.faults:
+            if fault.count <= 0 or fault.path not in (None, path):
+                continue
+            if fault.kind != "slow":
+                if replaced:
+                    continue
+                replaced = True
+            fault.count -= 1
+            taken.append(fault)
+        taken.sort(key=lambda f: f.kind != "slow")
+        self.faults = [f for f in self.faults if f.count > 0]
+        return taken
+
+    async def _control(self, request: web.Request) -> web.Response:
+        fault = request.match_info["fault"]
+        try:
+            params = orjson.loads(await request.read() or b"{}")
+            if not isinstance(params, dict):
+                raise ValueError("body must be a JSON object")
+            actions: dict[str, Callable[..., Any]] = {
+                "fail": self.fail,
+                "slow": self.slow,
+                "malformed": self.malformed,
+                "expire_sessions": self.expire_sessions,
+                "reset": self.reset,
+                "add_device": self.add_device,
+                "remove_device": self.remove_device,
+                "update_device": self.update_device,
+                "set_online": self.set_online,
+            }
+            if fault not in actions:
+                return web.json_response(
+                    {"ok": False, "error": f"unknown fault {fault!r}"}, status=404
+                )
+            result = actions[fault](**params)
+        except (TypeError, ValueError, KeyError) as exc:
+            return web.json_response({"ok": False, "error": str(exc)}, status=400)
+        return web.json_response({"ok": True, "result": result})
+
+    # ------------------------------------------------------------------ background life
+
+    async def _every(self, interval: float, step: Callable[[], None]) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            step()
+
+    def _change(self) -> None:
+        if not self.devices:
+            return
+        dev = self.devices[self.rng.choice(sorted(self.devices))]
+        if self.rng.random() < 0.5:
+            dev.online = not dev.online
+        else:
+            dev.desc = f"changed {self.rng.randrange(1000)}"
+
+    def _churn(self) -> None:
+        if self.devices and (len(self.devices) > 5 or self.rng.random() < 0.5):
+            self.remove_device(self.rng.choice(sorted(self.devices)))
+        else:
+            self.add_device(f"{self.rng.getrandbits(32):08x}")
+
+    # ------------------------------------------------------------------ the API
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        path = "/" + request.match_info["path"]
+        body = await request.read()
+        for fault in self._take_faults(path):
+            if fault.kind == "slow":
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), fault.seconds)
+            elif fault.kind == "fail":
+                return web.Response(
+                    status=fault.status, text=f"<html>{fault.status} emulated</html>"
+                )
+            elif fault.garble == "garble":
+                return web.Response(
+                    body=b'{"code":0,"data":[{"sn":', content_type="application/json"
+                )
+            elif fault.garble == "shape":
+                return self._reply(encode_ok("not what you expected"))
+            else:
+                return self._reply(encode_ok([{"sn": "ok"}, {"name": "record without a serial"}]))
+        try:
+            endpoint, args = api.parse_request(request.method, path, request.query, body)
+        except api.BadRequest as exc:
+            self.calls.append(Call(request.method, path, {}, time.monotonic()))
+            return self._reply(encode_error(exc.code, exc.message))
+        self.calls.append(Call(request.method, path, _redact(args), time.monotonic()))
+        handler = getattr(self, "_api_" + path.strip("/"), None)
+        try:
+            if handler is None:
+                raise _Reject(NOT_FOUND, f"{endpoint.name} is not emulated")
+            data = await handler(args)
+        except _Reject as exc:
+            return self._reply(encode_error(exc.code, exc.message))
+        if args.get("source") is not True:
+            # seed: "source — whether to decrypt the returned result"; without it the payload
+            # stays encrypted. The emulator stands in base64 for the cipher.
+            data = base64.b64encode(orjson.dumps(data)).decode()
+        return self._reply(encode_ok(data))
+
+    @staticmethod
+    def _reply(body: bytes) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    def _session(self, args: dict[str, Any]) -> SimSession:
+        token = args.get("session")
+        sess = self.sessions.get(token) if isinstance(token, str) else None
+        if sess is None:
+            raise _Reject(SESSION_INVALID, "session invalid")
+        if sess.expires is not None and asyncio.get_running_loop().time() >= sess.expires:
+            del self.sessions[token]  # type: ignore[arg-type]
+            raise _Reject(SESSION_INVALID, "session expired")
+        return sess
+
+    def _main_only(self, args: dict[str, Any]) -> SimSession:
+        sess = self._session(args)
+        if sess.sub is not None:
+            raise _Reject(FORBIDDEN, "not allowed for a sub-control account")
+        return sess
+
+    def _visible(self, sess: SimSession) -> list[str]:
+        if sess.sub is None:
+            return list(self.devices)
+        sub = self.subs.get(sess.sub)
+        return [sn for sn in (sub.devices if sub else []) if sn in self.devices]
+
+    def _device(self, sess: SimSession, args: dict[str, Any]) -> SimDevice:
+        sn = args.get("sn")
+        if not isinstance(sn, str) or not sn:
+            raise _Reject(BAD_ARGS, "sn is required")
+        if sn not in self.devices:
+            raise _Reject(NOT_FOUND, f"no device {sn}")
+        if sn not in self._visible(sess):
+            raise _Reject(FORBIDDEN, f"device {sn} is not yours")
+        return self.devices[sn]
+
+    def _new_session(self, account: str, sub: str | None, ttl: float | None) -> str:
+        token = secrets.token_hex(16)
+        expires = None if ttl is None else asyncio.get_running_loop().time() + ttl
+        self.sessions[token] = SimSession(account, sub, expires)
+        return token
+
+    async def _api_login(self, args: dict[str, Any]) -> Any:
+        if args.get("key", api.DEFAULT_KEY) != self.key:
+            raise _Reject(BAD_LOGIN, "unknown software key")
+        account, password, subname = (
+            args.get("account"),
+            args.get("password"),
+            args.get("subaccount"),
+        )
+        if account != self.account:
+            raise _Reject(BAD_LOGIN, "wrong account or password")
+        if not subname:
+            if password != self.password:
+                raise _Reject(BAD_LOGIN, "wrong account or password")
+            return {"session": self._new_session(account, None, self.session_ttl), "id": self.uid}
+        for sub in self.subs.values():
+            if sub.account == subname and sub.password == password:
+                return {
+                    "session": self._new_session(account, sub.id, self.session_ttl),
+                    "id": sub.id,
+                }
+        raise _Reject(BAD_LOGIN, "wrong sub-account or password")
+
+    async def _api_logout(self, args: dict[str, Any]) -> Any:
+        self._session(args)
+        self.sessions.pop(args["session"], None)
+        return None
+
+    async def _api_get_temp_session(self, args: dict[str, Any]) -> Any:
+        sess = self._session(args)
+        return {"session": self._new_session(sess.account, sess.sub, self.temp_session_ttl)}
+
+    async def _api_get_user(self, args: dict[str, Any]) -> Any:
+        sess = self._session(args)
+        user: dict[str, Any] = {
+            "id": self.uid,
+            "account": sess.account,
+            "devices": len(self._visible(sess)),
+        }
+        if sess.sub is not None:
+            user["subaccount"] = self.subs[sess.sub].account
+        return user
+
+    # sub-control accounts
+
+    async def _api_add_subaccount(self, args: dict[str, Any]) -> Any:
+        self._main_only(args)
+        account, password = args.get("account"), args.get("password")
+        if (
+            not isinstance(account, str)
+            or not account
+            or not isinstance(password, str)
+            or not password
+        ):
+            raise _Reject(BAD_ARGS, "account and password are required")
+        if any(s.account == account for s in self.subs.values()):
+            raise _Reject(BAD_ARGS, f"sub-account {account} exists")
+        sub_id = str(next(self._ids))
+        self.subs[sub_id] = SimSub(sub_id, account, password, str(args.get("description") or ""))
+        return {"id": sub_id}
+
+    async def _api_get_subaccount_list(self, args: dict[str, Any]) -> Any:
+        self._main_only(args)
+        return [s.record() for s in self.subs.values()]
+
+    def _sub(self, args: dict[str, Any]) -> SimSub:
+        self._main_only(args)
+        sub = self.subs.get(str(args.get("id")))
+        if sub is None:
+            raise _Reject(NOT_FOUND, "no such sub-account")
+        return sub
+
+    async def _api_get_subaccount(self, args: dict[str, Any]) -> Any:
+        return self._sub(args).record()
+
+    async def _api_set_subaccount(self, args: dict[str, Any]) -> Any:
+        sub = self._sub(args)
+        devices = args.get("devices")
+        if devices is not None:
+            if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
+                raise _Reject(BAD_ARGS, "devices must be an array of serial numbers")
+            unknown = [d for d in devices if d not in self.devices]
+            if unknown:
+                raise _Reject(NOT_FOUND, f"no device {unknown[0]}")
+            sub.devices = list(devices)
+        if isinstance(args.get("password"), str) and args["password"]:
+            sub.password = args["password"]
+        if isinstance(args.get("description"), str):
+            sub.description = args["description"]
+        return None
+
+    async def _api_delete_subaccount(self, args: dict[str, Any]) -> Any:
+        sub = self._sub(args)
+        del self.subs[sub.id]
+        self.sessions = {t: s for t, s in self.sessions.items() if s.sub != sub.id}
+        return None
+
+    # node servers
+
+    def _node(self, args: dict[str, Any]) -> SimNode:
+        self._main_only(args)
+        node = self.nodes.get(str(args.get("id")))
+        if node is None:
+            raise _Reject(NOT_FOUND, "no such node")
+        return node
+
+    async def _api_add_node(self, args: dict[str, Any]) -> Any:
+        self._main_only(args)
+        serial, name = args.get("serial"), args.get("name")
+        if not isinstance(serial, str) or not serial or not isinstance(name, str):
+            raise _Reject(BAD_ARGS, "serial and name are required")
+        node_id = str(next(self._ids))
+        self.nodes[node_id] = SimNode(node_id, serial, name)
+        return {"id": node_id}
+
+    async def _api_get_node_list(self, args: dict[str, Any]) -> Any:
+        self._session(args)
+        return [{"id": n.id, "serial": n.serial, "name": n.name} for n in self.nodes.values()]
+
+    async def _api_set_node(self, args: dict[str, Any]) -> Any:
+        node = self._node(args)
+        if not isinstance(args.get("name"), str):
+            raise _Reject(BAD_ARGS, "name is required")
+        node.name = args["name"]
+        return None
+
+    async def _api_del_node(self, args: dict[str, Any]) -> Any:
+        node = self._node(args)
+        del self.nodes[node.id]
+        for dev in self.devices.values():
+            if dev.node == node.id:
+                dev.node = None
+        return None
+
+    # devices
+
+    async def _api_get_device_list(self, args: dict[str, Any]) -> Any:
+        sess = self._session(args)
+        return [self.devices[sn].record(self.report_online) for sn in self._visible(sess)]
+
+    async def _api_get_device(self, args: dict[str, Any]) -> Any:
+        dev = self._device(self._session(args), args)
+        out = dev.record(self.report_online)
+        # seed: "including connection information for the device"
+        out["connection"] = {"host": self.host, "port": self.port, "key": secrets.token_hex(8)}
+        return out
+
+    async def _api_set_device(self, args: dict[str, Any]) -> Any:
+        dev = self._device(self._session(args), args)
+        for key in ("name", "desc"):
+            if key in args and not isinstance(args[key], str):
+                raise _Reject(BAD_ARGS, f"{key} must be a string")
+        tags = args.get("tags")
+        if tags is not None and (
+            not isinstance(tags, list) or not all(isinstance(t, str) for t in tags)
+        ):
+            raise _Reject(BAD_ARGS, "tags must be an array of strings")
+        if "name" in args:
+            dev.name = args["name"]
+        if "desc" in args:
+            dev.desc = args["desc"]
+        if tags is not None:
+            dev.tags = list(tags)
+        return None
+
+    async def _api_del_device(self, args: dict[str, Any]) -> Any:
+        dev = self._device(self._main_only(args), args)
+        self.remove_device(dev.sn)
+        return None
+
+    async def _api_get_multi_device(self, args: dict[str, Any]) -> Any:
+        sess = self._session(args)
+        visible = set(self._visible(sess))
+        return [sn for sn in self.multi if sn in visible]
+
+    async def _api_set_multi_device(self, args: dict[str, Any]) -> Any:
+        sess = self._session(args)
+        sns = args.get("sns")
+        if not isinstance(sns, list) or not all(isinstance(s, str) for s in sns):
+            raise _Reject(BAD_ARGS, "sns must be an array of serial numbers")
+        visible = set(self._visible(sess))
+        unknown = [s for s in sns if s not in visible]
+        if unknown:
+            raise _Reject(NOT_FOUND, f"no device {unknown[0]}")
+        self.multi = list(dict.fromkeys(sns))
+        return None
+
+
+def _redact(args: dict[str, Any]) -> dict[str, Any]:
+    return {k: ("***" if k == "password" else v) for k, v in args.items()}
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8090)
+    parser.add_argument("--account", default="demo")
+    parser.add_argument("--password", default="demo-pass")
+    parser.add_argument("--devices", type=int, default=3, help="devices at start")
+    parser.add_argument("--nodes", type=int, default=1, help="node servers at start")
+    parser.add_argument("--session-ttl", type=float, default=None, help="seconds (default: never)")
+    parser.add_argument("--temp-session-ttl", type=float, default=300.0)
+    parser.add_argument("--change-interval", type=float, default=None,
+                        help="seconds between random device changes (online, remarks)")  # fmt: skip
+    parser.add_argument("--churn-interval", type=float, default=None,
+                        help="seconds between a device appearing or disappearing")  # fmt: skip
+    parser.add_argument("--no-online", action="store_true", help="omit the online field")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    cloud = XkyCloud(
+        args.host,
+        args.port,
+        account=args.account,
+        password=args.password,
+        devices=args.devices,
+        nodes=args.nodes,
+        session_ttl=args.session_ttl,
+        temp_session_ttl=args.temp_session_ttl,
+        change_interval=args.change_interval,
+        churn_interval=args.churn_interval,
+        report_online=not args.no_online,
+        seed=args.seed,
+    )
+    await cloud.start()
+    print(orjson.dumps(cloud.account_config()).decode(), flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await cloud.stop()
