@@ -19,7 +19,9 @@ from protocols.tencent.sign import canonical_string, js_string, sign, verify
 
 
 def _by_hand(secret: str, text: str) -> str:
-    return base64.b64encode(hmac.new(secret.encode(), text.encode(), hashlib.sha1).digest()).decode()
+    return base64.b64encode(
+        hmac.new(secret.encode(), text.encode(), hashlib.sha1).digest()
+    ).decode()
 
 
 VECTORS = [
