@@ -1,0 +1,729 @@
+"""Aliyun Living IoT (飞燕) connector: signed API-gateway calls + the MQTT app channel.
+
+Theory of operation
+-------------------
+One account = one user (``iotToken``) seen through one app (AppKey/AppSecret for the API
+gateway, and the app's virtual device productKey/deviceName/deviceSecret for MQTT).
+
+::
+
+    connect ──▶ subscribe (exact down topics) ──▶ bind ──▶ resync ──▶ live ──(link lost)──▶ backoff ─┐
+       ▲             (root wildcards are refused        (device list, TSL,                         │
+       │              by the real platform)              properties snapshot)                      │
+       └──────────────────────────────────────────────────────────────────────────────────────────┘
+
+- **connect**: MQTT credentials are derived again on every attempt (the password signs a
+  timestamp); CONNACK 4/5 means the app triple is wrong: the account needs attention.
+- **bind**: ``app/up/account/bind`` with the iotToken. 200 → go on. 2043 (iotToken rejected) →
+  one ``/account/checkOrRefreshSession`` when a refresh token is configured, else attention;
+  2152 (account active in another session) → attention. Attention waits ``attention_backoff``
+  (long, jittered, doubling) so a dead token never turns into a retry storm.
+- **resync** after *every* (re)bind: ``/uc/listBindingByAccount`` (paged) → ``ctx.devices``,
+  ``/thing/tsl/get`` once per product → ``Schema``, ``/thing/properties/get`` per device → state
+  with per-item times. Pushes that arrive meanwhile are held and applied afterwards; each item
+  carries its ``time`` (``prop_ts``) so the registry drops whatever is older than it holds.
+- **throttling**: an HTTP 429 opens a circuit breaker (``throttle_cooldown``, doubling per
+  consecutive 429): calls fail fast with ``throttled`` instead of retrying hot, and a resync waits
+  for the breaker to close.
+- **shutdown** (``close``): unbind, then disconnect.
+
+Commands: ``set`` → ``/thing/properties/set``, ``action`` → ``/thing/service/invoke``, ``get`` →
+``/thing/properties/get`` (the cloud's snapshot), answered per the reply contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import ssl
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from gateway.backoff import Backoff
+from gateway.errors import ConfigError
+from gateway.mqtt.client import ConnectRefused, MqttClient
+from protocols.aliyun import (
+    API,
+    BindReply,
+    OtaProgress,
+    TopoAddStatus,
+    build_bind,
+    build_request,
+    build_unbind,
+    decode_app_message,
+    decode_items,
+    denormalize,
+    down_topics,
+    mqtt_credentials,
+    parse_bindings,
+    parse_response,
+    sign_request,
+    tsl_to_schema,
+)
+from protocols.aliyun.envelope import AUTH_CODES
+from protocols.aliyun.mqtt import BIND_ACTIVE_ELSEWHERE, BIND_TOKEN_REJECTED
+from protocols.model import (
+    EMPTY_SCHEMA,
+    Availability,
+    CommandResult,
+    DeviceEvent,
+    DeviceInfo,
+    RemoteProtocolError,
+    Schema,
+    StateChange,
+    VendorError,
+)
+from protocols.tsl import normalize
+
+from .base import Connector
+
+__all__ = ["AliyunConnector", "AliyunOptions"]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class AliyunOptions:
+    app_key: str
+    app_secret: str
+    product_key: str
+    device_name: str
+    device_secret: str
+    iot_token: str | None = None
+    refresh_token: str | None = None
+    identity_id: str | None = None
+    check_session: bool = False
+    api_url: str = "https://api.link.aliyun.com"
+    region: str = "cn-shanghai"
+    mqtt_host: str | None = None
+    mqtt_port: int | None = None
+    tls: bool = True
+    ca_file: str | None = None
+    client_id: str | None = None
+    keepalive: int = 60
+    page_size: int = 100
+    reconnect_min: float = 1.0
+    reconnect_max: float = 60.0
+    attention_backoff: float = 300.0
+    throttle_cooldown: float = 60.0
+    bind_timeout: float = 10.0
+    http_timeout: float = 10.0
+    max_concurrency: int = 4
+
+    @property
+    def host(self) -> str:
+        return self.mqtt_host or f"{self.product_key}.iot-as-mqtt.{self.region}.aliyuncs.com"
+
+    @property
+    def port(self) -> int:
+        return self.mqtt_port or (8883 if self.tls else 1883)
+
+
+class _Attention(Exception):
+    """The account cannot go on without a human (or a long wait)."""
+
+
+class _LinkLost(Exception):
+    pass
+
+
+class _Breaker:
+    """Circuit breaker for HTTP 429: open for ``cooldown · 2^(n-1)`` after the n-th in a row."""
+
+    def __init__(self, cooldown: float, cap: float = 3600.0) -> None:
+        self.cooldown = cooldown
+        self.cap = cap
+        self.consecutive = 0
+        self.open_until = 0.0
+
+    def remaining(self) -> float:
+        return max(0.0, self.open_until - time.monotonic())
+
+    def check(self) -> None:
+        left = self.remaining()
+        if left > 0:
+            raise VendorError("throttled", 429, f"throttled by the platform; calls paused for {left:.0f}s")
+
+    def trip(self) -> None:
+        self.consecutive += 1
+        delay = min(self.cap, self.cooldown * 2 ** min(self.consecutive - 1, 16))
+        self.open_until = time.monotonic() + delay
+
+    def success(self) -> None:
+        self.consecutive = 0
+
+
+def _str_opt(raw: dict[str, Any], key: str, name: str, required: bool = False) -> str | None:
+    value = raw.pop(name, None)
+    if value is None:
+        if required:
+            raise ConfigError(f"{key}.{name}", "missing")
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{key}.{name}", f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _num_opt(raw: dict[str, Any], key: str, name: str, default: float, lo: float, hi: float) -> float:
+    value = raw.pop(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key}.{name}", f"expected a number, got {value!r}")
+    if not lo <= value <= hi:
+        raise ConfigError(f"{key}.{name}", f"must be between {lo:g} and {hi:g}")
+    return float(value)
+
+
+def _bool_opt(raw: dict[str, Any], key: str, name: str, default: bool) -> bool:
+    value = raw.pop(name, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}.{name}", f"expected true or false, got {value!r}")
+    return value
+
+
+class AliyunConnector(Connector):
+    vendor = "aliyun"
+
+    # ------------------------------------------------------------------ config
+
+    @classmethod
+    def parse_options(cls, raw: Mapping[str, Any], key: str) -> AliyunOptions:
+        table = dict(raw)
+        app_key = _str_opt(table, key, "app_key", True)
+        app_secret = _str_opt(table, key, "app_secret", True)
+        product_key = _str_opt(table, key, "product_key", True)
+        device_name = _str_opt(table, key, "device_name", True)
+        device_secret = _str_opt(table, key, "device_secret", True)
+        iot_token = _str_opt(table, key, "iot_token")
+        refresh_token = _str_opt(table, key, "refresh_token")
+        identity_id = _str_opt(table, key, "identity_id")
+        if iot_token is None and refresh_token is None:
+            raise ConfigError(f"{key}.iot_token", "missing (or give refresh_token and identity_id)")
+        if refresh_token is not None and identity_id is None:
+            raise ConfigError(f"{key}.identity_id", "needed with refresh_token")
+        api_url = _str_opt(table, key, "api_url") or "https://api.link.aliyun.com"
+        parts = urlsplit(api_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"{key}.api_url", f"expected an http(s) URL, got {api_url!r}")
+        region = _str_opt(table, key, "region") or "cn-shanghai"
+        mqtt_host = _str_opt(table, key, "mqtt_host")
+        port = table.pop("mqtt_port", None)
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536):
+            raise ConfigError(f"{key}.mqtt_port", f"expected a port number, got {port!r}")
+        tls = _bool_opt(table, key, "tls", True)
+        ca_file = _str_opt(table, key, "ca_file")
+        client_id = _str_opt(table, key, "client_id")
+        if client_id is not None and any(c in client_id for c in "|,"):
+            raise ConfigError(f"{key}.client_id", "may not contain '|' or ','")
+        opts = AliyunOptions(
+            app_key=app_key or "",
+            app_secret=app_secret or "",
+            product_key=product_key or "",
+            device_name=device_name or "",
+            device_secret=device_secret or "",
+            iot_token=iot_token,
+            refresh_token=refresh_token,
+            identity_id=identity_id,
+            check_session=_bool_opt(table, key, "check_session", False),
+            api_url=api_url.rstrip("/"),
+            region=region,
+            mqtt_host=mqtt_host,
+            mqtt_port=port,
+            tls=tls,
+            ca_file=ca_file,
+            client_id=client_id,
+            keepalive=int(_num_opt(table, key, "keepalive", 60, 30, 1200)),
+            page_size=int(_num_opt(table, key, "page_size", 100, 1, 100)),
+            reconnect_min=_num_opt(table, key, "reconnect_min", 1.0, 0.01, 3600),
+            reconnect_max=_num_opt(table, key, "reconnect_max", 60.0, 0.01, 86400),
+            attention_backoff=_num_opt(table, key, "attention_backoff", 300.0, 0.01, 86400),
+            throttle_cooldown=_num_opt(table, key, "throttle_cooldown", 60.0, 0.01, 86400),
+            bind_timeout=_num_opt(table, key, "bind_timeout", 10.0, 0.1, 300),
+            http_timeout=_num_opt(table, key, "http_timeout", 10.0, 0.1, 300),
+            max_concurrency=int(_num_opt(table, key, "max_concurrency", 4, 1, 64)),
+        )
+        for name in table:
+            raise ConfigError(f"{key}.{name}", "unknown key")
+        return opts
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __init__(self, options: AliyunOptions, ctx: Any, http: aiohttp.ClientSession) -> None:
+        super().__init__(options, ctx, http)
+        self.opts: AliyunOptions = options
+        self.iot_token: str | None = options.iot_token
+        self.refresh_token: str | None = options.refresh_token
+        self.identity_id: str | None = options.identity_id
+        self.token_expires_ms: int | None = None
+        self.mqtt: MqttClient | None = None
+        self.bare_client_id = options.client_id or f"{options.product_key}&{options.device_name}"
+        self.breaker = _Breaker(options.throttle_cooldown)
+        self._sem = asyncio.Semaphore(options.max_concurrency)
+        self._lost = asyncio.Event()
+        self._bind_waiters: dict[str, asyncio.Future[BindReply]] = {}
+        self._held: list[tuple[str, bytes]] | None = None
+        self._resync_wanted = asyncio.Event()
+        self._attention = Backoff(options.attention_backoff, options.attention_backoff * 16)
+        self._product_schemas: dict[str, Schema] = {}
+        self._bound = False
+        self.binds = 0  # bind attempts (tests and health)
+        self._load_tokens()
+
+    def _token_source(self) -> str:
+        """A fingerprint of the configured credentials: persisted tokens apply only to them."""
+        seed = f"{self.opts.iot_token}|{self.opts.refresh_token}|{self.opts.identity_id}"
+        return hashlib.sha256(seed.encode()).hexdigest()[:16]
+
+    def _load_tokens(self) -> None:
+        saved = self.ctx.tokens.load()
+        if not saved or saved.get("source") != self._token_source():
+            return
+        self.iot_token = saved.get("iot_token") or self.iot_token
+        self.refresh_token = saved.get("refresh_token") or self.refresh_token
+        expires = saved.get("expires_ms")
+        self.token_expires_ms = expires if isinstance(expires, int) else None
+
+    def _save_tokens(self) -> None:
+        self.ctx.tokens.save(
+            {
+                "source": self._token_source(),
+                "iot_token": self.iot_token,
+                "refresh_token": self.refresh_token,
+                "identity_id": self.identity_id,
+                "expires_ms": self.token_expires_ms,
+            }
+        )
+
+    async def run(self) -> None:
+        backoff = Backoff(self.opts.reconnect_min, self.opts.reconnect_max)
+        if self.iot_token is None or (self.opts.check_session and self.refresh_token):
+            try:
+                await self._refresh_session()
+            except _Attention as exc:
+                await self._attention_wait(str(exc))
+            except (TimeoutError, VendorError, aiohttp.ClientError, RemoteProtocolError) as exc:
+                self.ctx.log.warning("session refresh failed: %s", exc)
+        while True:
+            delay: float
+            try:
+                self.ctx.link("connecting")
+                await self._session(backoff)
+                delay = backoff.next()
+                self.ctx.link("backoff", "MQTT link lost")
+            except _Attention as exc:
+                await self._teardown()
+                await self._attention_wait(str(exc))
+                continue
+            except ConnectRefused as exc:
+                if exc.auth:
+                    await self._teardown()
+                    await self._attention_wait(f"MQTT credentials refused: {exc}")
+                    continue
+                delay = backoff.next()
+                self.ctx.link("backoff", str(exc))
+            except VendorError as exc:
+                if exc.code == "auth":
+                    await self._teardown()
+                    await self._attention_wait(f"API rejected the iotToken: {exc}")
+                    continue
+                delay = max(backoff.next(), self.breaker.remaining())
+                self.ctx.link("backoff", f"API error: {exc}")
+            except (TimeoutError, OSError, aiohttp.ClientError, RemoteProtocolError, _LinkLost) as exc:
+                delay = backoff.next()
+                self.ctx.link("backoff", f"{type(exc).__name__}: {exc}")
+            finally:
+                self._bound = False
+            await self._teardown()
+            self.ctx.log.info("reconnecting in %.1fs", delay)
+            await asyncio.sleep(delay)
+
+    async def _attention_wait(self, reason: str) -> None:
+        self.ctx.link("attention", reason, attention=True)
+        delay = self._attention.next() + self.opts.attention_backoff / 2
+        self.ctx.log.warning("account needs attention (%s); next try in %.0fs", reason, delay)
+        await asyncio.sleep(delay)
+
+    async def close(self) -> None:
+        client = self.mqtt
+        if client is not None and client.connected and self._bound:
+            topic, payload = build_unbind(self.opts.product_key, self.opts.device_name, self.bare_client_id)
+            client.publish(topic, payload, qos=1)
+            await client.flush(1.0)
+        await self._teardown()
+
+    async def _teardown(self) -> None:
+        client, self.mqtt = self.mqtt, None
+        self._held = None
+        for fut in self._bind_waiters.values():
+            if not fut.done():
+                fut.cancel()
+        self._bind_waiters.clear()
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+
+    # ------------------------------------------------------------------ one MQTT session
+
+    def _ssl(self) -> ssl.SSLContext | None:
+        if not self.opts.tls:
+            return None
+        return ssl.create_default_context(cafile=self.opts.ca_file)
+
+    async def _session(self, backoff: Backoff) -> None:
+        o = self.opts
+        creds = mqtt_credentials(
+            o.product_key, o.device_name, o.device_secret, now_ms(),
+            client_id=self.bare_client_id, secure_mode=2 if o.tls else 3,
+        )
+        self._lost.clear()
+        client = MqttClient(
+            o.host,
+            o.port,
+            client_id=creds.client_id,
+            username=creds.username,
+            password=creds.password,
+            ssl=self._ssl(),
+            server_hostname=o.host if o.tls else None,
+            keepalive=o.keepalive,
+            protocol=4,
+            on_message=self._on_message,
+            on_disconnect=self._on_disconnect,
+            reconnect=False,
+        )
+        self.mqtt = client
+        await client.connect()
+        granted = await client.subscribe([(t, 1) for t in down_topics(o.product_key, o.device_name)])
+        if any(g >= 0x80 for g in granted):
+            raise _LinkLost("the platform refused a subscription")
+        await self._bind(client)
+        self._attention.reset()
+        self._held = []
+        try:
+            await self._resync_until_done()
+        finally:
+            held, self._held = self._held or [], None
+        for topic, payload in held:
+            self._dispatch(topic, payload)
+        backoff.reset()
+        self.ctx.link("online", token_expires_ms=self.token_expires_ms)
+        self.ctx.log.info("app channel bound; %d device(s)", len(self.ctx.known_devices()))
+        await self._live()
+
+    async def _live(self) -> None:
+        lost = asyncio.create_task(self._lost.wait())
+        try:
+            await self._live_loop(lost)
+        finally:
+            lost.cancel()
+
+    async def _live_loop(self, lost: asyncio.Task[Any]) -> None:
+        while True:
+            resync = asyncio.create_task(self._resync_wanted.wait())
+            tasks: set[asyncio.Task[Any]] = {lost, resync}
+            refresh: asyncio.Task[None] | None = None
+            wait = self._refresh_due_in()
+            if wait is not None:
+                refresh = asyncio.create_task(asyncio.sleep(wait))
+                tasks.add(refresh)
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in tasks:
+                    if task is not lost and not task.done():
+                        task.cancel()
+            if lost in done:
+                raise _LinkLost("MQTT link lost")
+            if refresh is not None and refresh in done:
+                await self._refresh_session()
+                assert self.mqtt is not None
+                await self._bind(self.mqtt)
+            if resync in done:
+                self._resync_wanted.clear()
+                await self._resync_until_done()
+
+    def _refresh_due_in(self) -> float | None:
+        """Refresh the iotToken ahead of its expiry (a tenth of its life, at most an hour early)."""
+        if self.refresh_token is None or self.token_expires_ms is None:
+            return None
+        left = (self.token_expires_ms - now_ms()) / 1000
+        return max(1.0, left - min(3600.0, max(left / 10, 1.0)))
+
+    def _on_disconnect(self, exc: Exception | None) -> None:
+        self._lost.set()
+
+    # ------------------------------------------------------------------ bind
+
+    async def _bind(self, client: MqttClient) -> None:
+        refreshed = False
+        if self.iot_token is None:
+            await self._refresh_session()
+            refreshed = True
+        while True:
+            if self.iot_token is None:
+                raise _Attention("no iotToken")
+            o = self.opts
+            loop = asyncio.get_running_loop()
+            msg_id = f"bind{now_ms()}{self.binds}"
+            fut: asyncio.Future[BindReply] = loop.create_future()
+            self._bind_waiters[msg_id] = fut
+            topic, payload = build_bind(o.product_key, o.device_name, self.iot_token, self.bare_client_id, msg_id)
+            self.binds += 1
+            client.publish(topic, payload, qos=1)
+            try:
+                lost: asyncio.Future[Any] = asyncio.ensure_future(self._lost.wait())
+                waiting: set[asyncio.Future[Any]] = {fut, lost}
+                done, _ = await asyncio.wait(waiting, timeout=o.bind_timeout, return_when=asyncio.FIRST_COMPLETED)
+                lost.cancel()
+                if fut not in done:
+                    if lost in done:
+                        raise _LinkLost("MQTT link lost while binding")
+                    raise _LinkLost("no bind reply")
+                reply = fut.result()
+            finally:
+                self._bind_waiters.pop(msg_id, None)
+            if reply.ok:
+                self._bound = True
+                return
+            if reply.code == BIND_TOKEN_REJECTED and self.refresh_token and not refreshed:
+                self.ctx.log.warning("bind rejected the iotToken (%s); refreshing it", reply.code)
+                await self._refresh_session()
+                refreshed = True
+                continue
+            if reply.code == BIND_TOKEN_REJECTED:
+                raise _Attention(f"bind {reply.code}: iotToken rejected ({reply.message})")
+            if reply.code == BIND_ACTIVE_ELSEWHERE:
+                raise _Attention(f"bind {reply.code}: account active in another session ({reply.message})")
+            raise _Attention(f"bind {reply.code}: {reply.message}")
+
+    async def _refresh_session(self) -> None:
+        """``/account/checkOrRefreshSession`` (research notes; not in seed 004)."""
+        if not self.refresh_token or not self.identity_id:
+            raise _Attention("iotToken rejected and no refresh_token configured")
+        try:
+            data = await self._call(
+                "refresh_session",
+                {"request": {"refreshToken": self.refresh_token, "identityId": self.identity_id}},
+                token=False,
+            )
+        except VendorError as exc:
+            if exc.code == "auth":
+                raise _Attention(f"refreshToken rejected ({exc.vendor_code})") from None
+            raise
+        if not isinstance(data, dict) or not isinstance(data.get("iotToken"), str):
+            raise RemoteProtocolError("session refresh reply without iotToken")
+        self.iot_token = data["iotToken"]
+        if isinstance(data.get("refreshToken"), str):
+            self.refresh_token = data["refreshToken"]
+        expire = data.get("iotTokenExpire")
+        if isinstance(expire, int) and not isinstance(expire, bool):
+            self.token_expires_ms = now_ms() + expire * 1000
+        self._save_tokens()
+        self.ctx.link(
+            "connecting" if not self._bound else "online", token_expires_ms=self.token_expires_ms
+        )
+        self.ctx.log.info("iotToken refreshed")
+
+    # ------------------------------------------------------------------ HTTP
+
+    async def _call(self, name: str, params: Mapping[str, Any], *, token: bool = True) -> Any:
+        self.breaker.check()
+        api = API[name]
+        body = build_request(api.version, params, self.iot_token if token else None)
+        headers = sign_request(self.opts.app_key, self.opts.app_secret, "POST", api.path, {}, body=body)
+        async with self._sem:
+            self.breaker.check()
+            try:
+                async with self.http.post(
+                    self.opts.api_url + api.path,
+                    data=body,
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=self.opts.http_timeout),
+                ) as resp:
+                    raw = await resp.read()
+                    status = resp.status
+                    err = resp.headers.get("X-Ca-Error-Message")
+            except TimeoutError:
+                raise VendorError("timeout", None, f"{api.path}: no answer in {self.opts.http_timeout:g}s") from None
+            except aiohttp.ClientError as exc:
+                raise VendorError("vendor", None, f"{api.path}: {type(exc).__name__}: {exc}") from None
+        try:
+            data = parse_response(status, raw, err)
+        except VendorError as exc:
+            if exc.code == "throttled":
+                self.breaker.trip()
+                self.ctx.count("throttled")
+                self.ctx.log.warning(
+                    "%s throttled (%s); pausing API calls for %.0fs", api.path, exc.vendor_code, self.breaker.remaining()
+                )
+            elif exc.code == "auth" and exc.vendor_code in AUTH_CODES:
+                self.ctx.log.warning("%s: %s", api.path, exc)
+            raise
+        self.breaker.success()
+        return data
+
+    # ------------------------------------------------------------------ resync
+
+    async def _resync_until_done(self) -> None:
+        refreshed = False
+        while True:
+            try:
+                await self._resync()
+                return
+            except VendorError as exc:
+                if exc.code == "auth" and self.refresh_token and not refreshed and self.mqtt is not None:
+                    # The iotToken died under us: refresh it once, bind again, list again.
+                    self.ctx.log.warning("API rejected the iotToken (%s); refreshing it", exc.vendor_code)
+                    await self._refresh_session()
+                    await self._bind(self.mqtt)
+                    refreshed = True
+                    continue
+                if exc.code != "throttled":
+                    raise
+                wait = max(self.breaker.remaining(), self.opts.reconnect_min)
+                self.ctx.link("backoff", f"throttled; resync in {wait:.0f}s")
+                lost = asyncio.ensure_future(self._lost.wait())
+                try:
+                    await asyncio.wait({lost}, timeout=wait)
+                finally:
+                    lost.cancel()
+                if self._lost.is_set():
+                    raise _LinkLost("MQTT link lost while throttled") from None
+
+    async def _resync(self) -> None:
+        infos: list[DeviceInfo] = []
+        seen: set[str] = set()
+        page = 1
+        while True:
+            data = await self._call("list_bindings", {"pageNo": page, "pageSize": self.opts.page_size})
+            batch, total = parse_bindings(data)
+            for info in batch:
+                if info.device not in seen:
+                    seen.add(info.device)
+                    infos.append(info)
+            if not batch or total is None or page * self.opts.page_size >= total or page >= 1000:
+                break
+            page += 1
+        # TSL once per product (it is the product's model), fetched again on every resync.
+        schemas: dict[str, Schema] = {}
+        for info in infos:
+            pk = str(info.extra.get("productKey") or f"device:{info.device}")
+            if pk not in schemas:
+                schemas[pk] = await self._schema_for(info)
+        full = [
+            dataclasses.replace(info, schema=schemas[str(info.extra.get("productKey") or f"device:{info.device}")])
+            for info in infos
+        ]
+        self.ctx.devices(full)
+        ts = now_ms()
+        for info in full:
+            status = info.extra.get("status")
+            if status in (0, 8):
+                self.ctx.availability(Availability(info.device, False, ts, "inactive" if status == 0 else "disabled"))
+        await asyncio.gather(*(self._snapshot(info.device) for info in full))
+
+    async def _schema_for(self, info: DeviceInfo) -> Schema:
+        try:
+            return tsl_to_schema(await self._call("tsl", {"iotId": info.device}))
+        except RemoteProtocolError as exc:
+            self.ctx.bad_input(f"TSL unusable: {exc}", info.device)
+        except VendorError as exc:
+            if exc.code in ("auth", "throttled", "timeout"):
+                raise
+            self.ctx.bad_input(f"TSL not available: {exc}", info.device)
+        return EMPTY_SCHEMA
+
+    async def _snapshot(self, device: str) -> None:
+        try:
+            data = await self._call("properties_get", {"iotId": device})
+        except VendorError as exc:
+            if exc.code in ("auth", "throttled"):
+                raise
+            self.ctx.log.warning("device %s: properties snapshot failed: %s", device, exc)
+            return
+        except RemoteProtocolError as exc:
+            self.ctx.bad_input(f"properties snapshot unusable: {exc}", device)
+            return
+        if not isinstance(data, dict):
+            if data is not None:
+                self.ctx.bad_input("properties snapshot is not an object", device)
+            return
+        props, prop_ts = decode_items(data, now_ms())
+        if props:
+            self.ctx.state(StateChange(device, props, max(prop_ts.values()), prop_ts=prop_ts))
+
+    # ------------------------------------------------------------------ pushes
+
+    def _on_message(self, topic: str, payload: bytes, props: dict[str, Any]) -> None:
+        if self._held is not None and not topic.endswith("/account/bind_reply"):
+            self._held.append((topic, payload))
+            return
+        self._dispatch(topic, payload)
+
+    def _dispatch(self, topic: str, payload: bytes) -> None:
+        try:
+            msg = decode_app_message(topic, payload, now_ms())
+        except RemoteProtocolError as exc:
+            self.ctx.bad_input(f"app channel: {exc}")
+            return
+        if msg is None:
+            return
+        if isinstance(msg, StateChange):
+            self.ctx.state(msg)
+        elif isinstance(msg, Availability):
+            self.ctx.availability(msg)
+        elif isinstance(msg, DeviceEvent):
+            self.ctx.event(msg)
+        elif isinstance(msg, BindReply):
+            fut = self._bind_waiters.get(msg.msg_id)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+            elif not msg.unbind and not msg.ok:
+                self.ctx.log.warning("unsolicited bind reply %s: %s", msg.code, msg.message)
+        elif isinstance(msg, OtaProgress):
+            self.ctx.event(msg.to_event(now_ms()))
+        elif isinstance(msg, TopoAddStatus):
+            if msg.new_gateway and msg.new_gateway in self.ctx.known_devices():
+                level = "info" if msg.ok else "error"
+                self.ctx.event(DeviceEvent(msg.new_gateway, "topo_add", level, dict(msg.raw), now_ms()))
+            if msg.ok:
+                self._resync_wanted.set()  # a sub-device joined: list devices again
+
+    # ------------------------------------------------------------------ commands
+
+    async def set(self, device: str, props: dict[str, Any]) -> CommandResult:
+        items = denormalize(props, self.ctx.schema(device))
+        await self._call("properties_set", {"iotId": device, "items": items})
+        return CommandResult.ok()
+
+    async def get(self, device: str, props: list[str]) -> CommandResult:
+        data = await self._call("properties_get", {"iotId": device})
+        if not isinstance(data, dict):
+            raise VendorError("vendor", None, "properties reply is not an object")
+        values, prop_ts = decode_items(data, now_ms())
+        if values:
+            self.ctx.state(StateChange(device, values, max(prop_ts.values()), prop_ts=prop_ts))
+        schema = self.ctx.schema(device) or EMPTY_SCHEMA
+        normalized, _ = normalize(schema, values)
+        if props:
+            normalized = {k: v for k, v in normalized.items() if k in props}
+        return CommandResult.ok(normalized)
+
+    async def action(self, device: str, action: str, params: dict[str, Any]) -> CommandResult:
+        schema = self.ctx.schema(device)
+        spec = schema.action(action) if schema is not None else None
+        args = denormalize(params, Schema(spec.input) if spec is not None else None)
+        data = await self._call("service_invoke", {"iotId": device, "identifier": action, "args": args})
+        # The seed's example wraps the service output: {"data": {"data": {...}}}.
+        if isinstance(data, dict) and set(data) == {"data"}:
+            data = data["data"]
+        if data is None:
+            return CommandResult.ok({})
+        return CommandResult.ok(data if isinstance(data, dict) else {"result": data})
