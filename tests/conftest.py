@@ -157,3 +157,14 @@ async def gateway_factory(
     yield factory
     for gw in started:
         await gw.stop()
+
+
+def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any] | None:
+    """Integration tests run on both event loops (the gateway's uvloop and stdlib asyncio),
+    as uvloop's own suite does; unit tests run on the default loop."""
+    name = item.path.name
+    if name == "test_gateway_core.py" or "integration" in name:
+        import uvloop
+
+        return {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
+    return None
