@@ -1,0 +1,759 @@
+"""CoolKit / eWeLink connector (API v2, seed 001, or v1, seed 003): the I/O around ``protocols.coolkit``.
+
+Theory of operation -- one account, one session, states as reported on ``bridge/accounts``::
+
+    connecting: tokens (stored → configured at/rt → login, region redirect) → family (v2)
+                → dispatch → WebSocket → userOnline → thing list + state (resync) → online
+    online:     pushes (update, sysmsg) → registry; commands (update/query) matched by sequence;
+                ping every hbInterval×U(0.8,1); no traffic for hbInterval+15 s → dead socket
+    backoff:    any failure → pending commands fail, wait (capped exponential, full jitter) → connecting
+    attention:  session taken (REST 401, or WS 406 on a session that had worked) or an auth/config
+                error (406 on the very first attempt, login refused) → a long, jittered wait, then
+                one careful retry; never a tight re-login loop (it logs the user's phone app out)
+
+Tokens persist in ``ctx.tokens`` (atomic, 0600) with the region and the user apikey, so a restart
+does not log in again; ``402`` refreshes them (the ``rt`` rotates, the new one is saved at once).
+Accounts created through OAuth (free developer APPIDs cannot call the login endpoint) are
+configured with ``at``/``rt`` and optionally ``apikey`` instead of a password.
+
+Every REST call and every ``userOnline`` takes a slot from the process-wide per-IP budget
+(``coolkit_rate``), so many accounts starting or reconnecting together stay within the seed's
+rules; each account's reconnect delays are jittered independently, which spreads them out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import aiohttp
+import websockets
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+from protocols.coolkit import profiles, rest
+from protocols.coolkit import ws as ckws
+from protocols.coolkit.profiles import Profile
+from protocols.coolkit.rest import RATE_LIMITED, Hosts, HttpRequest, RegionRedirect, Thing
+from protocols.coolkit.sign import Signer, make_nonce
+from protocols.model import (
+    Availability,
+    CommandError,
+    CommandResult,
+    DeviceInfo,
+    Property,
+    RemoteProtocolError,
+    Schema,
+    StateChange,
+    VendorError,
+)
+
+from ..backoff import Backoff
+from ..errors import ConfigError
+from .base import AccountContext, Connector
+from .coolkit_rate import PROGRESS, RateLimiter, RateRules, shared_limiter
+
+__all__ = ["CoolkitConnector", "CoolkitOptions"]
+
+REGIONS = ("cn", "as", "us", "eu", "test")
+AT_LIFETIME_MS = 30 * 86400 * 1000  # seed 001: "The Access Token expires in 30 days by default"
+REFRESH_AFTER_MS = 25 * 86400 * 1000
+DEDICATED_ACCOUNT_HINT = (
+    "a CoolKit account allows one session per app: another login (the eWeLink app with the same "
+    "APPID, another bridge or Home Assistant) takes it over. Use a dedicated eWeLink account for "
+    "cloud2mqtt and share your devices (or your home) to it"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CoolkitOptions:
+    app_id: str
+    app_secret: str = field(repr=False)
+    api_version: Literal[1, 2] = 2
+    region: str = "eu"
+    email: str | None = None
+    phone_number: str | None = None
+    password: str | None = field(default=None, repr=False)
+    country_code: str = "+1"
+    at: str | None = field(default=None, repr=False)
+    rt: str | None = field(default=None, repr=False)
+    apikey: str | None = None
+    hosts: Hosts = rest.DEFAULT_HOSTS
+    page_size: int = 30
+    handshake_timeout: float = 10.0
+    http_timeout: float = 15.0
+    backoff_base: float = 2.0
+    backoff_cap: float = 300.0
+    attention_backoff: float = 900.0
+    attention_cap: float = 4 * 3600.0
+    command_interval: float = 0.1
+    heartbeat_grace: float = ckws.DEAD_GRACE
+    rules: RateRules = field(default_factory=RateRules)
+
+    @property
+    def identity(self) -> str:
+        """What the stored tokens belong to (a config change must not reuse another's tokens)."""
+        who = self.phone_number or self.email or "oauth:" + hashlib.sha256((self.at or "").encode()).hexdigest()[:16]
+        return f"v{self.api_version}|{self.app_id}|{who}"
+
+
+class _SessionTaken(Exception):
+    pass
+
+
+class _AuthConfig(Exception):
+    pass
+
+
+class _DeadSocket(Exception):
+    pass
+
+
+class _Throttled(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class _Dev:
+    thing: Thing
+    profile: Profile | None
+    schema: Schema
+    online: bool | None
+
+
+_GROUP_PROFILE = Profile("group", frozenset(), (Property("switch", "Switch", "bool", enum={False: "off", True: "on"}),))
+_GROUP_SCHEMA = Schema(_GROUP_PROFILE.props, passthrough=True)
+
+
+def _opt(raw: Mapping[str, Any], key: str, name: str, kind: type, default: Any = None) -> Any:
+    value = raw.get(name, default)
+    if value is None:
+        return None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ConfigError(f"{key}.{name}", f"must be a {kind.__name__}")
+    return value
+
+
+class CoolkitConnector(Connector):
+    vendor = "coolkit"
+
+    def __init__(self, options: CoolkitOptions, ctx: AccountContext, http: aiohttp.ClientSession) -> None:
+        super().__init__(options, ctx, http)
+        self.opts = options
+        self.signer = Signer(options.app_secret)
+        self.limiter: RateLimiter = shared_limiter(options.rules)
+        self._rng = random.Random()
+        self._tokens: dict[str, Any] | None = None
+        self._devs: dict[str, _Dev] = {}
+        self._ws: ClientConnection | None = None
+        self._session: ckws.WsSession | None = None
+        self._pending: dict[str, asyncio.Future[ckws.CommandReply]] = {}
+        self._worked = False  # a handshake succeeded at least once in this process
+        self._last_command = 0.0
+        self._progress_key = f"{ctx.account}@{id(self)}"
+        PROGRESS.register(self._progress_key)
+
+    # ------------------------------------------------------------------ configuration
+
+    @classmethod
+    def parse_options(cls, raw: Mapping[str, Any], key: str) -> CoolkitOptions:
+        known = {
+            "vendor", "name", "enabled", "app_id", "app_secret", "api_version", "region", "email",
+            "phone_number", "password", "country_code", "at", "rt", "apikey", "api_url", "dispatch_url",
+            "v1_api_url", "page_size", "handshake_timeout", "http_timeout", "backoff_base", "backoff_cap",
+            "attention_backoff", "attention_cap", "command_interval", "rate_min_interval", "rate_window",
+            "rate_max_calls", "user_online_interval", "heartbeat_grace",
+        }  # fmt: skip
+        for name in raw:
+            if name not in known:
+                raise ConfigError(f"{key}.{name}", "unknown option for a coolkit account")
+        app_id = _opt(raw, key, "app_id", str)
+        app_secret = _opt(raw, key, "app_secret", str)
+        if not app_id:
+            raise ConfigError(f"{key}.app_id", "missing (the APPID from the eWeLink developer centre)")
+        if not app_secret:
+            raise ConfigError(f"{key}.app_secret", "missing")
+        version = _opt(raw, key, "api_version", int, 2)
+        if version not in (1, 2):
+            raise ConfigError(f"{key}.api_version", "must be 1 or 2")
+        region = _opt(raw, key, "region", str, "eu")
+        if region not in REGIONS:
+            raise ConfigError(f"{key}.region", f"must be one of {', '.join(REGIONS)}")
+        email = _opt(raw, key, "email", str)
+        phone = _opt(raw, key, "phone_number", str)
+        password = _opt(raw, key, "password", str)
+        at = _opt(raw, key, "at", str)
+        rt = _opt(raw, key, "rt", str)
+        if (email or phone) and not password:
+            raise ConfigError(f"{key}.password", "missing (needed with email/phone_number)")
+        if not (email or phone) and not (at and rt):
+            raise ConfigError(
+                f"{key}.email",
+                "give email (or phone_number) and password, or an at/rt pair from the OAuth flow",
+            )
+        if bool(at) != bool(rt):
+            raise ConfigError(f"{key}.{'rt' if at else 'at'}", "at and rt come as a pair")
+        if phone and not phone.startswith("+"):
+            raise ConfigError(f"{key}.phone_number", 'must start with the country code, e.g. "+8618023456789"')
+        cc = _opt(raw, key, "country_code", str, "+1")
+        if not cc.startswith("+") or not cc[1:].isdigit():
+            raise ConfigError(f"{key}.country_code", 'must look like "+44"')
+        defaults = Hosts()
+        hosts = Hosts(
+            _opt(raw, key, "api_url", str, defaults.api),
+            _opt(raw, key, "dispatch_url", str, defaults.dispatch),
+            _opt(raw, key, "v1_api_url", str, defaults.v1_api),
+        )
+        for name, value in (("api_url", hosts.api), ("dispatch_url", hosts.dispatch), ("v1_api_url", hosts.v1_api)):
+            if not value.startswith(("http://", "https://")):
+                raise ConfigError(f"{key}.{name}", "must be an http(s) URL template ({region}, {tld})")
+
+        def positive(name: str, default: float) -> float:
+            value = _opt(raw, key, name, float, default)
+            if value <= 0:
+                raise ConfigError(f"{key}.{name}", "must be positive")
+            return float(value)
+
+        page_size = _opt(raw, key, "page_size", int, 30)
+        if not 1 <= page_size <= 30:
+            raise ConfigError(f"{key}.page_size", "must be 1..30 (the cloud times out on larger pages)")
+        max_calls = _opt(raw, key, "rate_max_calls", int, 300)
+        if max_calls < 1:
+            raise ConfigError(f"{key}.rate_max_calls", "must be at least 1")
+        rules = RateRules(
+            positive("rate_min_interval", 0.5),
+            positive("rate_window", 300.0),
+            max_calls,
+            positive("user_online_interval", 20.0),
+        )
+        return CoolkitOptions(
+            app_id=app_id,
+            app_secret=app_secret,
+            api_version=version,
+            region=region,
+            email=email,
+            phone_number=phone,
+            password=password,
+            country_code=cc,
+            at=at,
+            rt=rt,
+            apikey=_opt(raw, key, "apikey", str),
+            hosts=hosts,
+            page_size=page_size,
+            handshake_timeout=positive("handshake_timeout", 10.0),
+            http_timeout=positive("http_timeout", 15.0),
+            backoff_base=positive("backoff_base", 2.0),
+            backoff_cap=positive("backoff_cap", 300.0),
+            attention_backoff=positive("attention_backoff", 900.0),
+            attention_cap=positive("attention_cap", 4 * 3600.0),
+            command_interval=_opt(raw, key, "command_interval", float, 0.1),
+            heartbeat_grace=positive("heartbeat_grace", ckws.DEAD_GRACE),
+            rules=rules,
+        )
+
+    # ------------------------------------------------------------------ tokens
+
+    def _load_tokens(self) -> None:
+        opts = self.opts
+        stored = self.ctx.tokens.load()
+        if stored and stored.get("identity") == opts.identity and stored.get("at") and stored.get("rt"):
+            self._tokens = stored
+            return
+        if opts.at and opts.rt:
+            self._tokens = {
+                "identity": opts.identity, "at": opts.at, "rt": opts.rt, "apikey": opts.apikey,
+                "region": opts.region, "issued_ms": None,
+            }  # fmt: skip
+            self.ctx.tokens.save(self._tokens)
+        else:
+            self._tokens = None
+
+    def _save(self, **changes: Any) -> dict[str, Any]:
+        tokens = dict(self._tokens or {"identity": self.opts.identity})
+        tokens.update(changes)
+        self._tokens = tokens
+        self.ctx.tokens.save(tokens)
+        return tokens
+
+    @property
+    def region(self) -> str:
+        region = (self._tokens or {}).get("region")
+        return region if isinstance(region, str) and region in REGIONS else self.opts.region
+
+    def _expiry(self) -> int | None:
+        issued = (self._tokens or {}).get("issued_ms")
+        return int(issued) + AT_LIFETIME_MS if isinstance(issued, int) else None
+
+    # ------------------------------------------------------------------ HTTP
+
+    async def _send(self, req: HttpRequest) -> tuple[int, bytes]:
+        waited = await self.limiter.acquire(req.endpoint)
+        if waited > 1.0 and not self._worked:
+            self.ctx.link("connecting", f"start-up paced by the CoolKit per-IP rate rules ({PROGRESS.describe()})")
+        timeout = aiohttp.ClientTimeout(total=self.opts.http_timeout)
+        async with self.http.request(req.method, req.url, headers=dict(req.headers), data=req.body, timeout=timeout) as resp:
+            return resp.status, await resp.read()
+
+    async def _signed(self, req: HttpRequest) -> Any:
+        status, body = await self._send(req)
+        return rest.parse_envelope(status, body, self.opts.api_version)
+
+    async def _bearer(self, build: Callable[[str], HttpRequest], version: Literal[1, 2] | None = None) -> Any:
+        """A Bearer call: ``402`` refreshes once and retries; ``401`` means the session was taken."""
+        for attempt in (0, 1):
+            tokens = await self._ensure_tokens()
+            status, body = await self._send(build(str(tokens["at"])))
+            try:
+                return rest.parse_envelope(status, body, version or self.opts.api_version)
+            except VendorError as exc:
+                if exc.vendor_code == 402 and attempt == 0:
+                    await self._refresh()
+                    continue
+                if exc.vendor_code == 401:
+                    raise _SessionTaken(f"access token rejected (401: {exc.message})") from None
+                if exc.vendor_code == RATE_LIMITED:
+                    raise _Throttled(exc.message) from None
+                raise
+        raise AssertionError("unreachable")
+
+    async def _ensure_tokens(self) -> dict[str, Any]:
+        if self._tokens is None:
+            await self._login()
+        assert self._tokens is not None
+        return self._tokens
+
+    async def _login(self) -> None:
+        opts = self.opts
+        if not opts.password:
+            raise _AuthConfig(
+                "no valid tokens and no password: authorize again through OAuth and configure the new at/rt"
+            )
+        region = self.region
+        for _ in range(3):
+            now = int(time.time())
+            try:
+                data = await self._signed(
+                    rest.login_request(
+                        opts.hosts, opts.api_version, region, appid=opts.app_id, signer=self.signer,
+                        nonce=make_nonce(), password=opts.password or "", country_code=opts.country_code,
+                        email=opts.email, phone_number=opts.phone_number, ts=now,
+                    )
+                )  # fmt: skip
+            except RegionRedirect as redirect:
+                if redirect.region not in REGIONS or redirect.region == region:
+                    raise _AuthConfig(f"login redirected to an unknown region {redirect.region!r}") from None
+                self.ctx.log.info("account lives in region %s (not %s); logging in there", redirect.region, region)
+                region = redirect.region
+                continue
+            except VendorError as exc:
+                raise self._login_error(exc) from None
+            result = rest.parse_login(data)
+            self._save(
+                at=result.at, rt=result.rt, apikey=result.apikey, region=result.region or region,
+                issued_ms=int(time.time() * 1000),
+            )  # fmt: skip
+            self.ctx.log.info("logged in (region %s)", self.region)
+            return
+        raise _AuthConfig("login kept redirecting between regions")
+
+    def _login_error(self, exc: VendorError) -> Exception:
+        code = exc.vendor_code
+        if code == RATE_LIMITED:
+            return _Throttled(exc.message)
+        v1 = self.opts.api_version == 1
+        if code in ((401, 404) if v1 else (10001, 10003)):
+            return _AuthConfig(f"login refused ({code}: {exc.message}): check email/phone_number and password")
+        if code in (406, 407, 408) or (code == 400 and "sign" in exc.message.lower()):
+            return _AuthConfig(
+                f"login refused ({code}: {exc.message}): check app_id/app_secret; free developer "
+                "APPIDs may only use OAuth -- configure at/rt from the OAuth flow instead of a password"
+            )
+        if code == 400:
+            return _AuthConfig(f"login refused ({code}: {exc.message}): incomplete parameters")
+        return exc
+
+    async def _refresh(self) -> None:
+        opts = self.opts
+        tokens = self._tokens or {}
+        rt = tokens.get("rt")
+        try:
+            if not isinstance(rt, str):
+                raise VendorError("auth", 0, "no refresh token")
+            data = await self._signed(
+                rest.refresh_request(
+                    opts.hosts, opts.api_version, self.region, appid=opts.app_id, signer=self.signer,
+                    nonce=make_nonce(), rt=rt, ts=int(time.time()),
+                )
+            )  # fmt: skip
+            at, new_rt = rest.parse_refresh(data)
+        except (VendorError, RemoteProtocolError) as exc:
+            if isinstance(exc, VendorError) and exc.vendor_code == RATE_LIMITED:
+                raise _Throttled(exc.message) from None
+            self.ctx.log.warning("token refresh failed (%s)", getattr(exc, "vendor_code", exc))
+            self._tokens = None
+            self.ctx.tokens.save(None)
+            await self._login()  # raises _AuthConfig for OAuth-only accounts
+            return
+        self._save(at=at, rt=new_rt, issued_ms=int(time.time() * 1000))
+        self.ctx.log.info("access token refreshed")
+
+    # ------------------------------------------------------------------ run loop
+
+    async def run(self) -> None:
+        self._load_tokens()
+        backoff = Backoff(self.opts.backoff_base, self.opts.backoff_cap, rng=self._rng)
+        hard = Backoff(self.opts.attention_backoff, self.opts.attention_cap,
+                       floor=self.opts.attention_backoff / 2, rng=self._rng)  # fmt: skip
+        while True:
+            self.ctx.link("connecting")
+            try:
+                await self._connect_once(backoff, hard)
+                delay = backoff.next()
+                self.ctx.link("backoff", "connection closed by the cloud")
+            except _SessionTaken as exc:
+                delay = hard.next()
+                self._tokens = None if self.opts.password else self._tokens
+                self.ctx.link("attention", f"session taken by another login: {exc}", attention=True)
+                self.ctx.log.error(
+                    "session taken over (%s); not fighting it: next attempt in %.0fs. Hint: %s",
+                    exc, delay, DEDICATED_ACCOUNT_HINT,
+                )  # fmt: skip
+            except _AuthConfig as exc:
+                delay = hard.next()
+                self.ctx.link("attention", f"auth/config error: {exc}", attention=True)
+                self.ctx.log.error("auth/config error: %s; next attempt in %.0fs", exc, delay)
+            except _Throttled as exc:
+                delay = max(backoff.next(), self.opts.rules.user_online_interval)
+                self.ctx.link("backoff", f"throttled by the cloud's per-IP rules: {exc}")
+            except (aiohttp.ClientError, OSError, TimeoutError, ConnectionClosed, InvalidHandshake,
+                    RemoteProtocolError, VendorError, _DeadSocket) as exc:  # fmt: skip
+                delay = backoff.next()
+                reason = _describe(exc)
+                self.ctx.link("backoff", reason)
+                self.ctx.log.warning("link lost: %s; reconnecting in %.1fs", reason, delay)
+            finally:
+                await self._teardown()
+            await asyncio.sleep(delay)
+
+    async def _connect_once(self, backoff: Backoff, hard: Backoff) -> None:
+        opts = self.opts
+        tokens = await self._ensure_tokens()
+        issued = tokens.get("issued_ms")
+        if isinstance(issued, int) and time.time() * 1000 - issued > REFRESH_AFTER_MS:
+            await self._refresh()
+        families: tuple[str | None, ...] = (None,)
+        if opts.api_version == 2:
+            family = rest.parse_family(await self._bearer(
+                lambda at: rest.family_request(opts.hosts, self.region, at=at, nonce=make_nonce())))  # fmt: skip
+            if family.apikey and not (self._tokens or {}).get("apikey"):
+                self._save(apikey=family.apikey)
+            families = family.family_ids or (None,)
+        apikey = (self._tokens or {}).get("apikey")
+        if not isinstance(apikey, str) or not apikey:
+            raise _AuthConfig("the user apikey is unknown: configure apikey with the at/rt pair")
+        dispatch = rest.parse_dispatch(*await self._raw_bearer(
+            lambda at: rest.dispatch_request(opts.hosts, opts.api_version, self.region, appid=opts.app_id,
+                                             at=at, nonce=make_nonce(), ts=int(time.time()))))  # fmt: skip
+        url = dispatch.url(opts.hosts.ws_scheme())
+        await self.limiter.user_online(apikey)
+        tokens = await self._ensure_tokens()
+        ws = await websockets.connect(
+            url, compression=None, ping_interval=None, open_timeout=opts.handshake_timeout,
+            max_size=4 * 1024 * 1024, close_timeout=2,
+        )  # fmt: skip
+        self._ws = ws
+        session = ckws.WsSession(opts.api_version, opts.app_id, str(tokens["at"]), apikey)
+        self._session = session
+        await ws.send(session.handshake(now_ms=int(time.time() * 1000), nonce=make_nonce()))
+        try:
+            raw = await asyncio.wait_for(ws.recv(), opts.handshake_timeout)
+        except TimeoutError:
+            raise _DeadSocket("no answer to userOnline") from None
+        event = session.receive(raw)
+        if isinstance(event, ckws.HandshakeFailed):
+            if event.error == 406:
+                if self._worked:
+                    raise _SessionTaken("userOnline refused with 406 on a session that had worked")
+                raise _AuthConfig(
+                    "userOnline refused with 406 on the first attempt: wrong APPID, signature or "
+                    "incomplete parameters (check app_id/app_secret, region, at/apikey)"
+                )
+            if event.error == RATE_LIMITED:
+                raise _Throttled("userOnline refused: repeated too often")
+            raise VendorError("vendor", event.error, f"userOnline refused: {event.reason or event.error}")
+        if not isinstance(event, ckws.HandshakeDone):
+            raise RemoteProtocolError("unexpected answer to userOnline")
+        self._worked = True
+        hb = dataclasses.replace(event.heartbeat, grace=opts.heartbeat_grace)
+        await self._sync(families, apikey)
+        PROGRESS.done(self._progress_key)
+        backoff.reset()
+        hard.reset()
+        self.ctx.link("online", token_expires_ms=self._expiry())
+        pinger = asyncio.create_task(self._pinger(ws, hb))
+        try:
+            await self._reader(ws, session, hb)
+        finally:
+            pinger.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pinger
+
+    async def _raw_bearer(self, build: Callable[[str], HttpRequest]) -> tuple[int, bytes]:
+        """Dispatch replies use their own envelope; map 401/402 like every Bearer call."""
+        for attempt in (0, 1):
+            tokens = await self._ensure_tokens()
+            status, body = await self._send(build(str(tokens["at"])))
+            try:
+                rest.parse_envelope(status, body, 1)
+            except VendorError as exc:
+                if exc.vendor_code == 402 and attempt == 0:
+                    await self._refresh()
+                    continue
+                if exc.vendor_code == 401:
+                    raise _SessionTaken(f"access token rejected (401: {exc.message})") from None
+                if exc.vendor_code == RATE_LIMITED:
+                    raise _Throttled(exc.message) from None
+                raise
+            return status, body
+        raise AssertionError("unreachable")
+
+    async def _teardown(self) -> None:
+        session, ws = self._session, self._ws
+        self._session = None
+        self._ws = None
+        if session is not None:
+            for seq in session.close():
+                fut = self._pending.pop(seq, None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(CommandError(
+                        "vendor", "the CoolKit connection closed before the device answered; retry"))  # fmt: skip
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(CommandError("vendor", "the CoolKit connection closed; retry"))
+        self._pending.clear()
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 2)
+
+    async def close(self) -> None:
+        PROGRESS.unregister(self._progress_key)
+        await self._teardown()
+
+    # ------------------------------------------------------------------ sync
+
+    async def _sync(self, families: tuple[str | None, ...], apikey: str) -> None:
+        """Resync after every (re)connect: complete thing list, then a state snapshot."""
+        opts = self.opts
+        things: list[Thing] = []
+        if opts.api_version == 2:
+            seen: set[str] = set()
+            for fid in families:
+                pager = rest.ThingPager(opts.page_size, apikey)
+                while pager.begin_index is not None:
+                    begin = pager.begin_index
+                    data = await self._bearer(
+                        lambda at: rest.thing_page_request(
+                            opts.hosts, self.region, at=at, nonce=make_nonce(), begin_index=begin,  # noqa: B023
+                            num=opts.page_size, familyid=fid))  # noqa: B023  # fmt: skip
+                    pager.feed(data)
+                for reason in pager.bad:
+                    self.ctx.bad_input(f"thing list entry skipped: {reason}")
+                for thing in pager.things:
+                    if thing.id not in seen:
+                        seen.add(thing.id)
+                        things.append(thing)
+        else:
+            doc = await self._bearer(
+                lambda at: rest.v1_devices_request(opts.hosts, self.region, appid=opts.app_id, at=at,
+                                                   nonce=make_nonce(), ts=int(time.time())))  # fmt: skip
+            things, bad = rest.parse_v1_devices(doc, apikey)
+            for reason in bad:
+                self.ctx.bad_input(f"device list entry skipped: {reason}")
+        devs: dict[str, _Dev] = {}
+        infos = []
+        for thing in things:
+            if thing.kind == "group":
+                profile: Profile | None = _GROUP_PROFILE
+                schema = _GROUP_SCHEMA
+            else:
+                profile = profiles.profile_for(thing.uiid)
+                schema = profiles.schema_for(thing.uiid, thing.tags)
+            devs[thing.id] = _Dev(thing, profile, schema, thing.online)
+            extra: dict[str, Any] = {"kind": thing.kind, "shared": thing.shared}
+            if thing.uiid is not None:
+                extra["uiid"] = thing.uiid
+            if thing.brand:
+                extra["brand"] = thing.brand
+            infos.append(DeviceInfo(thing.id, thing.name, thing.model, schema, thing.online, extra))
+        self._devs = devs
+        self.ctx.devices(infos)
+        now = int(time.time() * 1000)
+        for dev in devs.values():
+            if dev.online is not None:
+                self.ctx.availability(Availability(dev.thing.id, dev.online, now))
+            if dev.thing.params:
+                self._state(dev, dev.thing.params, now)
+
+    def _state(self, dev: _Dev, params: Mapping[str, Any], ts: int, seq: int | None = None) -> dict[str, Any]:
+        values, flagged = profiles.decode_params(dev.profile, dev.schema, params)
+        for pid in flagged:
+            self.ctx.bad_input(f"value of {pid!r} does not fit its schema: kept as sent", dev.thing.id, "bad_values")
+        if values:
+            self.ctx.state(StateChange(dev.thing.id, values, ts, seq))
+        return values
+
+    # ------------------------------------------------------------------ live socket
+
+    async def _pinger(self, ws: ClientConnection, hb: ckws.Heartbeat) -> None:
+        while True:
+            await asyncio.sleep(hb.ping_delay(self._rng))
+            await ws.send(ckws.PING)
+
+    async def _reader(self, ws: ClientConnection, session: ckws.WsSession, hb: ckws.Heartbeat) -> None:
+        loop = asyncio.get_running_loop()
+        last_rx = loop.time()
+        while True:
+            remaining = last_rx + hb.dead_after - loop.time()
+            try:
+                raw = await asyncio.wait_for(ws.recv(), max(remaining, 0.0))
+            except TimeoutError:
+                raise _DeadSocket(f"no traffic for {hb.dead_after:g}s (hbInterval {hb.interval:g}s + {hb.grace:g}s)") from None
+            last_rx = loop.time()
+            try:
+                event = session.receive(raw)
+            except RemoteProtocolError as exc:
+                self.ctx.bad_input(f"unreadable frame: {exc}")
+                continue
+            try:
+                self._on_event(event)
+            except (TypeError, ValueError, KeyError, AttributeError) as exc:
+                self.ctx.bad_input(f"frame could not be applied: {type(exc).__name__}: {exc}")
+            await self.ctx.drain()
+
+    def _on_event(self, event: ckws.WsEvent) -> None:
+        now = int(time.time() * 1000)
+        if isinstance(event, ckws.CommandReply):
+            fut = self._pending.pop(event.sequence, None)
+            if fut is not None and not fut.done():
+                fut.set_result(event)
+        elif isinstance(event, ckws.DeviceUpdate):
+            dev = self._devs.get(event.deviceid)
+            if dev is None:
+                self.ctx.bad_input("update for a device the thing list does not hold", event.deviceid, "unknown_device")
+                return
+            self._state(dev, event.params, now, event.seq)
+            if dev.online is False and set(event.params) - {"subDevRssi"}:
+                # A real report proves the device is up (subDevRssi arrives even for offline ones).
+                dev.online = True
+                self.ctx.availability(Availability(dev.thing.id, True, now, "update"))
+        elif isinstance(event, ckws.SysMsg):
+            dev = self._devs.get(event.deviceid)
+            if dev is None:
+                self.ctx.bad_input("sysmsg for a device the thing list does not hold", event.deviceid, "unknown_device")
+                return
+            if event.online is not None:
+                dev.online = event.online
+                self.ctx.availability(Availability(dev.thing.id, event.online, now, "sysmsg"))
+            rest_params = {k: v for k, v in event.params.items() if k != "online"}
+            if rest_params:
+                self._state(dev, rest_params, now)
+        elif isinstance(event, ckws.ServerError):
+            if event.error == 406:
+                raise _SessionTaken(f"the cloud ended the session (406 {event.reason})".strip())
+            self.ctx.bad_input(f"unsolicited error frame {event.error} {event.reason}".strip())
+
+    # ------------------------------------------------------------------ commands
+
+    def _device(self, device: str) -> _Dev:
+        dev = self._devs.get(device)
+        if dev is None:
+            raise CommandError("invalid", f"unknown CoolKit device {device!r}")
+        return dev
+
+    async def _command(self, action: Literal["update", "query"], dev: _Dev, params: Any) -> ckws.CommandReply:
+        ws, session = self._ws, self._session
+        if ws is None or session is None or session.state != "live":
+            raise CommandError("offline", "the CoolKit cloud link is down")
+        loop = asyncio.get_running_loop()
+        gap = self._last_command + self.opts.command_interval - loop.time()
+        self._last_command = max(loop.time(), self._last_command + self.opts.command_interval)
+        if gap > 0:
+            await asyncio.sleep(gap)
+        if self._session is not session:
+            raise CommandError("vendor", "the CoolKit connection was replaced; retry")
+        seq, frame = session.command(
+            action, now_ms=int(time.time() * 1000), deviceid=dev.thing.id,
+            owner_apikey=dev.thing.owner_apikey, params=params,
+        )  # fmt: skip
+        fut: asyncio.Future[ckws.CommandReply] = loop.create_future()
+        self._pending[seq] = fut
+        try:
+            await ws.send(frame)
+            return await fut
+        except ConnectionClosed:
+            raise CommandError("vendor", "the CoolKit connection closed while sending; retry") from None
+        finally:
+            self._pending.pop(seq, None)
+            session.forget(seq)
+
+    @staticmethod
+    def _reply_error(reply: ckws.CommandReply) -> CommandError:
+        code = reply.error
+        if code == 504:
+            # The device did not answer in time. Not proof of being offline: only sysmsg is.
+            return CommandError("offline", "the device did not answer (504 Request Timeout)", 504)
+        if code == 503:
+            return CommandError("offline", "the device is offline (503)", 503)
+        text = reply.reason or rest.ERROR_TEXT.get(code, f"error {code}")
+        return CommandError(rest.error_code(code), text, code)
+
+    async def set(self, device: str, props: dict[str, Any]) -> CommandResult:
+        dev = self._device(device)
+        params = profiles.encode_params(dev.profile, dev.schema, props)
+        if dev.thing.kind == "group":
+            gid = dev.thing.id[len(rest.GROUP_PREFIX):]
+            try:
+                await self._bearer(lambda at: rest.group_status_request(
+                    self.opts.hosts, self.region, at=at, nonce=make_nonce(), group_id=gid, params=params), 2)  # fmt: skip
+            except (_SessionTaken, _Throttled) as exc:
+                raise CommandError("auth" if isinstance(exc, _SessionTaken) else "throttled", str(exc)) from None
+            return CommandResult.ok()
+        if dev.online is False:
+            raise CommandError("offline", "the device is offline (as the cloud last reported)")
+        reply = await self._command("update", dev, params)
+        if reply.error != 0:
+            raise self._reply_error(reply)
+        return CommandResult.ok()
+
+    async def get(self, device: str, props: list[str]) -> CommandResult:
+        dev = self._device(device)
+        if dev.thing.kind == "group":
+            raise CommandError("invalid", "CoolKit groups cannot be queried; read the member devices")
+        if dev.online is False:
+            raise CommandError("offline", "the device is offline (as the cloud last reported)")
+        reply = await self._command("query", dev, profiles.query_names(dev.profile, props))
+        if reply.error != 0:
+            raise self._reply_error(reply)
+        values = self._state(dev, reply.params or {}, int(time.time() * 1000)) if reply.params else {}
+        if props:
+            values = {k: v for k, v in values.items() if k in props}
+        return CommandResult.ok(values)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, VendorError):
+        return f"CoolKit error {exc.vendor_code}: {exc.message}"
+    if isinstance(exc, ConnectionClosed):
+        rcvd = exc.rcvd
+        return f"WebSocket closed ({rcvd.code} {rcvd.reason})".strip() if rcvd else "WebSocket closed abruptly"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
