@@ -339,8 +339,6 @@ class AliyunConnector(Connector):
             except (TimeoutError, OSError, aiohttp.ClientError, RemoteProtocolError, _LinkLost) as exc:
                 delay = backoff.next()
                 self.ctx.link("backoff", f"{type(exc).__name__}: {exc}")
-            finally:
-                self._bound = False
             await self._teardown()
             self.ctx.log.info("reconnecting in %.1fs", delay)
             await asyncio.sleep(delay)
@@ -379,6 +377,7 @@ class AliyunConnector(Connector):
 
     async def _session(self, backoff: Backoff) -> None:
         o = self.opts
+        self._bound = False
         creds = mqtt_credentials(
             o.product_key, o.device_name, o.device_secret, now_ms(),
             client_id=self.bare_client_id, secure_mode=2 if o.tls else 3,
