@@ -86,13 +86,14 @@ def coerce(prop: Property, value: Any) -> Any:
     if kind == "int":
         return _to_number(value, True)
     if kind == "float":
-        out = _to_number(value, False)
-        return out
+        return _to_number(value, False)
     if kind == "timestamp":
         # Dates are epoch milliseconds. Vendors send seconds (Tencent), ms, or ms as a string.
         number = _to_number(value, True)
-        if number is NOT_COERCIBLE or isinstance(number, float):
-            return number if number is NOT_COERCIBLE else int(number)
+        if isinstance(number, float):
+            number = int(number)
+        elif not isinstance(number, int):
+            return NOT_COERCIBLE
         return number * 1000 if 0 < number < 100_000_000_000 else number
     if kind == "enum":
         if prop.enum is None:
@@ -117,17 +118,17 @@ def coerce(prop: Property, value: Any) -> Any:
         if not isinstance(value, Mapping):
             return NOT_COERCIBLE
         by_id = {f.id: f for f in prop.fields}
-        out: dict[str, Any] = {}
+        fields: dict[str, Any] = {}
         for key, item in value.items():
             field_prop = by_id.get(key)
             if field_prop is None:
-                out[key] = item
+                fields[key] = item
                 continue
             coerced = coerce(field_prop, item)
             if coerced is NOT_COERCIBLE:
                 return NOT_COERCIBLE
-            out[key] = coerced
-        return out
+            fields[key] = coerced
+        return fields
     if kind == "array":
         if not isinstance(value, (list, tuple)):
             return NOT_COERCIBLE

@@ -6,6 +6,7 @@ import base64
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -49,13 +50,13 @@ def test_required_but_missing_is_an_import_error(tmp_path):
     pkg.mkdir()
     src = os.path.dirname(_speedups.__file__)
     for name in ("__init__.py", "_reference.py"):
-        (pkg / name).write_text(open(os.path.join(src, name)).read())
+        (pkg / name).write_text(Path(src, name).read_text())
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CLOUD2MQTT_")}
     code = (
-        "import sys; sys.path.insert(0, %r); "
+        f"import sys; sys.path.insert(0, {str(tmp_path)!r}); "
         "sys.meta_path[:] = [f for f in sys.meta_path if 'Editable' not in getattr(f, '__name__', '')]; "
         "import _speedups; assert _speedups.__file__.startswith(sys.path[0])"
-    ) % str(tmp_path)
+    )
     out = subprocess.run([sys.executable, "-c", code], env={**clean, "CLOUD2MQTT_REQUIRE_COMPILED": "1"},
                          capture_output=True, text=True, check=False)
     assert out.returncode != 0 and "CLOUD2MQTT_REQUIRE_COMPILED" in out.stderr
