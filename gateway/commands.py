@@ -135,7 +135,7 @@ class CommandHandler:
                 call = connector.action(rec.device, action, params)
             try:
                 result = await asyncio.wait_for(call, gw.config.gateway.command_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 result = CommandResult(
                     "timeout", code="timeout",
                     message=f"no answer within {gw.config.gateway.command_timeout:g}s",
@@ -180,7 +180,7 @@ class CommandHandler:
             result = await asyncio.wait_for(
                 gw.bridge_request(command, request), gw.config.gateway.command_timeout
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             result = CommandResult("timeout", code="timeout", message="no answer in time")
         except CommandError as exc:
             if exc.code == "invalid":

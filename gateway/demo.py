@@ -67,7 +67,7 @@ async def run_demo(
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), 1.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             totals = gateway.health.totals
             online = sum(1 for link in gateway.links.values() if link.link_state == "online")

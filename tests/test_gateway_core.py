@@ -9,7 +9,6 @@ import pytest
 from gateway import connectors
 from protocols.model import Availability, DeviceEvent, StateChange, VendorError
 
-from . import dummy_connector
 from .dummy_connector import INSTANCES
 
 connectors.CONNECTORS.setdefault("dummy", "tests.dummy_connector:DummyConnector")
@@ -28,7 +27,7 @@ async def start(gateway_factory, **opts):
 
 
 async def test_state_availability_event_and_bridge_topics(gateway_factory, probe):
-    gw, dummy = await start(gateway_factory)
+    _gw, dummy = await start(gateway_factory)
     await probe.wait_for(f"{B}/bridge/state", lambda p: p == {"state": "online"})
     await probe.wait_for(f"{LAMP}/availability", lambda p: p["state"] == "online")
     dummy.ctx.state(StateChange("lamp/1", {"power": "on", "brightness": "42", "temperature": "21.5"}, 1000))
@@ -60,7 +59,7 @@ async def test_state_availability_event_and_bridge_topics(gateway_factory, probe
 
 
 async def test_set_get_action_replies(gateway_factory, probe):
-    gw, dummy = await start(gateway_factory)
+    _gw, dummy = await start(gateway_factory)
     await probe.wait_for(f"{LAMP}/availability")
     probe.publish(f"{LAMP}/set", {"power": True, "brightness": 10, "transaction": "t1"})
     reply = await probe.wait_for(f"{LAMP}/response/set", lambda p: p["transaction"] == "t1")
@@ -113,7 +112,7 @@ async def test_set_get_action_replies(gateway_factory, probe):
 
 
 async def test_offline_device_rejects_command(gateway_factory, probe):
-    gw, dummy = await start(gateway_factory)
+    _gw, dummy = await start(gateway_factory)
     dummy.ctx.availability(Availability("lamp/1", False, 5, "device"))
     probe.publish(f"{LAMP}/set", {"power": True, "transaction": "x"})
     reply = await probe.wait_for(f"{LAMP}/response/set")
@@ -121,7 +120,7 @@ async def test_offline_device_rejects_command(gateway_factory, probe):
 
 
 async def test_removed_device_clears_retained_and_grace_marks_offline(gateway_factory, probe):
-    gw, dummy = await start(gateway_factory, offline_grace=0.3)
+    _gw, dummy = await start(gateway_factory, offline_grace=0.3)
     dummy.ctx.state(StateChange("lamp-2", {"power": 1}, 10))
     await probe.wait_for(f"{B}/dummy/lamp-2", lambda p: isinstance(p, dict) and p.get("power") is True)
     dummy.ctx.devices(dummy.infos(["lamp/1"]))

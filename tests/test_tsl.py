@@ -6,7 +6,7 @@ from protocols.model import CommandError, Property, Schema
 from protocols.tsl import NOT_COERCIBLE, coerce, normalize, validate, validate_props
 
 B = Property("on", type="bool")
-I = Property("level", type="int", min=0, max=10)
+INT = Property("level", type="int", min=0, max=10)
 F = Property("temp", type="float", access="r")
 E = Property("mode", type="enum", enum={0: "auto", 1: "manual"})
 ES = Property("color", type="enum", enum={"red": "Red", "blue": "Blue"})
@@ -21,7 +21,7 @@ A = Property("list", type="array", item=Property("i", type="int"), length=3)
     [
         (B, 1, True), (B, "0", False), (B, "on", True), (B, "OFF", False), (B, True, True),
         (B, 2, NOT_COERCIBLE), (B, "maybe", NOT_COERCIBLE),
-        (I, "42", 42), (I, 3.0, 3), (I, "3.0", 3), (I, 3.5, 3.5), (I, "x", NOT_COERCIBLE),
+        (INT, "42", 42), (INT, 3.0, 3), (INT, "3.0", 3), (INT, 3.5, 3.5), (INT, "x", NOT_COERCIBLE),
         (F, "21.5", 21.5), (F, 2, 2), (F, "nan", NOT_COERCIBLE),
         (E, "1", 1), (E, 0, 0), (E, 7, NOT_COERCIBLE), (ES, "red", "red"), (ES, "green", NOT_COERCIBLE),
         (T, 1_700_000_000, 1_700_000_000_000), (T, "1700000000123", 1_700_000_000_123),
@@ -35,7 +35,7 @@ def test_coerce(prop, value, expected):
 
 
 def test_normalize_keeps_and_flags_misfits():
-    schema = Schema((B, I, F))
+    schema = Schema((B, INT, F))
     values, flagged = normalize(schema, {"on": "1", "level": "loud", "other": "x"})
     assert values == {"on": True, "level": "loud", "other": "x"}
     assert flagged == ["level"]
@@ -52,11 +52,11 @@ def test_normalize_keeps_and_flags_misfits():
 )
 def test_validate_rejects(props, message):
     with pytest.raises(CommandError, match=message) as err:
-        validate_props(Schema((B, I, F, S, E, A)), props)
+        validate_props(Schema((B, INT, F, S, E, A)), props)
     assert err.value.code == "invalid"
 
 
 def test_validate_normalizes_and_passthrough():
-    assert validate_props(Schema((B, I)), {"on": "on", "level": "3"}) == {"on": True, "level": 3}
+    assert validate_props(Schema((B, INT)), {"on": "on", "level": "3"}) == {"on": True, "level": 3}
     assert validate_props(Schema(passthrough=True), {"anything": [1]}) == {"anything": [1]}
     assert validate(ST, {"x": "2"}) == {"x": 2}

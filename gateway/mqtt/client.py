@@ -321,7 +321,7 @@ class MqttClient:
                 try:
                     await self._connect_once()
                     break
-                except (OSError, asyncio.TimeoutError, ConnectRefused) as exc:
+                except (TimeoutError, OSError, ConnectRefused) as exc:
                     log.warning("MQTT reconnect failed: %s", exc)
 
     async def disconnect(self) -> None:

@@ -260,7 +260,7 @@ class XkyCloud:
         node: str | None = None,
         online: bool = True,
     ) -> str:
-        sn = sn or secrets.token_hex(4)
+        sn = sn or f"{self.rng.getrandbits(32):08x}"
         if node is None and self.nodes:
             node = next(iter(self.nodes))
         name = name if name is not None else f"device {sn}"
