@@ -167,4 +167,5 @@ def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any] | No
         import uvloop
 
         return {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
-    return None
+    # pytest-asyncio 1.5 rejects None from this hook ("must return a non-empty mapping").
+    return {"asyncio": asyncio.new_event_loop}
