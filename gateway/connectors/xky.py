@@ -1,0 +1,387 @@
+"""XiakeCloud connector: the REST API turned into the topic tree by polling.
+
+Theory of operation
+-------------------
+XiakeCloud has no push channel (seed 000 is a REST API only), so one connector per account runs
+one loop::
+
+    login ─▶ poll get_device_list ─▶ diff against the last listing ─▶ publish what changed ─▶ sleep
+      ▲            │ session rejected: log in again, retry once (paced)
+      └── backoff ◀┘ HTTP/network/vendor error: link "backoff", full resync when it comes back
+
+- **Session.** ``login`` returns a ``session`` that every other call carries. The seed names no
+  lifetime, so the session is kept until the cloud rejects it (the assumed invalid-session code,
+  ``protocols.xky.envelope``); then the connector logs in again once and retries the call. The
+  session is persisted in ``ctx.tokens`` so a restart does not log in again.
+- **Polling.** Every ``poll_interval`` seconds ± ``poll_jitter`` (a fraction), so that many
+  accounts drift apart; two ``get_device_list`` requests never start closer than
+  ``min_poll_interval``, whatever happens (errors, re-login retries, a short interval).
+- **Publishing.** The first good listing after start, and after every failed poll, is a full
+  resync (``ctx.devices`` + state + availability of every device). Otherwise only the
+  differences from ``protocols.xky.records.diff``: a new device → ``ctx.device`` + state +
+  availability; changed fields → ``ctx.state`` with those fields only; a changed online state →
+  ``ctx.availability``; a changed name or node → ``ctx.device``; a vanished device →
+  ``ctx.devices`` with the complete list, which clears its topics and emits ``bridge/event``.
+- **Bad input.** A reply that cannot be parsed is counted (``ctx.bad_input``) and that poll is
+  skipped: the last listing stays, so nothing is published or removed on its account.
+- **Commands.** ``set`` accepts ``name``, ``desc`` and ``tags`` only (the schema marks everything
+  else read-only, so the gateway rejects it first). ``set_device`` is sent with all three, as in
+  the seed's example, the ones not being set taken from a fresh ``get_device`` so a change made
+  elsewhere since the last poll is not reverted. ``request("multi_device", {"sns": [...]})``
+  replaces the group-control list with ``set_multi_device``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import aiohttp
+
+from protocols.model import (
+    CommandError,
+    CommandResult,
+    RemoteProtocolError,
+    StateChange,
+    VendorError,
+)
+from protocols.xky import api
+from protocols.xky.envelope import SessionInvalid, parse_response
+from protocols.xky.records import (
+    WRITABLE,
+    DeviceRecord,
+    availability,
+    device_info,
+    diff,
+    parse_device,
+    parse_device_list,
+    parse_login,
+    snapshot,
+    state_change,
+)
+
+from ..backoff import Backoff
+from ..errors import ConfigError
+from .base import AccountContext, Connector
+
+__all__ = ["XkyConnector", "XkyOptions"]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class XkyOptions:
+    account: str
+    password: str
+    subaccount: str = ""
+    key: str = api.DEFAULT_KEY
+    base_url: str = api.DEFAULT_BASE_URL
+    poll_interval: float = 30.0
+    min_poll_interval: float = 5.0
+    poll_jitter: float = 0.1
+    request_timeout: float = 10.0
+    backoff_cap: float = 300.0
+    logout_on_close: bool = False
+
+
+def _number(raw: Mapping[str, Any], name: str, key: str, default: float) -> float:
+    value = raw.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key}.{name}", f"expected a number of seconds, got {value!r}")
+    if value <= 0:
+        raise ConfigError(f"{key}.{name}", "must be greater than 0")
+    return float(value)
+
+
+def _string(raw: Mapping[str, Any], name: str, key: str, default: str | None) -> str:
+    value = raw.get(name, default)
+    if value is None:
+        raise ConfigError(f"{key}.{name}", "missing")
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}.{name}", f"expected a string, got {type(value).__name__}")
+    return value
+
+
+class XkyConnector(Connector):
+    vendor: ClassVar[str] = "xky"
+    options: XkyOptions
+
+    @classmethod
+    def parse_options(cls, raw: Mapping[str, Any], key: str) -> XkyOptions:
+        known = {f.name for f in dataclasses.fields(XkyOptions)}
+        for name in raw:
+            if name not in known:
+                raise ConfigError(f"{key}.{name}", "unknown key")
+        account = _string(raw, "account", key, None)
+        if not account:
+            raise ConfigError(f"{key}.account", "must not be empty")
+        base_url = _string(raw, "base_url", key, api.DEFAULT_BASE_URL)
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{key}.base_url", "must start with http:// or https://")
+        jitter = raw.get("poll_jitter", 0.1)
+        if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter < 1:
+            raise ConfigError(f"{key}.poll_jitter", "must be a fraction in [0, 1)")
+        logout = raw.get("logout_on_close", False)
+        if not isinstance(logout, bool):
+            raise ConfigError(f"{key}.logout_on_close", "expected true or false")
+        opts = XkyOptions(
+            account=account,
+            password=_string(raw, "password", key, None),
+            subaccount=_string(raw, "subaccount", key, ""),
+            key=_string(raw, "key", key, api.DEFAULT_KEY) or api.DEFAULT_KEY,
+            base_url=base_url,
+            poll_interval=_number(raw, "poll_interval", key, 30.0),
+            min_poll_interval=_number(raw, "min_poll_interval", key, 5.0),
+            poll_jitter=float(jitter),
+            request_timeout=_number(raw, "request_timeout", key, 10.0),
+            backoff_cap=_number(raw, "backoff_cap", key, 300.0),
+            logout_on_close=logout,
+        )
+        if opts.poll_interval < opts.min_poll_interval:
+            raise ConfigError(
+                f"{key}.poll_interval",
+                f"{opts.poll_interval:g}s is below min_poll_interval ({opts.min_poll_interval:g}s)",
+            )
+        return opts
+
+    def __init__(
+        self, options: XkyOptions, ctx: AccountContext, http: aiohttp.ClientSession
+    ) -> None:
+        super().__init__(options, ctx, http)
+        self._session: str | None = None
+        self._snapshot: dict[str, DeviceRecord] = {}
+        self._resync = True
+        self._last_poll: float | None = None  # loop time of the last get_device_list start
+        self._lock = asyncio.Lock()  # one poll or one set at a time: the snapshot stays true
+        self._login_lock = asyncio.Lock()
+        self._rng = random.Random()
+        self._timeout = aiohttp.ClientTimeout(total=options.request_timeout)
+        self._load_session()
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self) -> None:
+        opts = self.options
+        backoff = Backoff(opts.min_poll_interval, opts.backoff_cap, floor=opts.min_poll_interval)
+        self._resync = True
+        self.ctx.link("connecting")
+        while True:
+            delay = self._next_interval()
+            try:
+                async with self._lock:
+                    await self._poll()
+            except RemoteProtocolError as exc:
+                self.ctx.bad_input(f"malformed reply, poll skipped: {exc}")
+            except VendorError as exc:
+                delay = backoff.next()
+                self._failed(exc, f"{exc.vendor_code}: {exc.message}")
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                delay = backoff.next()
+                self._failed(exc, f"cloud unreachable: {type(exc).__name__}")
+            else:
+                backoff.reset()
+                self.ctx.link("online")
+            await asyncio.sleep(delay)
+
+    def _next_interval(self) -> float:
+        opts = self.options
+        spread = opts.poll_interval * opts.poll_jitter
+        return max(opts.min_poll_interval, opts.poll_interval + self._rng.uniform(-spread, spread))
+
+    def _failed(self, exc: Exception, message: str) -> None:
+        self._resync = True
+        if (
+            isinstance(exc, VendorError)
+            and exc.code == "auth"
+            and not isinstance(exc, SessionInvalid)
+        ):
+            # The credentials themselves were refused: retrying will not help until a human acts.
+            self.ctx.link("attention", message, attention=True)
+        else:
+            self.ctx.link("backoff", message)
+            self.ctx.log.warning("poll failed: %s", message)
+
+    async def _pace(self) -> None:
+        """Wait until ``min_poll_interval`` has passed since the last listing request."""
+        loop = asyncio.get_running_loop()
+        if self._last_poll is not None:
+            wait = self._last_poll + self.options.min_poll_interval - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        self._last_poll = loop.time()
+
+    async def _poll(self) -> None:
+        records = parse_device_list(await self._call(api.get_device_list, paced=True))
+        ts = now_ms()
+        ctx = self.ctx
+        if self._resync:
+            ctx.devices([device_info(r) for r in records])
+            for r in records:
+                ctx.state(state_change(r, ts))
+                av = availability(r, ts)
+                if av is not None:
+                    ctx.availability(av)
+            self._snapshot = snapshot(records)
+            self._resync = False
+            await ctx.drain()
+            return
+        changes = diff(self._snapshot, records)
+        self._snapshot = dict(changes.snapshot)
+        if changes.empty:
+            return
+        if changes.removed:
+            ctx.devices([device_info(r) for r in records])  # clears the vanished ones
+        else:
+            for r in changes.added:
+                ctx.device(device_info(r))
+        for r in changes.info:
+            ctx.device(device_info(r))
+        for r in changes.added:
+            ctx.state(state_change(r, ts))
+        for r, props in changes.changed:
+            ctx.state(state_change(r, ts, props))
+        for r in changes.added + changes.availability:
+            av = availability(r, ts)
+            if av is not None:
+                ctx.availability(av)
+        await ctx.drain()
+
+    # ------------------------------------------------------------------ session
+
+    def _load_session(self) -> None:
+        saved = self.ctx.tokens.load() or {}
+        opts = self.options
+        same = (saved.get("account"), saved.get("subaccount"), saved.get("base_url")) == (
+            opts.account,
+            opts.subaccount,
+            opts.base_url,
+        )
+        session = saved.get("session")
+        if same and isinstance(session, str) and session:
+            self._session = session
+
+    async def _login(self) -> str:
+        opts = self.options
+        result = parse_login(
+            await self._send(api.login(opts.account, opts.password, opts.subaccount, opts.key))
+        )
+        self._session = result.session
+        self.ctx.tokens.save(
+            {
+                "session": result.session,
+                "uid": result.uid,
+                "account": opts.account,
+                "subaccount": opts.subaccount,
+                "base_url": opts.base_url,
+            }
+        )
+        self.ctx.count("logins")
+        self.ctx.log.info(
+            "logged in%s", f" as sub-account {opts.subaccount}" if opts.subaccount else ""
+        )
+        return result.session
+
+    async def _session_for(self, rejected: str | None = None) -> str:
+        """The current session; a new login if there is none or ``rejected`` is still current."""
+        async with self._login_lock:
+            if self._session is not None and self._session != rejected:
+                return self._session
+            self._session = None
+            if rejected is not None:
+                self.ctx.log.info("session rejected; logging in again")
+            return await self._login()
+
+    async def _call(self, build: Callable[[str], api.Request], *, paced: bool = False) -> Any:
+        """Send one call with the session; on a rejected session log in again and retry once."""
+        session = await self._session_for()
+        if paced:
+            await self._pace()
+        try:
+            return await self._send(build(session))
+        except SessionInvalid:
+            session = await self._session_for(rejected=session)
+            if paced:
+                await self._pace()
+            return await self._send(build(session))
+
+    async def _send(self, req: api.Request) -> Any:
+        headers = {"content-type": "application/json"} if req.body is not None else None
+        async with self.http.request(
+            req.method,
+            req.url(self.options.base_url),
+            params=req.query,
+            data=req.body,
+            headers=headers,
+            timeout=self._timeout,
+        ) as resp:
+            body = await resp.read()
+            return parse_response(resp.status, body)
+
+    # ------------------------------------------------------------------ commands
+
+    async def _command(self, build: Callable[[str], api.Request]) -> Any:
+        try:
+            return await self._call(build)
+        except RemoteProtocolError as exc:
+            self.ctx.bad_input(f"malformed reply to a command: {exc}")
+            raise CommandError("vendor", f"malformed reply: {exc}") from None
+        except TimeoutError:
+            raise CommandError("timeout", "XiakeCloud did not answer in time") from None
+        except aiohttp.ClientError as exc:
+            raise CommandError("vendor", f"XiakeCloud unreachable: {type(exc).__name__}") from None
+
+    async def set(self, device: str, props: dict[str, Any]) -> CommandResult:
+        extra = sorted(set(props) - WRITABLE)
+        if extra:
+            raise CommandError(
+                "invalid", f"only name, desc and tags can be set, not {', '.join(extra)}"
+            )
+        async with self._lock:
+            if device not in self._snapshot:
+                raise CommandError("invalid", f"unknown device {device!r}")
+            data = await self._command(lambda s: api.get_device(s, device))
+            try:
+                fresh = parse_device(data, device)
+            except RemoteProtocolError as exc:
+                self.ctx.bad_input(f"malformed get_device reply: {exc}", device)
+                raise CommandError("vendor", f"malformed reply: {exc}") from None
+            name = props.get("name", fresh.name)
+            desc = props.get("desc", fresh.desc)
+            tags = tuple(props.get("tags", fresh.tags))
+            await self._command(
+                lambda s: api.set_device(s, device, name=name, desc=desc, tags=list(tags))
+            )
+            old = self._snapshot.get(device, fresh)
+            new = dataclasses.replace(fresh, name=name, desc=desc, tags=tags)
+            self._snapshot[device] = new
+            delta = {k: v for k, v in new.props().items() if old.props().get(k) != v}
+            if (new.name, new.node) != (old.name, old.node):
+                self.ctx.device(device_info(new))
+            if delta:
+                self.ctx.state(StateChange(device, delta, now_ms()))
+        return CommandResult.ok()
+
+    async def request(self, command: str, payload: Mapping[str, Any]) -> CommandResult:
+        if command != "multi_device":
+            return await super().request(command, payload)
+        sns = payload.get("sns")
+        if not isinstance(sns, list) or not all(isinstance(s, str) and s for s in sns):
+            raise CommandError("invalid", '"sns" must be an array of device serial numbers')
+        await self._command(lambda s: api.set_multi_device(s, sns))
+        return CommandResult.ok({"sns": list(sns)})
+
+    async def close(self) -> None:
+        if not self.options.logout_on_close or self._session is None:
+            return
+        session, self._session = self._session, None
+        self.ctx.tokens.save(None)
+        with contextlib.suppress(Exception):
+            await self._send(api.logout(session))
