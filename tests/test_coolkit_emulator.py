@@ -204,7 +204,7 @@ async def test_second_login_takes_the_session(cloud: CoolkitCloud, http: aiohttp
 
 async def test_user_online_repeats_are_refused(cloud: CoolkitCloud, http: aiohttp.ClientSession) -> None:
     cloud.user_online_interval = 30.0
-    conn, s, first = await ws_login(cloud, http)
+    conn, _s, first = await ws_login(cloud, http)
     await conn.close()
     conn2 = await websockets.connect(f"ws://127.0.0.1:{cloud.ws_port}/api/ws", compression=None)
     s2 = ckws.WsSession(2, cloud.appid, first.at, first.apikey)

@@ -494,13 +494,15 @@ class CoolkitConnector(Connector):
             raise RemoteProtocolError("unexpected answer to userOnline")
         self._worked = True
         hb = dataclasses.replace(event.heartbeat, grace=opts.heartbeat_grace)
-        await self._sync(families, apikey)
-        PROGRESS.done(self._progress_key)
-        backoff.reset()
-        hard.reset()
-        self.ctx.link("online", token_expires_ms=self._expiry())
+        # Ping from the handshake on: the resync below may be paced by the rate budget for
+        # longer than the server tolerates a silent socket.
         pinger = asyncio.create_task(self._pinger(ws, hb))
         try:
+            await self._sync(families, apikey)
+            PROGRESS.done(self._progress_key)
+            backoff.reset()
+            hard.reset()
+            self.ctx.link("online", token_expires_ms=self._expiry())
             await self._reader(ws, session, hb)
         finally:
             pinger.cancel()

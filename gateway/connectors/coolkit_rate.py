@@ -66,12 +66,14 @@ class RateLimiter:
             del self._slots[:drop]
         slot = max(now, self._next_by_endpoint.get(endpoint, now))
         while True:
-            # Reservations inside (slot - window, slot]: must stay below max_calls.
+            # Any window holding ``slot`` lies inside (slot - window, slot + window); keeping the
+            # count there below max_calls is conservative but also covers reservations already
+            # made for the near future by other endpoints.
             lo = bisect.bisect_right(self._slots, slot - window)
-            hi = bisect.bisect_right(self._slots, slot)
+            hi = bisect.bisect_left(self._slots, slot + window)
             if hi - lo < rules.max_calls:
                 break
-            slot = self._slots[hi - rules.max_calls] + window + 1e-3
+            slot = self._slots[lo] + window + 1e-3
         bisect.insort(self._slots, slot)
         self._next_by_endpoint[endpoint] = slot + rules.min_interval * (1 + rules.slack) + 0.005
         return slot - now
