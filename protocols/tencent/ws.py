@@ -469,7 +469,12 @@ def _report(
 
 
 def _decode_body(
-    out: Decoded, change: DeviceChange, body: object, ts: int, schema: Schema | None
+    out: Decoded,
+    change: DeviceChange,
+    body: object,
+    ts: int,
+    schema: Schema | None,
+    state_schema: Schema | None,
 ) -> None:
     device = change.device
     if not isinstance(body, Mapping):
@@ -479,7 +484,7 @@ def _decode_body(
     if method is None and legacy == "update":
         state = body.get("state")
         if isinstance(state, Mapping) and isinstance(state.get("reported"), Mapping):
-            _report(out, device, state["reported"], _ts(body, ts), change.seq, schema)
+            _report(out, device, state["reported"], _ts(body, ts), change.seq, state_schema)
             return
         raise RemoteProtocolError("legacy update without state.reported")
     if method is None and legacy == "delta":
@@ -500,13 +505,13 @@ def _decode_body(
             and isinstance(params.get("params"), Mapping)
         ):
             body, params = params, params["params"]
-        _report(out, device, params, _ts(body, ts), change.seq, schema)
+        _report(out, device, params, _ts(body, ts), change.seq, state_schema)
     elif method == "get_status_reply":
         data = body.get("data")
         reported = data.get("reported") if isinstance(data, Mapping) else None
         if not isinstance(reported, Mapping):
             raise RemoteProtocolError("get_status_reply without data.reported")
-        _report(out, device, reported, _ts(body, ts), change.seq, schema)
+        _report(out, device, reported, _ts(body, ts), change.seq, state_schema)
     elif method == "control":
         params = body.get("params")
         if not isinstance(params, Mapping):
@@ -564,8 +569,13 @@ def decode_device_change(
     *,
     now_ms: int,
     schema_for: Callable[[str], Schema | None] | None = None,
+    normalize_state: bool = True,
 ) -> Decoded:
     """Model events of one ``DeviceChange`` (see the module docstring for the mapping).
+
+    With ``schema_for``, values are normalized through the device's schema (event parameters
+    through the event's); ``normalize_state=False`` leaves property values to a caller that
+    normalizes them itself (the gateway's registry does), so the hot path does it once.
 
     Raises ``RemoteProtocolError`` for a push that cannot be understood (garbled Payload, no
     method, unknown SubType): the caller counts it and goes on.
@@ -603,5 +613,5 @@ def decode_device_change(
     except PayloadError as exc:
         raise RemoteProtocolError(f"{change.type}/{subtype} Payload: {exc}") from None
     schema = schema_for(device) if schema_for is not None else None
-    _decode_body(out, change, body, ts, schema)
+    _decode_body(out, change, body, ts, schema, schema if normalize_state else None)
     return out

@@ -1,0 +1,400 @@
+"""The Tencent connector against the emulator over real sockets.
+
+A small recording ``AccountContext`` stands in for the gateway here (unit level); the
+integration tests run the same connector inside the real gateway with a real mosquitto.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.connectors.tencent import TencentConnector, TencentOptions
+from gateway.errors import ConfigError
+from gateway.simulators.tencent import TencentCloud
+from gateway.tokens import TokenSlot, TokenStore
+from protocols.model import (
+    Availability,
+    CommandError,
+    DeviceEvent,
+    DeviceInfo,
+    Schema,
+    StateChange,
+    VendorError,
+)
+
+
+class Recorder:
+    """Records what a connector reports; ``until`` waits for a condition on the records."""
+
+    vendor = "tencent"
+
+    def __init__(self, tokens: TokenSlot) -> None:
+        self.account = "t"
+        self.log = logging.LoggerAdapter(logging.getLogger("test.tencent"), {})
+        self.tokens = tokens
+        self.listings: list[list[DeviceInfo]] = []
+        self.infos: dict[str, DeviceInfo] = {}
+        self.states: list[StateChange] = []
+        self.avail: list[Availability] = []
+        self.events: list[DeviceEvent] = []
+        self.links: list[tuple[str, str | None, bool]] = []
+        self.token_expiry: int | None = None
+        self.bad: list[tuple[str, str | None, str]] = []
+        self.counts: dict[str, int] = {}
+        self.drains = 0
+        self._changed = asyncio.Event()
+
+    def _poke(self) -> None:
+        self._changed.set()
+
+    def devices(self, infos: Iterable[DeviceInfo]) -> None:
+        listing = list(infos)
+        self.listings.append(listing)
+        self.infos = {i.device: i for i in listing}
+        self._poke()
+
+    def device(self, info: DeviceInfo) -> None:
+        self.infos[info.device] = info
+        self._poke()
+
+    def state(self, change: StateChange) -> None:
+        self.states.append(change)
+        self._poke()
+
+    def availability(self, av: Availability) -> None:
+        self.avail.append(av)
+        self._poke()
+
+    def event(self, ev: DeviceEvent) -> None:
+        self.events.append(ev)
+        self._poke()
+
+    def link(
+        self,
+        state: str,
+        error: str | None = None,
+        *,
+        token_expires_ms: int | None = None,
+        attention: bool = False,
+    ) -> None:
+        self.links.append((state, error, attention))
+        if token_expires_ms is not None:
+            self.token_expiry = token_expires_ms
+        self._poke()
+
+    def bad_input(
+        self, reason: str, device: str | None = None, counter: str = "bad_frames"
+    ) -> None:
+        self.bad.append((reason, device, counter))
+        self.count(counter)
+
+    def count(self, counter: str, n: int = 1) -> None:
+        self.counts[counter] = self.counts.get(counter, 0) + n
+        self._poke()
+
+    def schema(self, device: str) -> Schema | None:
+        info = self.infos.get(device)
+        return info.schema if info else None
+
+    def known_devices(self) -> Sequence[str]:
+        return list(self.infos)
+
+    async def drain(self) -> None:
+        self.drains += 1
+
+    @property
+    def link_state(self) -> str | None:
+        return self.links[-1][0] if self.links else None
+
+    def latest(self, device: str) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for change in self.states:
+            if change.device == device:
+                merged.update(change.props)
+        return merged
+
+    async def until(self, predicate: Callable[[], bool], timeout: float = 10) -> None:
+        async def wait() -> None:
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(wait(), timeout)
+
+
+@pytest.fixture
+async def cloud() -> AsyncIterator[TencentCloud]:
+    c = TencentCloud(devices=4, latency=0.01)
+    await c.start()
+    yield c
+    await c.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> TokenStore:
+    return TokenStore(tmp_path / "tokens.json")
+
+
+class Running:
+    def __init__(
+        self, connector: TencentConnector, ctx: Recorder, task: asyncio.Task[None]
+    ) -> None:
+        self.connector, self.ctx, self.task = connector, ctx, task
+
+
+@pytest.fixture
+async def start(
+    http: aiohttp.ClientSession, store: TokenStore
+) -> AsyncIterator[Callable[..., Any]]:
+    running: list[Running] = []
+
+    async def _start(cloud: TencentCloud, **overrides: Any) -> Running:
+        cfg = cloud.account_config(
+            "t", **{"heartbeat": 0.2, "backoff_base": 0.05, "backoff_cap": 0.2, **overrides}
+        )
+        for key in ("vendor", "name"):
+            cfg.pop(key)
+        options = TencentConnector.parse_options(cfg, "accounts[0]")
+        ctx = Recorder(store.slot("tencent", "t"))
+        connector = TencentConnector(options, ctx, http)
+        task = asyncio.create_task(connector.run())
+        r = Running(connector, ctx, task)
+        running.append(r)
+        return r
+
+    yield _start
+    for r in running:
+        r.task.cancel()
+        await asyncio.gather(r.task, return_exceptions=True)
+
+
+async def online(r: Running) -> None:
+    await r.ctx.until(lambda: r.ctx.link_state == "online")
+
+
+async def test_startup_lists_subscribes_and_resyncs(
+    cloud: TencentCloud, start: Any, store: TokenStore
+) -> None:
+    r = await start(cloud)
+    await online(r)
+    ctx = r.ctx
+    ids = cloud.device_ids()
+    assert [i.device for i in ctx.listings[-1]] == ids
+    light = ctx.infos[ids[0]]
+    assert light.name == "light 1" and light.model == "C2M light"
+    assert (
+        light.schema.prop("power_switch") is not None
+        and light.schema.action("light_blink") is not None
+    )
+    assert ctx.infos[ids[1]].schema.prop("temperature").access == "r"  # type: ignore[union-attr]
+    assert {a.device for a in ctx.avail if a.online} == set(ids)
+    assert ctx.latest(ids[0]) == {"power_switch": 0, "brightness": 50, "color": 0}
+    assert ctx.token_expiry is not None
+    assert cloud.stats["active_push"] == 1 and cloud.stats["heartbeats"] >= 1
+    saved = store.get("tencent/t")
+    assert saved is not None and saved["token"] in cloud.tokens
+
+    # Pushes flow: a report, an event, availability; each frame is followed by a drain.
+    cloud.report(ids[1], {"temperature": 30.5})
+    cloud.event(ids[1], "low_voltage", {"voltage": 2.5})
+    cloud.set_online(ids[0], False)
+    await ctx.until(lambda: any(not a.online for a in ctx.avail) and ctx.events)
+    await ctx.until(lambda: ctx.latest(ids[1]).get("temperature") == 30.5)
+    assert ctx.events[0].event_id == "low_voltage" and ctx.events[0].level == "alert"
+    assert ctx.events[0].params == {"voltage": 2.5}
+    assert ctx.drains >= 3
+
+
+async def test_commands(cloud: TencentCloud, start: Any) -> None:
+    r = await start(cloud)
+    await online(r)
+    ctx, conn = r.ctx, r.connector
+    light = cloud.device_ids()[0]
+    result = await conn.set(light, {"power_switch": True, "color": 2})
+    assert result.status == "ok"
+    await ctx.until(
+        lambda: ctx.latest(light).get("power_switch") == 1 and ctx.latest(light).get("color") == 2
+    )
+    assert cloud.devices[light].values["power_switch"] == 1  # denormalized: True -> 1
+    await ctx.until(lambda: any(e.event_id == "control" for e in ctx.events))
+    control = next(e for e in ctx.events if e.event_id == "control")
+    assert control.params == {"power_switch": 1, "color": 2}
+
+    got = await conn.get(light, ["power_switch"])
+    assert got.status == "ok" and got.data == {"power_switch": True}
+
+    done = await conn.action(light, "light_blink", {"color": 1, "time": 3})
+    assert done.status == "ok" and done.data is not None and done.data["output"] == {"result": 1}
+
+    with pytest.raises(VendorError) as err:
+        await conn.set(
+            light, {"brightness": 500}
+        )  # the gateway validates first; the cloud also refuses
+    assert err.value.vendor_code == "InvalidParameterValue" and err.value.code == "invalid"
+    with pytest.raises(CommandError):
+        await conn.set("NOPE/x", {"a": 1})
+    cloud.devices[light].online = False
+    with pytest.raises(VendorError) as err:
+        await conn.set(light, {"brightness": 5})
+    assert err.value.code == "offline"
+
+
+async def test_async_actions_matched_by_client_token(cloud: TencentCloud, start: Any) -> None:
+    r = await start(cloud, action_mode="async")
+    await online(r)
+    light = cloud.device_ids()[0]
+    results = await asyncio.gather(
+        *(r.connector.action(light, "light_blink", {"time": i}) for i in range(3))
+    )
+    tokens = {res.data["client_token"] for res in results if res.data}
+    assert len(tokens) == 3 and all(
+        res.data and res.data["output"] == {"result": 1} for res in results
+    )
+
+
+async def test_reconnect_resubscribes_and_resyncs(cloud: TencentCloud, start: Any) -> None:
+    r = await start(cloud)
+    await online(r)
+    ctx = r.ctx
+    light = cloud.device_ids()[0]
+    listings = len(ctx.listings)
+    cloud.drop_sockets()
+    cloud.devices[light].values["brightness"] = 77  # changed while the link was down: no push
+    await ctx.until(lambda: cloud.stats["active_push"] == 2 and ctx.link_state == "online")
+    assert len(ctx.listings) == listings + 1
+    await ctx.until(lambda: ctx.latest(light).get("brightness") == 77)
+    states = [s for s, _, _ in ctx.links]
+    assert "backoff" in states[states.index("online") :]
+    cloud.report(light, {"brightness": 78})
+    await ctx.until(lambda: ctx.latest(light).get("brightness") == 78)
+
+
+async def test_idle_close_is_a_reconnect_too(start: Any) -> None:
+    cloud = TencentCloud(devices=2, idle_timeout=0.3)
+    await cloud.start()
+    try:
+        r = await start(cloud, heartbeat=60.0)  # heartbeats too rare: the emulator closes (1000)
+        await online(r)
+        await r.ctx.until(
+            lambda: cloud.stats["idle_closed"] >= 1 and cloud.stats["active_push"] >= 2
+        )
+    finally:
+        await cloud.stop()
+
+
+async def test_bad_frames_counted_and_skipped(cloud: TencentCloud, start: Any) -> None:
+    r = await start(cloud)
+    await online(r)
+    ctx = r.ctx
+    light = cloud.device_ids()[0]
+    cloud.garble(4)
+    for n in range(4):
+        cloud.report(light, {"brightness": n})
+    cloud.report(light, {"brightness": 42})
+    await ctx.until(lambda: ctx.latest(light).get("brightness") == 42)
+    assert ctx.counts.get("bad_frames") == 4
+    assert ctx.link_state == "online"
+
+
+async def test_token_expiry_relogin_once(cloud: TencentCloud, start: Any) -> None:
+    r = await start(cloud)
+    await online(r)
+    logins = cloud.stats["logins"]
+    cloud.expire_tokens()
+    result = await r.connector.get(cloud.device_ids()[0], [])
+    assert result.status == "ok"
+    assert cloud.stats["logins"] == logins + 1
+
+
+async def test_heartbeat_auth_error_relogs_and_resubscribes(
+    cloud: TencentCloud, start: Any
+) -> None:
+    r = await start(cloud)
+    await online(r)
+    logins, pushes = cloud.stats["logins"], cloud.stats["active_push"]
+    cloud.expire_tokens()
+    await r.ctx.until(
+        lambda: cloud.stats["logins"] > logins and cloud.stats["active_push"] > pushes
+    )
+    cloud.heartbeat_errors(1)
+    await r.ctx.until(lambda: r.ctx.counts.get("heartbeat_errors", 0) >= 1)
+
+
+async def test_refused_login_needs_attention(cloud: TencentCloud, start: Any) -> None:
+    cloud.refuse_logins(-1)
+    r = await start(cloud)
+    await r.ctx.until(lambda: any(att for _, _, att in r.ctx.links))
+    state, error, _ = next(link for link in r.ctx.links if link[2])
+    assert state == "attention" and error is not None and "ErrorUserNotExists" in error
+    cloud.refuse_logins(0)
+    await online(r)
+
+
+async def test_persisted_token_reused(cloud: TencentCloud, start: Any) -> None:
+    first = await start(cloud)
+    await online(first)
+    first.task.cancel()
+    await asyncio.gather(first.task, return_exceptions=True)
+    logins = cloud.stats["logins"]
+    second = await start(cloud)
+    await online(second)
+    assert cloud.stats["logins"] == logins
+
+
+async def test_pre_issued_token(
+    cloud: TencentCloud, start: Any, http: aiohttp.ClientSession
+) -> None:
+    from tests.test_tencent_simulator import Client
+
+    client = Client(cloud, http)
+    token = await client.login()
+    r = await start(cloud, app_secret=None, wx_open_id=None, access_token=token)
+    await online(r)
+    assert cloud.stats["logins"] == 1  # only the test's own login
+    cloud.expire_tokens()
+    with pytest.raises(VendorError) as err:
+        await r.connector.get(cloud.device_ids()[0], [])
+    assert err.value.code == "auth"
+    await r.ctx.until(lambda: any(att for _, _, att in r.ctx.links))
+
+
+def _opts(**raw: Any) -> TencentOptions:
+    base: dict[str, Any] = {"app_key": "k", "app_secret": "s", "wx_open_id": "o"}
+    base.update(raw)
+    return TencentConnector.parse_options(
+        {k: v for k, v in base.items() if v is not None}, "accounts[3]"
+    )
+
+
+def test_options() -> None:
+    opts = _opts()
+    assert opts.ws_url == "wss://iot.cloud.tencent.com/iotstudio_v2_weapp_1"
+    assert opts.api_url == "https://iot.cloud.tencent.com/api/exploreropen"
+    assert opts.heartbeat == 50.0
+    assert _opts(region="oversea").api_url.startswith("https://oversea.")
+    assert _opts(app_secret=None, wx_open_id=None, access_token="t").access_token == "t"
+    for raw, key in [
+        ({"app_key": None}, "accounts[3].app_key"),
+        ({"bogus": 1}, "accounts[3].bogus"),
+        ({"ws_url": "http://x"}, "accounts[3].ws_url"),
+        ({"heartbeat": 0}, "accounts[3].heartbeat"),
+        ({"wx_open_id": None}, "accounts[3].wx_open_id"),
+        ({"action_mode": "later"}, "accounts[3].action_mode"),
+        ({"region": "mars"}, "accounts[3].region"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            _opts(**raw)
+        assert err.value.key == key
