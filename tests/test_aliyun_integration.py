@@ -273,3 +273,39 @@ async def test_topo_add_resyncs_device_list(cloud: AliyunCloud, gateway_factory:
     await probe.wait_for(topic(sub), lambda p: "CurrentTemperature" in p)
     ev = await probe.wait_for(topic(gw_dev, "event"), lambda p: p["event"] == "topo_add")
     assert ev["params"]["subIotId"] == sub
+
+
+async def test_token_rejected_mid_session(cloud: AliyunCloud, gateway_factory: Any, probe: Any) -> None:
+    await start(gateway_factory, probe, cloud)
+    light = cloud.device_ids(LIGHT_PK)[0]
+    await probe.wait_for(topic(light), lambda p: "LightSwitch" in p)
+    cloud.reject_token()
+    probe.publish(topic(light, "set"), {"Brightness": 9, "transaction": "x1"})
+    reply = await probe.wait_for(topic(light, "response/set"), lambda p: p["transaction"] == "x1")
+    assert reply["error"]["code"] == "auth" and reply["error"]["vendor_code"] == 401
+    accounts = await probe.wait_for("cloud2mqtt/bridge/accounts", lambda p: p and p[0]["attention"])
+    assert "iotToken" in accounts[0]["error"]
+    # Pushes still flow on the bound channel meanwhile.
+    cloud.set_property(light, {"Brightness": 8})
+    await probe.wait_for(topic(light), lambda p: p.get("Brightness") == 8)
+
+
+async def test_token_rejected_mid_session_is_refreshed(
+    cloud: AliyunCloud, gateway_factory: Any, probe: Any
+) -> None:
+    await start(
+        gateway_factory, probe, cloud,
+        refresh_token=cloud.account.refresh_token, identity_id=cloud.account.identity_id,
+    )
+    light = cloud.device_ids(LIGHT_PK)[0]
+    await probe.wait_for(topic(light), lambda p: "LightSwitch" in p)
+    cloud.reject_token()
+    probe.publish(topic(light, "set"), {"Brightness": 9, "transaction": "y1"})
+    reply = await probe.wait_for(topic(light, "response/set"), lambda p: p["transaction"] == "y1")
+    assert reply["error"]["code"] == "auth"
+    await wait_until(lambda: cloud.stats["binds_ok"] == 2)  # refreshed, then bound again
+    assert cloud.stats["api /account/checkOrRefreshSession"] == 1
+    probe.publish(topic(light, "set"), {"Brightness": 11, "transaction": "y2"})
+    reply = await probe.wait_for(topic(light, "response/set"), lambda p: p["transaction"] == "y2")
+    assert reply["status"] == "ok"
+    await probe.wait_for(topic(light), lambda p: p.get("Brightness") == 11)

@@ -67,7 +67,6 @@ from protocols.aliyun import (
     sign_request,
     tsl_to_schema,
 )
-from protocols.aliyun.envelope import AUTH_CODES
 from protocols.aliyun.mqtt import BIND_ACTIVE_ELSEWHERE, BIND_TOKEN_REJECTED
 from protocols.model import (
     EMPTY_SCHEMA,
@@ -271,6 +270,7 @@ class AliyunConnector(Connector):
         self._bind_waiters: dict[str, asyncio.Future[BindReply]] = {}
         self._held: list[tuple[str, bytes]] | None = None
         self._resync_wanted = asyncio.Event()
+        self._token_rejected = asyncio.Event()
         self._attention = Backoff(options.attention_backoff, options.attention_backoff * 16)
         self._product_schemas: dict[str, Schema] = {}
         self._bound = False
@@ -378,6 +378,7 @@ class AliyunConnector(Connector):
     async def _session(self, backoff: Backoff) -> None:
         o = self.opts
         self._bound = False
+        self._token_rejected.clear()
         creds = mqtt_credentials(
             o.product_key, o.device_name, o.device_secret, now_ms(),
             client_id=self.bare_client_id, secure_mode=2 if o.tls else 3,
@@ -426,7 +427,8 @@ class AliyunConnector(Connector):
     async def _live_loop(self, lost: asyncio.Task[Any]) -> None:
         while True:
             resync = asyncio.create_task(self._resync_wanted.wait())
-            tasks: set[asyncio.Task[Any]] = {lost, resync}
+            rejected = asyncio.create_task(self._token_rejected.wait())
+            tasks: set[asyncio.Task[Any]] = {lost, resync, rejected}
             refresh: asyncio.Task[None] | None = None
             wait = self._refresh_due_in()
             if wait is not None:
@@ -440,6 +442,18 @@ class AliyunConnector(Connector):
                         task.cancel()
             if lost in done:
                 raise _LinkLost("MQTT link lost")
+            if rejected in done:
+                self._token_rejected.clear()
+                if self.refresh_token:
+                    await self._refresh_session()
+                    assert self.mqtt is not None
+                    await self._bind(self.mqtt)
+                    self._resync_wanted.set()
+                    self.ctx.link("online", token_expires_ms=self.token_expires_ms)
+                else:
+                    # Pushes may still flow on the bound channel; calls will not. A human must
+                    # give a new iotToken; nothing here retries on its own.
+                    self.ctx.link("attention", "the API rejected the iotToken", attention=True)
             if refresh is not None and refresh in done:
                 await self._refresh_session()
                 assert self.mqtt is not None
@@ -525,6 +539,7 @@ class AliyunConnector(Connector):
         if isinstance(expire, int) and not isinstance(expire, bool):
             self.token_expires_ms = now_ms() + expire * 1000
         self._save_tokens()
+        self._token_rejected.clear()
         self.ctx.link(
             "connecting" if not self._bound else "online", token_expires_ms=self.token_expires_ms
         )
@@ -562,8 +577,9 @@ class AliyunConnector(Connector):
                 self.ctx.log.warning(
                     "%s throttled (%s); pausing API calls for %.0fs", api.path, exc.vendor_code, self.breaker.remaining()
                 )
-            elif exc.code == "auth" and exc.vendor_code in AUTH_CODES:
+            elif exc.code == "auth" and token and self._bound:
                 self.ctx.log.warning("%s: %s", api.path, exc)
+                self._token_rejected.set()
             raise
         self.breaker.success()
         return data

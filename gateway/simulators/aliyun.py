@@ -85,7 +85,7 @@ from protocols.aliyun import (
 )
 from protocols.model import RemoteProtocolError
 
-__all__ = ["AliyunCloud", "add_arguments", "serve"]
+__all__ = ["AliyunCloud", "add_arguments", "demo_cloud", "serve"]
 
 log = logging.getLogger("cloud2mqtt.sim.aliyun")
 
@@ -902,6 +902,11 @@ class AliyunCloud:
 
 
 # ----------------------------------------------------------------------------------- CLI
+
+
+def demo_cloud(devices: int = 4) -> AliyunCloud:
+    """The emulator as ``cloud2mqtt demo`` runs it: a sensor change every second, free ports."""
+    return AliyunCloud(devices=devices, push_interval=1.0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
