@@ -46,7 +46,7 @@ from protocols.xky import api
 from protocols.xky.envelope import ASSUMED_ENVELOPE, encode_error, encode_ok
 from protocols.xky.records import DeviceRecord, encode_device
 
-__all__ = ["XkyCloud", "add_arguments", "serve"]
+__all__ = ["XkyCloud", "add_arguments", "demo_cloud", "serve"]
 
 log = logging.getLogger("cloud2mqtt.sim.xky")
 
@@ -397,7 +397,7 @@ class XkyCloud:
         except api.BadRequest as exc:
             self.calls.append(Call(request.method, path, {}, time.monotonic()))
             return self._reply(encode_error(exc.code, exc.message))
-        self.calls.append(Call(request.method, path, _redact(args), time.monotonic()))
+        self.calls.append(Call(request.method, path, api.redact(args), time.monotonic()))
         handler = getattr(self, "_api_" + path.strip("/"), None)
         try:
             if handler is None:
@@ -640,8 +640,10 @@ class XkyCloud:
         return None
 
 
-def _redact(args: dict[str, Any]) -> dict[str, Any]:
-    return {k: ("***" if k == "password" else v) for k, v in args.items()}
+def demo_cloud(devices: int = 4) -> XkyCloud:
+    """The emulator as ``cloud2mqtt demo`` runs it: a device changes every 2 s (online state or
+    remarks), one comes or goes every 20 s; free port."""
+    return XkyCloud(devices=devices, change_interval=2.0, churn_interval=20.0)
 
 
 # ---------------------------------------------------------------------- CLI

@@ -43,6 +43,7 @@ __all__ = [
     "login",
     "logout",
     "parse_request",
+    "redact",
     "set_device",
     "set_multi_device",
     "set_node",
@@ -137,11 +138,15 @@ class Request:
         return orjson.dumps({k: v for k, v in self.args.items() if v is not None})
 
     def redacted(self) -> dict[str, Any]:
-        """The arguments with secrets masked, for logs."""
-        return {k: ("***" if k in _SECRET_ARGS and v else v) for k, v in self.args.items()}
+        return redact(self.args)
 
 
 _SECRET_ARGS: Final = frozenset({"password", "session"})
+
+
+def redact(args: Mapping[str, Any]) -> dict[str, Any]:
+    """Call arguments with the password and session masked, for logs and call records."""
+    return {k: ("***" if k in _SECRET_ARGS and v else v) for k, v in args.items()}
 
 
 def _request(path: str, session: str | None, **args: Any) -> Request:
