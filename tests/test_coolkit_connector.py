@@ -327,3 +327,10 @@ async def test_limiter_reserves_per_endpoint_and_window() -> None:
     assert lim.reserve("/b") == 0.0
     assert lim.reserve("/a") == pytest.approx(0.505)
     assert lim.reserve("/c") == pytest.approx(10.0, abs=0.01)  # 3 calls in the window: wait it out
+
+
+async def test_many_things_are_paged(start: Any) -> None:
+    async with CoolkitCloud(extra_devices=40, **FAST_CLOUD) as cloud:
+        r = await start(cloud.account_config())
+        assert len(r.ctx.infos) == 49  # 30 + 19: two pages of /v2/device/thing
+        assert sum(1 for _, e in cloud.calls if e == "GET /v2/device/thing") == 2

@@ -164,3 +164,13 @@ async def test_many_accounts_stay_inside_the_rate_rules(gateway_factory: Any, pr
         )
         assert cloud.violations == []
         assert len(cloud.calls) > rules["rate_max_calls"]  # more than one window's budget: paced
+
+
+async def test_v1_account_end_to_end(gateway_factory: Any, probe: Any, cloud: CoolkitCloud) -> None:
+    await gateway_factory([cloud.account_config(name="legacy", version=1, region="cn", **FAST)], command_timeout=1.5)
+    await probe.wait_for(f"{D}/1000000004", lambda p: isinstance(p, dict) and p.get("currentTemperature") == 21.5)
+    assert cloud.logins == ["demo@example.com"]  # after the v1 301 redirect from cn
+    probe.publish(f"{D}/1000000003/set", {"color": {"r": 10, "g": 20, "b": 30, "br": 40}, "transaction": "v1"})
+    reply = await probe.wait_for(f"{D}/1000000003/response/set", lambda p: p.get("transaction") == "v1")
+    assert reply["status"] == "ok"
+    assert cloud.commands[-1]["ts"] == 0 and cloud.devices["1000000003"].params["color"]["g"] == 20

@@ -70,7 +70,7 @@ from websockets.exceptions import ConnectionClosed
 from protocols.coolkit.rest import RATE_LIMITED
 from protocols.coolkit.sign import Signer, canonical_query
 
-__all__ = ["CoolkitCloud", "add_arguments", "serve"]
+__all__ = ["CoolkitCloud", "add_arguments", "demo_cloud", "serve"]
 
 log = logging.getLogger("cloud2mqtt.sim.coolkit")
 
@@ -889,6 +889,12 @@ _ROUTES: dict[tuple[str, str], _Handler] = {
     ("GET", "/api/user/refresh"): CoolkitCloud._refresh_v1,
     ("GET", "/api/user/device"): CoolkitCloud._v1_devices,
 }
+
+
+def demo_cloud(devices: int = 8) -> CoolkitCloud:
+    """The demo's cloud: the demo account's eight devices (+ ``devices - 8`` extra switches), a
+    shared one and a group, with sensor and power readings pushed every few seconds."""
+    return CoolkitCloud(push_interval=5.0, extra_devices=max(0, devices - 8))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
