@@ -405,3 +405,11 @@ def test_parse_options() -> None:
         with pytest.raises(ConfigError) as exc:
             XkyConnector.parse_options(raw, "accounts[3]")
         assert exc.value.key == f"accounts[3].{field}"
+
+
+async def test_an_empty_account_still_syncs_its_empty_list(cloud: XkyCloud, start: Start) -> None:
+    for sn in list(cloud.devices):
+        cloud.remove_device(sn)
+    _conn, ctx = await start()
+    await until(lambda: ("online", None, False) in ctx.links)
+    assert ctx.calls == [("devices", [])]

@@ -62,7 +62,6 @@ from protocols.xky.records import (
     parse_device,
     parse_device_list,
     parse_login,
-    snapshot,
     state_change,
 )
 
@@ -222,26 +221,17 @@ class XkyConnector(Connector):
         records = parse_device_list(await self._call(api.get_device_list, paced=True))
         ts = now_ms()
         ctx = self.ctx
-        if self._resync:
-            ctx.devices([device_info(r) for r in records])
-            for r in records:
-                ctx.state(state_change(r, ts))
-                av = availability(r, ts)
-                if av is not None:
-                    ctx.availability(av)
-            self._snapshot = snapshot(records)
-            self._resync = False
-            await ctx.drain()
-            return
-        changes = diff(self._snapshot, records)
+        # A resync is a diff against nothing: every device is "added", with its whole state.
+        changes = diff({} if self._resync else self._snapshot, records)
         self._snapshot = dict(changes.snapshot)
-        if changes.empty:
+        if changes.empty and not self._resync:
             return
-        if changes.removed:
-            ctx.devices([device_info(r) for r in records])  # clears the vanished ones
+        if self._resync or changes.removed:
+            ctx.devices([device_info(r) for r in records])  # the complete list clears vanished ones
         else:
             for r in changes.added:
                 ctx.device(device_info(r))
+        self._resync = False
         for r in changes.info:
             ctx.device(device_info(r))
         for r in changes.added:
