@@ -21,7 +21,7 @@ def _run(coro: Coroutine[Any, Any, int | None]) -> int | None:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; Windows has none
         return asyncio.run(coro)
-    return asyncio.run(coro, loop_factory=uvloop.new_event_loop)
+    return uvloop.run(coro)  # asyncio.run(loop_factory=…) needs Python 3.12
 
 
 def _setup_logging(level: str) -> None:
