@@ -295,6 +295,17 @@ async def test_idle_close_is_a_reconnect_too(start: Any) -> None:
         await cloud.stop()
 
 
+async def test_stalled_socket_is_replaced(cloud: TencentCloud, start: Any) -> None:
+    r = await start(cloud, reply_timeout=0.2)
+    await online(r)
+    cloud.stall(1.0)  # the cloud answers nothing for a while: two lost heartbeats end the session
+    await r.ctx.until(lambda: r.ctx.counts.get("heartbeat_errors", 0) >= 2)
+    await r.ctx.until(lambda: cloud.stats["active_push"] >= 2 and r.ctx.link_state == "online")
+    light = cloud.device_ids()[0]
+    cloud.report(light, {"brightness": 9})
+    await r.ctx.until(lambda: r.ctx.latest(light).get("brightness") == 9)
+
+
 async def test_bad_frames_counted_and_skipped(cloud: TencentCloud, start: Any) -> None:
     r = await start(cloud)
     await online(r)
@@ -317,6 +328,11 @@ async def test_token_expiry_relogin_once(cloud: TencentCloud, start: Any) -> Non
     result = await r.connector.get(cloud.device_ids()[0], [])
     assert result.status == "ok"
     assert cloud.stats["logins"] == logins + 1
+    cloud.expire_tokens()
+    cloud.refuse_logins(-1)
+    with pytest.raises(VendorError) as err:  # an auth reply for the command, not an internal error
+        await r.connector.get(cloud.device_ids()[0], [])
+    assert (err.value.code, err.value.vendor_code) == ("auth", "InvalidParameterValue.ErrorUserNotExists")
 
 
 async def test_heartbeat_auth_error_relogs_and_resubscribes(

@@ -109,8 +109,14 @@ class TencentOptions:
         return bool(self.app_secret and self.wx_open_id)
 
 
-class _Attention(Exception):
-    """A problem a retry will not fix by itself (credentials): the account needs a human."""
+class _Attention(VendorError):
+    """A problem a retry will not fix by itself (credentials): the account needs a human.
+
+    It is an ``auth`` ``VendorError``, so a command that runs into it gets an ``auth`` reply.
+    """
+
+    def __init__(self, message: str, vendor_code: str = "NoUsableToken") -> None:
+        super().__init__("auth", vendor_code, message)
 
 
 def _string(raw: Mapping[str, Any], name: str, key: str, default: str | None) -> str | None:
@@ -219,6 +225,7 @@ class TencentConnector(Connector):
         self._refresh = asyncio.Event()
         self._subscribed: tuple[str, ...] = ()
         self._tag = secrets.token_hex(3)
+        self._hb_failures = 0
 
     # ------------------------------------------------------------------ run loop
 
@@ -232,7 +239,7 @@ class TencentConnector(Connector):
             except asyncio.CancelledError:
                 raise
             except _Attention as exc:
-                self.ctx.link("attention", str(exc), attention=True)
+                self.ctx.link("attention", exc.message, attention=True)
             except VendorError as exc:
                 # An auth error that survived a fresh login (or hit a pre-issued token) will not
                 # heal by retrying: say so, and keep retrying slowly anyway.
@@ -257,6 +264,7 @@ class TencentConnector(Connector):
 
     async def _session(self, backoff: Backoff) -> None:
         self.ctx.link("connecting")
+        self._hb_failures = 0
         await self._ensure_token()
         await self._list_devices()
         opts = self.options
@@ -380,6 +388,7 @@ class TencentConnector(Connector):
         )
         try:
             ws.yunapi_result(await self._ws_request(req_id, frame))
+            self._hb_failures = 0
         except VendorError as exc:
             if api.is_token_error(exc):
                 if not self.options.can_login:
@@ -388,11 +397,19 @@ class TencentConnector(Connector):
                 await self._subscribe()
                 await self._resync(self._subscribed)
                 return
-            self.ctx.count("heartbeat_errors")
-            self.ctx.log.warning("heartbeat rejected: %s", exc)
+            self._heartbeat_failed(f"heartbeat rejected: {exc}")
         except TimeoutError:
-            self.ctx.count("heartbeat_errors")
-            self.ctx.log.warning("no heartbeat reply within %.0fs", self.options.reply_timeout)
+            self._heartbeat_failed(f"no heartbeat reply within {self.options.reply_timeout:g}s")
+
+    def _heartbeat_failed(self, why: str) -> None:
+        """Count it; the second failure in a row ends the session (a stalled or half-dead socket
+        keeps no trace alive, so the devices would silently stop pushing)."""
+        self.ctx.count("heartbeat_errors")
+        self.ctx.log.warning("%s", why)
+        self._hb_failures += 1
+        if self._hb_failures >= 2:
+            self._hb_failures = 0
+            raise ConnectionError(f"{why} (twice in a row): reconnecting")
 
     async def _reader(self, conn: ClientConnection) -> None:
         ctx = self.ctx
@@ -552,7 +569,9 @@ class TencentConnector(Connector):
                 token = api.parse_token(await self._post(api.APPAPI, body))
             except VendorError as exc:
                 if exc.code == "auth":
-                    raise _Attention(f"login refused: {exc.vendor_code}: {exc.message}") from None
+                    raise _Attention(
+                        f"login refused: {exc.vendor_code}: {exc.message}", str(exc.vendor_code)
+                    ) from None
                 raise
             self._token, self._expires_ms = token.token, token.expire_at_ms
             self.ctx.tokens.save(
