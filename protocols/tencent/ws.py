@@ -42,6 +42,7 @@ import binascii
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from typing import Any, Final
 
 import orjson
@@ -353,12 +354,18 @@ class DeviceChange:
     time_ms: int | None
 
 
+@lru_cache(maxsize=64)
+def _parse_iso(value: str) -> int | None:
+    # Pushes of the same second share their Time string: parse each one once.
+    try:
+        return int(datetime.fromisoformat(value).timestamp() * 1000)
+    except ValueError:
+        return None
+
+
 def _parse_time(value: object) -> int | None:
     if isinstance(value, str) and value:
-        try:
-            return int(datetime.fromisoformat(value).timestamp() * 1000)
-        except ValueError:
-            return None
+        return _parse_iso(value)
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
         return int(value * 1000) if value < 100_000_000_000 else int(value)
     return None
