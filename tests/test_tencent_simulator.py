@@ -376,3 +376,30 @@ async def test_sdk_envelope(cloud: TencentCloud, client: Client) -> None:
         body = await resp.json()
     assert body["code"] == 0 and body["data"]["Data"]["Token"]
     assert api.parse_token(api.parse_response(body)).token
+
+
+async def test_cli_simulate_tencent(capsys: pytest.CaptureFixture[str]) -> None:
+    """``cloud2mqtt simulate tencent --port 0 …`` through the CLI's parser, served in-process."""
+    from gateway.cli import build_parser
+    from gateway.simulators.tencent import serve
+
+    args = build_parser().parse_args(
+        ["simulate", "tencent", "--port", "0", "--devices", "2", "--rate", "0"]
+    )
+    task = asyncio.create_task(serve(args))
+    try:
+        cfg: dict[str, Any] = {}
+        async with asyncio.timeout(10):
+            while not cfg:
+                await asyncio.sleep(0.02)
+                out = capsys.readouterr().out
+                if out.strip():
+                    cfg = orjson.loads(out.strip().splitlines()[-1])
+        assert cfg["vendor"] == "tencent" and cfg["ws_url"].startswith("ws://127.0.0.1:")
+        async with aiohttp.ClientSession() as http:
+            base = cfg["api_url"].split("/api/")[0]
+            async with http.get(f"{base}/_control/state") as resp:
+                assert len((await resp.json())["devices"]) == 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -285,6 +285,7 @@ class TencentCloud:
         self.devices: dict[str, SimDevice] = {}
         self.tokens: dict[str, SimToken] = {}
         self.sockets: set[SimSocket] = set()
+        self._watchers: dict[str, set[SimSocket]] = {}  # device -> sockets that ActivePushed it
         self.calls: collections.deque[str] = collections.deque(maxlen=10_000)
         self.stats: collections.Counter[str] = collections.Counter()
         self._nonces: dict[tuple[int, int], float] = {}
@@ -428,10 +429,8 @@ class TencentCloud:
     def _deliver(self, device: str, frame: str) -> int:
         now = time.monotonic()
         sent = 0
-        for sock in self.sockets:
-            traced = sock.subscribed.get(device)
-            if traced is None:
-                continue
+        for sock in self._watchers.get(device, ()):
+            traced = sock.subscribed[device]
             if now - traced > self.trace_timeout:
                 self.stats["push_untraced"] += 1
                 continue
@@ -506,7 +505,7 @@ class TencentCloud:
         interval = 1.0 / self.rate
         while True:
             await asyncio.sleep(interval)
-            watched = {d for sock in self.sockets for d in sock.subscribed}
+            watched = self._watchers
             for user in self.users.values():
                 devs = [d for d in user.devices if d in watched]
                 if devs:
@@ -594,6 +593,12 @@ class TencentCloud:
             pass
         finally:
             self.sockets.discard(sock)
+            for device in sock.subscribed:
+                watchers = self._watchers.get(device)
+                if watchers is not None:
+                    watchers.discard(sock)
+                    if not watchers:
+                        del self._watchers[device]
             if firehose is not None:
                 firehose.cancel()
             if sock.writer is not None:
@@ -653,6 +658,7 @@ class TencentCloud:
         sock.uid = user.uid
         for device in accepted:
             sock.subscribed[device] = now
+            self._watchers.setdefault(device, set()).add(sock)
         return accepted
 
     async def _yunapi(self, sock: SimSocket, req_id: str | int, params: Mapping[str, Any]) -> str:
