@@ -180,3 +180,53 @@ async def test_official_sdk_on_the_emulator_socket(node: list[str], cloud: Tence
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+def test_js_stringification_matches_node(node: list[str]) -> None:
+    """The signer writes values as JavaScript's ``String(value)`` (the official SDK builds the
+    string with ``key + '=' + value``); Node itself is the oracle, on random doubles too."""
+    import random
+    import struct
+
+    from protocols.tencent.sign import canonical_string, js_string
+
+    rng = random.Random(7)
+    values: list[Any] = [
+        True,
+        False,
+        0,
+        -5,
+        1.0,
+        0.1,
+        1e21,
+        1e-7,
+        123456789.125,
+        "a b&c",
+        [1, "x", True, [2.5]],
+        [],
+    ]
+    for _ in range(2000):
+        bits = struct.unpack("d", struct.pack("Q", rng.getrandbits(64)))[0]
+        if bits == bits and abs(bits) != float("inf"):
+            values.append(bits)
+        values.append(rng.uniform(-1e6, 1e6))
+        values.append(rng.random() * 10 ** rng.randint(-30, 30))
+    script = (
+        "const v=JSON.parse(require('fs').readFileSync(0,'utf8'));"
+        "process.stdout.write(JSON.stringify({each:v.map(x=>String(x)),"
+        "joined:Object.keys(v[0]).sort().map(k=>k+'='+v[0][k]).join('&')}))"
+    )
+    params = {
+        "Timestamp": 1552621825,
+        "Enabled": True,
+        "Ratio": 1.0,
+        "DeviceIds": ["P/a", "P/b"],
+        "Nonce": 2,
+    }
+    payload = orjson.dumps([params, *values[1:]])
+    proc = subprocess.run(
+        [*node, "-e", script], input=payload, capture_output=True, timeout=30, check=True
+    )
+    out = orjson.loads(proc.stdout)
+    assert out["each"][1:] == [js_string(v) for v in values[1:]]
+    assert out["joined"] == canonical_string(params)
