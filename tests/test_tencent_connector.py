@@ -282,6 +282,20 @@ async def test_reconnect_resubscribes_and_resyncs(cloud: TencentCloud, start: An
     await ctx.until(lambda: ctx.latest(light).get("brightness") == 78)
 
 
+async def test_bind_and_unbind_refresh_the_device_list(cloud: TencentCloud, start: Any) -> None:
+    r = await start(cloud)
+    await online(r)
+    ctx = r.ctx
+    added = cloud.add_device()
+    await ctx.until(lambda: added in ctx.infos and bool(ctx.latest(added)))  # listed, then resynced
+    assert cloud.stats["active_push"] >= 2
+    cloud.report(added, {"brightness": 7} if added.startswith("C2MLIGHT01") else {"humidity": 7})
+    await ctx.until(lambda: 7 in ctx.latest(added).values())
+    gone = cloud.device_ids()[0]
+    cloud.remove_device(gone)
+    await ctx.until(lambda: gone not in ctx.infos)
+
+
 async def test_idle_close_is_a_reconnect_too(start: Any) -> None:
     cloud = TencentCloud(devices=2, idle_timeout=0.3)
     await cloud.start()
@@ -332,7 +346,10 @@ async def test_token_expiry_relogin_once(cloud: TencentCloud, start: Any) -> Non
     cloud.refuse_logins(-1)
     with pytest.raises(VendorError) as err:  # an auth reply for the command, not an internal error
         await r.connector.get(cloud.device_ids()[0], [])
-    assert (err.value.code, err.value.vendor_code) == ("auth", "InvalidParameterValue.ErrorUserNotExists")
+    assert (err.value.code, err.value.vendor_code) == (
+        "auth",
+        "InvalidParameterValue.ErrorUserNotExists",
+    )
 
 
 async def test_heartbeat_auth_error_relogs_and_resubscribes(

@@ -453,9 +453,11 @@ class TencentConnector(Connector):
                 ctx.availability(event)
             elif isinstance(event, ActionReply):
                 self._on_action_reply(event)
+            elif event.event_id in ("bind", "unbind") and change.type == "StatusChange":
+                # The device list changed: list again (the gateway announces added/removed
+                # devices on bridge/event); a bound device is not known yet, so no device event.
+                self._refresh.set()
             else:
-                if event.event_id in ("bind", "unbind"):
-                    self._refresh.set()
                 ctx.event(event)
 
     def _on_action_reply(self, reply: ActionReply) -> None:

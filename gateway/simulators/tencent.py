@@ -415,6 +415,31 @@ class TencentCloud:
         user.devices.append(dev.device_id)
         return dev
 
+    def add_device(self, open_id: str | None = None) -> str:
+        """Bind a new device to the user; a ``StatusChange``/``Bind`` push tells their sockets."""
+        user = self.user_for(open_id or self.open_id)
+        index = list(self.users).index(user.uid)
+        dev = self._add_device(user, index, len(user.devices))
+        self._push_to_user(user, dev, "Bind")
+        return dev.device_id
+
+    def remove_device(self, device: str) -> None:
+        """Unbind a device; ``StatusChange``/``Unbind`` goes to its owner's sockets."""
+        dev = self.devices.pop(device)
+        user = self.users[dev.owner]
+        user.devices.remove(device)
+        self._push_to_user(user, dev, "Unbind")
+        for sock in self._watchers.pop(device, set()):
+            sock.subscribed.pop(device, None)
+
+    def _push_to_user(self, user: SimUser, dev: SimDevice, subtype: str) -> None:
+        frame = tws.device_change_frame(
+            dev.device_id, "StatusChange", subtype, None, seq=next(self._seq), ts_ms=_now_ms()
+        )
+        for sock in self.sockets:
+            if sock.uid == user.uid:
+                self._enqueue(sock, frame)
+
     def device_ids(self, open_id: str | None = None) -> list[str]:
         return list(self.user_for(open_id or self.open_id).devices)
 
