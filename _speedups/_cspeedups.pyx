@@ -4,13 +4,33 @@
 ``decode_payload`` does base64 (both alphabets, optional padding) and NUL removal in one pass
 over the input into one output buffer, instead of the reference's strip → translate → pad →
 decode → replace chain of five temporary objects; orjson then parses the buffer.
+
+``tencent_report`` is the whole Tencent push decode in one call: orjson for both JSON layers,
+C-level dict access and type checks in between, the base64 pass above, and a C parser for the
+seed's ``Time`` layout (``YYYY-MM-DDTHH:MM:SS±HH:MM``; anything else goes to
+``datetime.fromisoformat`` exactly as the reference does).
+
+``normalize`` is ``protocols.tsl.normalize_reference`` compiled: the same branches, but the
+type dispatch and ``isinstance`` checks are C comparisons instead of bytecode. It must not import
+``protocols`` (``protocols.tsl`` imports this module), so the bool spellings are copied here and
+a test checks they equal ``protocols.tsl``'s.
+
+``encode_publish`` builds the packet in one allocation; unusual argument types fall back to the
+reference so errors are the reference's.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.string cimport memset
+from cpython.dict cimport PyDict_GetItem
+from cpython.object cimport PyObject
+from libc.math cimport floor, isfinite
+from libc.stdlib cimport free, malloc
+from libc.string cimport memchr, memcpy, memset
+
+from collections.abc import Mapping as _Mapping
 
 import orjson
 
+from . import _reference
 from ._reference import PayloadError
 
 cdef object _loads = orjson.loads
@@ -39,23 +59,18 @@ cdef inline bint _is_space(unsigned char c):
     return c == 32 or (9 <= c <= 13)
 
 
-def decode_payload(data):
-    cdef bytes raw
-    if isinstance(data, str):
-        try:
-            raw = (<str>data).encode("ascii")
-        except UnicodeEncodeError:
-            raise PayloadError("payload is not ASCII base64") from None
-    elif isinstance(data, bytes):
-        raw = <bytes>data
-    elif isinstance(data, (bytearray, memoryview)):
-        raw = bytes(data)
-    else:
-        raise PayloadError(f"payload must be str or bytes, not {type(data).__name__}")
+cdef extern from "Python.h":
+    bint PyUnicode_IS_COMPACT_ASCII(object o)
+    void* PyUnicode_DATA(object o)
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
 
-    cdef const unsigned char* src = <const unsigned char*>PyBytes_AS_STRING(raw)
+
+cdef object _b64_decode(const unsigned char* src, Py_ssize_t size):
+    """base64 (either alphabet, padding optional, surrounding whitespace ignored) → bytes with
+    NULs removed, or PayloadError with the reference's messages. Four characters per step into a
+    stack buffer (heap for big payloads), one bytes object at the end."""
     cdef Py_ssize_t start = 0
-    cdef Py_ssize_t end = PyBytes_GET_SIZE(raw)
+    cdef Py_ssize_t end = size
     while start < end and _is_space(src[start]):
         start += 1
     while end > start and _is_space(src[end - 1]):
@@ -63,29 +78,536 @@ def decode_payload(data):
     while end > start and src[end - 1] == 61:  # '='
         end -= 1
     cdef Py_ssize_t n = end - start
-    if n % 4 == 1:
+    cdef Py_ssize_t rem = n % 4
+    if rem == 1:
         raise PayloadError("truncated base64 payload")
-
-    out = PyBytes_FromStringAndSize(NULL, (n // 4) * 3 + 3)
-    cdef unsigned char* dst = <unsigned char*>PyBytes_AS_STRING(out)
+    cdef Py_ssize_t cap = (n // 4) * 3 + 3
+    cdef unsigned char stack[2048]
+    cdef unsigned char* dst = stack
+    if cap > 2048:
+        dst = <unsigned char*>malloc(cap)
+        if dst == NULL:
+            raise MemoryError()
+    cdef Py_ssize_t i = start
+    cdef Py_ssize_t full = end - rem
     cdef Py_ssize_t k = 0
-    cdef Py_ssize_t i
-    cdef unsigned int acc = 0
-    cdef int bits = 0
-    cdef unsigned char v, b
-    for i in range(start, end):
-        v = _TABLE[src[i]]
-        if v == 0xFF:
-            raise PayloadError("invalid base64 payload")
-        acc = ((acc << 6) | v) & 0xFFFFFF
-        bits += 6
-        if bits >= 8:
-            bits -= 8
-            b = <unsigned char>((acc >> bits) & 0xFF)
-            if b != 0:
-                dst[k] = b
-                k += 1
+    cdef unsigned int a, b, c, d
+    cdef const unsigned char* nul
+    cdef Py_ssize_t j
     try:
-        return _loads(memoryview(out)[:k])
+        while i < full:
+            a = _TABLE[src[i]]
+            b = _TABLE[src[i + 1]]
+            c = _TABLE[src[i + 2]]
+            d = _TABLE[src[i + 3]]
+            if (a | b | c | d) & 0x80:
+                raise PayloadError("invalid base64 payload")
+            a = (a << 18) | (b << 12) | (c << 6) | d
+            dst[k] = (a >> 16) & 0xFF
+            dst[k + 1] = (a >> 8) & 0xFF
+            dst[k + 2] = a & 0xFF
+            k += 3
+            i += 4
+        if rem:
+            a = _TABLE[src[i]]
+            b = _TABLE[src[i + 1]]
+            c = _TABLE[src[i + 2]] if rem == 3 else 0
+            if (a | b | c) & 0x80:
+                raise PayloadError("invalid base64 payload")
+            dst[k] = ((a << 2) | (b >> 4)) & 0xFF
+            k += 1
+            if rem == 3:
+                dst[k] = (((b & 0x0F) << 4) | (c >> 2)) & 0xFF
+                k += 1
+        nul = <const unsigned char*>memchr(dst, 0, k)
+        if nul != NULL:
+            # NULs are rare (the seed's SDK strips them); squeeze them out in place.
+            i = nul - dst
+            for j in range(i, k):
+                if dst[j] != 0:
+                    dst[i] = dst[j]
+                    i += 1
+            k = i
+        return PyBytes_FromStringAndSize(<char*>dst, k)
+    finally:
+        if dst != stack:
+            free(dst)
+
+
+cdef object _b64_nul_stripped(object data):
+    """``data`` (str or bytes-like) → decoded bytes; PayloadError like the reference."""
+    cdef bytes raw
+    if type(data) is str and PyUnicode_IS_COMPACT_ASCII(data):
+        return _b64_decode(<const unsigned char*>PyUnicode_DATA(data), PyUnicode_GET_LENGTH(data))
+    if type(data) is bytes:
+        return _b64_decode(<const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+    if isinstance(data, str):
+        try:
+            raw = (<str>data).encode("ascii")
+        except UnicodeEncodeError:
+            raise PayloadError("payload is not ASCII base64") from None
+    elif isinstance(data, bytes):
+        raw = bytes(data)
+    elif isinstance(data, (bytearray, memoryview)):
+        raw = bytes(data)
+    else:
+        raise PayloadError(f"payload must be str or bytes, not {type(data).__name__}")
+    return _b64_decode(<const unsigned char*>PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw))
+
+
+def decode_payload(data):
+    buf = _b64_nul_stripped(data)
+    try:
+        return _loads(buf)
     except _JSONDecodeError as exc:
         raise PayloadError(f"payload is not JSON: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Tencent DeviceChange
+
+
+cdef long long _DAY_MS = 86_400_000
+cdef object _fallback_time = _reference.tencent_time_ms
+
+
+cdef inline int _digits(const unsigned char* s, int n):
+    """Value of n ASCII digits, or -1."""
+    cdef int v = 0
+    cdef int i
+    for i in range(n):
+        if s[i] < 48 or s[i] > 57:
+            return -1
+        v = v * 10 + (s[i] - 48)
+    return v
+
+
+cdef inline bint _leap(long y):
+    return (y % 4 == 0 and y % 100 != 0) or y % 400 == 0
+
+
+cdef int[13] _MDAYS = [0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+
+
+cdef long long _days_from_civil(long y, long m, long d):
+    # Howard Hinnant's algorithm, proleptic Gregorian, days since 1970-01-01.
+    y -= m <= 2
+    cdef long era = (y if y >= 0 else y - 399) // 400
+    cdef long yoe = y - era * 400
+    cdef long doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    cdef long doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+cdef object _time_ms(object value):
+    """tencent_time_ms with a C path for ``YYYY-MM-DDTHH:MM:SS±HH:MM``."""
+    cdef const unsigned char* s
+    cdef int year, month, day, hh, mm, ss, oh, om, mdays
+    cdef long long secs
+    if (type(value) is str and PyUnicode_IS_COMPACT_ASCII(value)
+            and PyUnicode_GET_LENGTH(value) == 25):
+        s = <const unsigned char*>PyUnicode_DATA(value)
+        if (s[4] == 45 and s[7] == 45 and s[10] == 84 and s[13] == 58 and s[16] == 58
+                and (s[19] == 43 or s[19] == 45) and s[22] == 58):
+            year = _digits(s, 4)
+            month = _digits(s + 5, 2)
+            day = _digits(s + 8, 2)
+            hh = _digits(s + 11, 2)
+            mm = _digits(s + 14, 2)
+            ss = _digits(s + 17, 2)
+            oh = _digits(s + 20, 2)
+            om = _digits(s + 23, 2)
+            if (year >= 1 and 1 <= month <= 12 and day >= 1 and 0 <= hh <= 23 and 0 <= mm <= 59
+                    and 0 <= ss <= 59 and 0 <= oh <= 23 and 0 <= om <= 59):
+                mdays = 29 if (month == 2 and _leap(year)) else _MDAYS[month]
+                if day <= mdays:
+                    secs = (_days_from_civil(year, month, day) * 86400
+                            + hh * 3600 + mm * 60 + ss)
+                    if s[19] == 43:
+                        secs -= oh * 3600 + om * 60
+                    else:
+                        secs += oh * 3600 + om * 60
+                    return secs * 1000
+    return _fallback_time(value)
+
+
+def tencent_time_ms(value):
+    return _time_ms(value)
+
+
+cdef object _device_ts(dict body, object fallback):
+    raw = body.get("timestamp")
+    cdef long long r, ms, fb, diff
+    if type(raw) is int and type(fallback) is int:
+        try:
+            r = raw
+            fb = fallback
+        except OverflowError:
+            pass
+        else:
+            if r <= 0:
+                return fallback
+            if r > 4_000_000_000_000_000_000 or not (-4_000_000_000_000_000_000 < fb < 4_000_000_000_000_000_000):
+                return _device_ts_py(raw, fallback)
+            ms = r * 1000 if r < 100_000_000_000 else r
+            diff = ms - fb
+            if -_DAY_MS <= diff <= _DAY_MS:
+                return ms
+            return fallback
+    return _device_ts_py(raw, fallback)
+
+
+cdef object _device_ts_py(object raw, object fallback):
+    if (isinstance(raw, (int, float)) and not isinstance(raw, bool)) and raw > 0:
+        ms = int(raw * 1000) if raw < 100_000_000_000 else int(raw)
+        if abs(ms - fallback) <= _DAY_MS:
+            return ms
+    return fallback
+
+
+def tencent_report(frame, now_ms):
+    try:
+        obj = _loads(frame)
+    except _JSONDecodeError:
+        return None
+    if type(obj) is not dict:
+        return None
+    cdef dict o = <dict>obj
+    if not o.get("push") or o.get("action") != "DeviceChange":
+        return None
+    params = o.get("params")
+    if type(params) is not dict:
+        return None
+    cdef dict p = <dict>params
+    type_ = p.get("Type")
+    subtype = p.get("SubType")
+    if not isinstance(type_, str) or type_ == "StatusChange" or type_ == "UserDefined":
+        return None
+    if subtype != "Report" and subtype != "Push":
+        return None
+    device = p.get("DeviceId")
+    payload = p.get("Payload")
+    if not isinstance(device, str) or "/" not in <str>device:
+        return None
+    if not isinstance(payload, str) or not payload:
+        return None
+    try:
+        body = _loads(_b64_nul_stripped(payload))
+    except (PayloadError, _JSONDecodeError):
+        return None
+    if type(body) is not dict:
+        return None
+    cdef dict bd = <dict>body
+    seq = p.get("Seq")
+    if not isinstance(seq, int) or isinstance(seq, bool):
+        seq = None
+    ts = _time_ms(p.get("Time")) or now_ms
+    method = bd.get("method")
+    if method == "report":
+        props = bd.get("params")
+        if type(props) is dict:
+            inner = (<dict>props).get("params")
+            if (<dict>props).get("method") == "report" and type(inner) is dict:
+                bd = <dict>props
+                props = inner
+    elif method == "get_status_reply":
+        data = bd.get("data")
+        props = (<dict>data).get("reported") if type(data) is dict else None
+    elif method is None and bd.get("type") == "update":
+        state = bd.get("state")
+        props = (<dict>state).get("reported") if type(state) is dict else None
+    else:
+        return None
+    if type(props) is not dict:
+        return None
+    return (device, props, _device_ts(bd, ts), seq)
+
+
+# --------------------------------------------------------------------------------------------
+# TSL normalization (protocols.tsl.normalize_reference, compiled)
+
+
+cdef frozenset _TRUE = frozenset({"1", "true", "on", "yes", "open"})
+cdef frozenset _FALSE = frozenset({"0", "false", "off", "no", "close", "closed"})
+TRUE_WORDS = _TRUE
+FALSE_WORDS = _FALSE
+
+
+cdef class _NotCoercible:
+    pass
+
+
+cdef object _NC = _NotCoercible()
+
+
+cdef object _to_number(object value, bint integral):
+    cdef double d
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        d = value
+        if integral and isfinite(d) and floor(d) == d:
+            return int(value)
+        return value if isfinite(d) else _NC
+    if isinstance(value, str):
+        text = (<str>value).strip()
+        if integral:
+            try:
+                return int(text)
+            except ValueError:
+                pass
+        try:
+            number = float(text)
+        except ValueError:
+            return _NC
+        d = number
+        if not isfinite(d):
+            return _NC
+        if integral and floor(d) == d:
+            return int(number)
+        return number
+    return _NC
+
+
+cdef object _coerce(object prop, object value):
+    kind = prop.type
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (int, float)):
+            if value in (0, 1):
+                return bool(value)
+            return _NC
+        if isinstance(value, str):
+            low = (<str>value).strip().lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+        return _NC
+    if kind == "int":
+        return _to_number(value, True)
+    if kind == "float":
+        return _to_number(value, False)
+    if kind == "timestamp":
+        number = _to_number(value, True)
+        if number is _NC or isinstance(number, float):
+            return number if number is _NC else int(number)
+        return number * 1000 if 0 < number < 100_000_000_000 else number
+    if kind == "enum":
+        enum = prop.enum
+        if enum is None:
+            return value
+        try:
+            if value in enum:
+                return value
+        except TypeError:
+            return _NC
+        if isinstance(value, str):
+            number = _to_number(value, True)
+            if number is not _NC and number in enum:
+                return number
+        elif isinstance(value, int) and not isinstance(value, bool) and str(value) in enum:
+            return str(value)
+        return _NC
+    if kind == "string":
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        return _NC
+    if kind == "struct":
+        if not isinstance(value, dict) and not isinstance(value, _Mapping):
+            return _NC
+        by_id = {f.id: f for f in prop.fields}
+        out = {}
+        for key, item in value.items():
+            field_prop = by_id.get(key)
+            if field_prop is None:
+                out[key] = item
+                continue
+            coerced = _coerce(field_prop, item)
+            if coerced is _NC:
+                return _NC
+            out[key] = coerced
+        return out
+    if kind == "array":
+        if not isinstance(value, (list, tuple)):
+            return _NC
+        item_prop = prop.item
+        if item_prop is None:
+            return list(value)
+        items = []
+        for item in value:
+            coerced = _coerce(item_prop, item)
+            if coerced is _NC:
+                return _NC
+            items.append(coerced)
+        return items
+    return value
+
+
+cdef enum:
+    K_OTHER = 0
+    K_BOOL = 1
+    K_INT = 2
+    K_FLOAT = 3
+    K_TIMESTAMP = 4
+    K_ENUM = 5
+    K_STRING = 6
+    K_GENERIC = 7  # struct, array: the generic _coerce
+
+
+cdef int _kind_code(object kind) except -1:
+    if kind == "bool":
+        return K_BOOL
+    if kind == "int":
+        return K_INT
+    if kind == "float":
+        return K_FLOAT
+    if kind == "timestamp":
+        return K_TIMESTAMP
+    if kind == "enum":
+        return K_ENUM
+    if kind == "string":
+        return K_STRING
+    if kind == "struct" or kind == "array":
+        return K_GENERIC
+    return K_OTHER
+
+
+cdef object _coerce_code(int code, object prop, object value):
+    if code == K_BOOL:
+        if value is True or value is False:
+            return value
+        return _coerce(prop, value)
+    if code == K_INT:
+        if type(value) is int:
+            return value
+        return _to_number(value, True)
+    if code == K_FLOAT:
+        if type(value) is float or type(value) is int:
+            return _to_number(value, False)
+        return _to_number(value, False)
+    if code == K_STRING:
+        if type(value) is str:
+            return value
+        return _coerce(prop, value)
+    if code == K_OTHER:
+        return value
+    return _coerce(prop, value)
+
+
+# Per-schema plans: prop id -> (kind code, Property). Schemas are immutable (frozen dataclasses
+# built once per product), so a plan is built on first use; the cache holds the schema itself so
+# its id() cannot be reused while cached, and is cleared when it grows past _PLAN_LIMIT.
+cdef dict _PLANS = {}
+cdef Py_ssize_t _PLAN_LIMIT = 1024
+
+
+cdef dict _plan(object schema, dict by_id):
+    key = id(schema)
+    cdef PyObject* found = PyDict_GetItem(_PLANS, key)
+    if found is not NULL and (<tuple>found)[0] is schema:
+        return <dict>(<tuple>found)[1]
+    plan = {pid: (_kind_code(p.type), p) for pid, p in by_id.items()}
+    if len(_PLANS) >= _PLAN_LIMIT:
+        _PLANS.clear()
+    _PLANS[key] = (schema, plan)
+    return plan
+
+
+def normalize(schema, props):
+    cdef dict out = {}
+    cdef list flagged = []
+    cdef PyObject* found
+    cdef dict plan = None
+    by_id = getattr(schema, "_by_id", None)
+    if type(by_id) is dict:
+        plan = _plan(schema, <dict>by_id)
+    for key, value in props.items():
+        if plan is not None and type(key) is str:
+            found = PyDict_GetItem(plan, key)
+            if found is NULL:
+                out[key] = value
+                continue
+            coerced = _coerce_code((<tuple>found)[0], (<tuple>found)[1], value)
+        else:
+            prop = schema.prop(key)  # the same lookup (and errors) as the reference
+            if prop is None:
+                out[key] = value
+                continue
+            coerced = _coerce(prop, value)
+        if coerced is _NC:
+            flagged.append(key)
+            out[key] = value
+        else:
+            out[key] = coerced
+    return out, flagged
+
+
+# --------------------------------------------------------------------------------------------
+# MQTT PUBLISH
+
+
+cdef object _encode_publish_ref = _reference.encode_publish
+
+
+def encode_publish(topic, payload, qos=0, retain=False, packet_id=0, props=None, dup=False):
+    cdef bytes tb
+    if type(topic) is str:
+        tb = (<str>topic).encode("utf-8")
+    elif type(topic) is bytes:
+        tb = <bytes>topic
+    else:
+        return _encode_publish_ref(topic, payload, qos, retain, packet_id, props, dup)
+    if (type(payload) is not bytes or type(qos) is not int or not (0 <= qos <= 3)
+            or (props is not None and type(props) is not bytes)):
+        return _encode_publish_ref(topic, payload, qos, retain, packet_id, props, dup)
+    cdef int q = qos
+    cdef long pid = 0
+    if q:
+        if type(packet_id) is not int or not (0 <= packet_id <= 65535):
+            return _encode_publish_ref(topic, payload, qos, retain, packet_id, props, dup)
+        pid = packet_id
+    cdef Py_ssize_t tlen = PyBytes_GET_SIZE(tb)
+    if tlen > 65535:
+        return _encode_publish_ref(topic, payload, qos, retain, packet_id, props, dup)
+    cdef Py_ssize_t plen = PyBytes_GET_SIZE(props) if props is not None else 0
+    cdef Py_ssize_t blen = PyBytes_GET_SIZE(payload)
+    cdef Py_ssize_t n = 2 + tlen + (2 if q else 0) + plen + blen
+    if n > 268_435_455:
+        return _encode_publish_ref(topic, payload, qos, retain, packet_id, props, dup)
+    cdef unsigned char first = 0x30 | (q << 1) | (1 if retain else 0) | (8 if dup else 0)
+    cdef unsigned char hdr[5]
+    cdef int hlen = 1
+    cdef Py_ssize_t rem = n
+    hdr[0] = first
+    while True:
+        hdr[hlen] = rem & 0x7F
+        rem >>= 7
+        if rem:
+            hdr[hlen] |= 0x80
+            hlen += 1
+        else:
+            hlen += 1
+            break
+    out = PyBytes_FromStringAndSize(NULL, hlen + n)
+    cdef unsigned char* d = <unsigned char*>PyBytes_AS_STRING(out)
+    memcpy(d, hdr, hlen)
+    d += hlen
+    d[0] = (tlen >> 8) & 0xFF
+    d[1] = tlen & 0xFF
+    memcpy(d + 2, PyBytes_AS_STRING(tb), tlen)
+    d += 2 + tlen
+    if q:
+        d[0] = (pid >> 8) & 0xFF
+        d[1] = pid & 0xFF
+        d += 2
+    if plen:
+        memcpy(d, PyBytes_AS_STRING(props), plen)
+        d += plen
+    memcpy(d, PyBytes_AS_STRING(payload), blen)
+    return out

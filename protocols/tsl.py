@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .model import CommandError, Property, Schema
 
-__all__ = ["NOT_COERCIBLE", "coerce", "normalize", "validate", "validate_props"]
+__all__ = ["NOT_COERCIBLE", "coerce", "normalize", "normalize_reference", "validate", "validate_props"]
 
 _TRUE: Final = frozenset({"1", "true", "on", "yes", "open"})
 _FALSE: Final = frozenset({"0", "false", "off", "no", "close", "closed"})
@@ -98,8 +98,11 @@ def coerce(prop: Property, value: Any) -> Any:
     if kind == "enum":
         if prop.enum is None:
             return value
-        if value in prop.enum:
-            return value
+        try:
+            if value in prop.enum:
+                return value
+        except TypeError:  # an unhashable value (list, dict) is no enum value: flag it, never raise
+            return NOT_COERCIBLE
         # Enum keys are often strings of ints on one side and ints on the other.
         if isinstance(value, str):
             number = _to_number(value, True)
@@ -161,6 +164,18 @@ def normalize(schema: Schema, props: Mapping[str, Any]) -> tuple[dict[str, Any],
         else:
             out[key] = coerced
     return out, flagged
+
+
+normalize_reference: Final = normalize
+"""The pure ``normalize``. ``_speedups`` compiles the same rules; when the compiled module is
+loaded ``normalize`` below is that kernel (tests/test_speedups.py proves equal results,
+``bench/RESULTS.md`` the gain)."""
+
+if not TYPE_CHECKING:
+    import _speedups
+
+    if _speedups.IMPLEMENTATION == "cython":
+        normalize = _speedups.normalize
 
 
 def validate(prop: Property, value: Any, *, writing: bool = True) -> Any:

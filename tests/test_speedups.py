@@ -124,3 +124,245 @@ def test_same_on_encoded_json(value, urlsafe, unpadded, nuls):
         enc = enc.rstrip("=")
     _same(enc)
     assert _cspeedups.decode_payload(enc) == value
+
+
+# ------------------------------------------------------------------------------------------
+# Every other kernel: the compiled one gives what the reference gives (or raises the same class).
+
+from datetime import datetime, timedelta, timezone  # noqa: E402
+
+import orjson  # noqa: E402
+
+from protocols.model import Property, Schema, StateChange  # noqa: E402
+from protocols.tencent import ws  # noqa: E402
+from protocols.tsl import normalize_reference  # noqa: E402
+
+needs_compiled = pytest.mark.skipif(_cspeedups is None, reason="compiled module not built")
+
+
+def _outcome(fn, *args):
+    """('ok', repr(result)) or ('raise', exception class): repr keeps True/1 and NaN apart."""
+    try:
+        return ("ok", repr(fn(*args)))
+    except Exception as exc:
+        return ("raise", type(exc))
+
+
+def test_selector_exports_every_kernel():
+    for name in ("decode_payload", "tencent_report", "tencent_time_ms", "normalize", "encode_publish"):
+        assert callable(getattr(_speedups, name))
+        if _speedups.IMPLEMENTATION == "cython":
+            assert getattr(_speedups, name) is getattr(_cspeedups, name)
+
+
+@needs_compiled
+def test_bool_words_match_tsl():
+    from protocols import tsl
+
+    assert _cspeedups.TRUE_WORDS == tsl._TRUE
+    assert _cspeedups.FALSE_WORDS == tsl._FALSE
+
+
+# -- tencent_time_ms
+
+offsets = st.integers(-(23 * 60 + 59), 23 * 60 + 59).map(lambda m: timezone(timedelta(minutes=m)))
+iso_times = st.builds(
+    lambda dt, tz, spec: dt.replace(tzinfo=tz).isoformat(timespec=spec),
+    st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+    offsets,
+    st.sampled_from(["seconds", "milliseconds", "auto"]),
+)
+time_values = (
+    iso_times
+    | st.text(max_size=30)
+    | st.from_regex(r"\A\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d\Z")
+    | st.integers(-(2**70), 2**70)
+    | st.floats()
+    | st.none()
+    | st.booleans()
+)
+
+
+@needs_compiled
+@given(time_values)
+def test_tencent_time_same(value):
+    assert _outcome(_cspeedups.tencent_time_ms, value) == _outcome(_reference.tencent_time_ms, value)
+
+
+@given(time_values)
+def test_tencent_time_is_the_codec_rule(value):
+    assert _outcome(_reference.tencent_time_ms, value) == _outcome(ws._parse_time, value)
+
+
+def test_tencent_time_examples():
+    for impl in [_reference.tencent_time_ms] + ([_cspeedups.tencent_time_ms] if _cspeedups else []):
+        assert impl("1970-01-01T08:00:00+08:00") == 0
+        assert impl("2024-02-29T23:59:59-00:30") == 1709251199000 + 1800_000
+        assert impl("2023-02-29T00:00:00+08:00") is None
+        assert impl(1_700_000_000) == 1_700_000_000_000
+        assert impl(True) is None
+
+
+# -- tencent_report
+
+DEVICE = "PRODUCT001/dev_1"
+bodies = st.one_of(
+    st.fixed_dictionaries({"method": st.just("report"), "params": json_values},
+                          optional={"timestamp": st.integers(-5, 2**42) | st.floats(), "clientToken": st.text(max_size=5)}),
+    st.fixed_dictionaries({"method": st.just("report"),
+                           "params": st.fixed_dictionaries({"method": st.just("report"), "params": json_values},
+                                                           optional={"timestamp": st.integers(0, 2**41)})}),
+    st.fixed_dictionaries({"method": st.just("get_status_reply"),
+                           "data": st.fixed_dictionaries({"reported": json_values}) | json_values}),
+    st.fixed_dictionaries({"type": st.sampled_from(["update", "delta"]),
+                           "state": st.fixed_dictionaries({"reported": json_values}) | json_values}),
+    st.fixed_dictionaries({"method": st.sampled_from(["control", "event_post", "action", "x", ""]),
+                           "params": json_values}),
+    json_values,
+)
+
+
+report_bodies = bodies.filter(lambda b: isinstance(b, dict) and (b.get("method") in ("report", "get_status_reply") or b.get("type") == "update"))
+
+
+@st.composite
+def frames(draw):
+    """Frames around the fast path: half of them well-formed reports, half damaged somewhere."""
+    good = draw(st.booleans())
+    body = draw(report_bodies if good else bodies)
+    payload = draw(st.sampled_from(["good", "nul", "urlsafe"] + ([] if good else ["garbage", "empty", "int"])))
+    raw = orjson.dumps(body)
+    if payload == "good":
+        p = base64.b64encode(raw).decode()
+    elif payload == "nul":
+        p = base64.b64encode(raw + b"\x00\x00").decode().rstrip("=")
+    elif payload == "urlsafe":
+        p = base64.urlsafe_b64encode(raw).decode()
+    elif payload == "garbage":
+        p = draw(st.text(max_size=12))
+    elif payload == "empty":
+        p = ""
+    else:
+        p = 12
+    params = {
+        "Time": draw(iso_times | st.text(max_size=5) | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False)),
+        "Type": draw(st.sampled_from(["Property", "Template", "Event", "Action", "Shadow"] if good else [*ws.PUSH_TYPES, "Other", 3])),
+        "SubType": draw(st.sampled_from(["Report", "Push"] if good else [*ws.PUSH_SUBTYPES, "Bind", None])),
+        "Topic": "$thing/up/property/PRODUCT001/dev_1",
+        "Payload": p,
+        "Seq": draw(st.integers(-3, 2**40) | st.booleans() | st.none() | st.text(max_size=2)),
+        "DeviceId": DEVICE if good else draw(st.sampled_from([DEVICE, "nodash", 7, None])),
+    }
+    if not good and draw(st.booleans()):
+        del params[draw(st.sampled_from(sorted(params)))]
+    frame = {"action": "DeviceChange" if good else draw(st.sampled_from(["DeviceChange", "Other"])),
+             "params": params, "push": True if good else draw(st.sampled_from([True, False, 1]))}
+    out = orjson.dumps(frame)
+    return out.decode() if draw(st.booleans()) else out
+
+
+NOW = 1_700_000_000_000
+
+
+@needs_compiled
+@given(frames() | st.binary(max_size=40) | st.text(max_size=40))
+def test_tencent_report_same(frame):
+    assert _outcome(_cspeedups.tencent_report, frame, NOW) == _outcome(_reference.tencent_report, frame, NOW)
+
+
+@given(frames())
+def test_tencent_report_is_the_codec_rule(frame):
+    """Where the kernel answers, protocols.tencent.ws's general path gives that very StateChange."""
+    fast = _reference.tencent_report(frame, NOW)
+    if fast is None:
+        return
+    push = ws.parse_frame(frame)
+    decoded = ws.decode_device_change(ws.parse_device_change(push.params), now_ms=NOW)
+    device, props, ts, seq = fast
+    assert decoded.events == [StateChange(device, props, ts, seq)]
+
+
+def test_tencent_report_example():
+    body = {"method": "report", "timestamp": NOW // 1000 + 5, "params": {"power_switch": 1}}
+    frame = ws.device_change_frame(DEVICE, "Property", "Report", body, seq=9, ts_ms=NOW)
+    for impl in [_reference.tencent_report] + ([_cspeedups.tencent_report] if _cspeedups else []):
+        assert impl(frame, 0) == (DEVICE, {"power_switch": 1}, NOW + 5000, 9)
+        assert impl(frame.encode(), 0) == (DEVICE, {"power_switch": 1}, NOW + 5000, 9)
+        assert impl(ws.device_change_frame(DEVICE, "StatusChange", "Online", None, seq=1, ts_ms=NOW), 0) is None
+
+
+# -- normalize
+
+scalars = (
+    st.none() | st.booleans() | st.integers(-(2**66), 2**66) | st.floats()
+    | st.text(max_size=8) | st.sampled_from(["1", "0", " on ", "OFF", "true", "1.5", "1e3", "nan", "inf", "0x10", "1_000", "١٢"])
+)
+values = st.recursive(
+    scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.sampled_from(["a", "b", "c"]), c, max_size=3),
+    max_leaves=6,
+)
+enum_maps = st.dictionaries(st.integers(-2, 3) | st.sampled_from(["0", "1", "2", "x"]), st.just("l"), max_size=4)
+
+
+def _props(depth):
+    base = st.builds(
+        Property,
+        id=st.sampled_from(["a", "b", "c"]),
+        type=st.sampled_from(["bool", "int", "float", "enum", "string", "timestamp", "struct", "array", "weird"]),
+        enum=st.none() | enum_maps,
+        fields=st.just(()) if depth == 0 else st.lists(_props(depth - 1), max_size=3).map(tuple),
+        item=st.none() if depth == 0 else st.none() | _props(depth - 1),
+    )
+    return base
+
+
+schemas = st.lists(_props(2), max_size=4).map(lambda ps: Schema(tuple(ps)))
+
+
+@needs_compiled
+@given(schemas, st.dictionaries(st.sampled_from(["a", "b", "c", "d"]), values, max_size=4))
+def test_normalize_same(schema, props):
+    assert _outcome(_cspeedups.normalize, schema, props) == _outcome(normalize_reference, schema, props)
+
+
+@needs_compiled
+def test_normalize_plan_cache_follows_new_schemas():
+    # Same ids, different types: a cached plan of one schema must never serve another.
+    for i in range(3000):
+        kind = ("int", "bool", "string")[i % 3]
+        schema = Schema((Property("p", type=kind),))
+        props = {"p": "1"}
+        assert _cspeedups.normalize(schema, props) == normalize_reference(schema, props)
+
+
+def test_normalize_never_raises_on_unhashable_enum_value():
+    schema = Schema((Property("e", type="enum", enum={0: "a"}),))
+    for impl in [normalize_reference] + ([_cspeedups.normalize] if _cspeedups else []):
+        assert impl(schema, {"e": [0]}) == ({"e": [0]}, ["e"])
+
+
+# -- encode_publish
+
+
+@needs_compiled
+@given(
+    st.text(max_size=20) | st.binary(max_size=20) | st.integers(),
+    st.binary(max_size=300) | st.text(max_size=3) | st.just(bytearray(b"xy")),
+    st.integers(-1, 4) | st.booleans(),
+    st.booleans() | st.integers(0, 2),
+    st.integers(-1, 65536) | st.just(None),
+    st.none() | st.binary(max_size=20) | st.just(b"\x00"),
+    st.booleans(),
+)
+def test_encode_publish_same(topic, payload, qos, retain, packet_id, props, dup):
+    args = (topic, payload, qos, retain, packet_id, props, dup)
+    assert _outcome(_cspeedups.encode_publish, *args) == _outcome(_reference.encode_publish, *args)
+
+
+@needs_compiled
+@pytest.mark.parametrize("size", [0, 100, 127 - 9, 16_383, 16_384, 2_097_151, 2_097_152])
+def test_encode_publish_lengths(size):
+    payload = b"p" * size
+    assert _cspeedups.encode_publish("t/x", payload, 1, True, 7, b"\x00") == _reference.encode_publish(
+        "t/x", payload, 1, True, 7, b"\x00"
+    )

@@ -47,7 +47,7 @@ from typing import Any, Final
 
 import orjson
 
-from _speedups import PayloadError, decode_payload
+from _speedups import PayloadError, decode_payload, tencent_report, tencent_time_ms
 
 from ..model import (
     ActionReply,
@@ -76,6 +76,7 @@ __all__ = [
     "active_push_reply",
     "active_push_result",
     "decode_device_change",
+    "decode_report",
     "device_change_frame",
     "encode_payload",
     "format_time",
@@ -363,12 +364,9 @@ def _parse_iso(value: str) -> int | None:
         return None
 
 
-def _parse_time(value: object) -> int | None:
-    if isinstance(value, str) and value:
-        return _parse_iso(value)
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-        return int(value * 1000) if value < 100_000_000_000 else int(value)
-    return None
+# ``Time``: ISO 8601 (the seed prints ``+08:00``) or epoch s/ms → epoch ms, else None. A
+# `_speedups` kernel: the seed's layout is parsed in C when compiled (``datetime`` otherwise).
+_parse_time: Final = tencent_time_ms
 
 
 def parse_device_change(params: Mapping[str, Any]) -> DeviceChange:
@@ -569,6 +567,20 @@ def _decode_body(
     else:
         rest = {k: v for k, v in body.items() if k != "method"}
         out.events.append(DeviceEvent(device, method, "info", rest, ts))
+
+
+def decode_report(data: str | bytes, *, now_ms: int) -> StateChange | None:
+    """The hot path: a whole ``DeviceChange`` frame that is a property report → its
+    ``StateChange`` in one `_speedups` call (values not normalized: the gateway does that once).
+
+    ``None`` for every other frame (replies, other pushes, anything malformed): the caller then
+    takes ``parse_frame`` → ``parse_device_change`` → ``decode_device_change``, which yields the
+    same ``StateChange`` for a report (tests/test_speedups.py) and words the errors.
+    """
+    hit = tencent_report(data, now_ms)
+    if hit is None:
+        return None
+    return StateChange(hit[0], hit[1], hit[2], hit[3])
 
 
 def decode_device_change(
