@@ -53,6 +53,7 @@ class RateLimiter:
         self._next_by_endpoint: dict[str, float] = {}
         self._slots: list[float] = []  # sorted reservation instants
         self._last_online: dict[str, float] = {}
+        self._sent: dict[str, float] = {}  # when each endpoint's last call actually went out
         self.waited = 0.0  # total seconds callers were held back (for logs and tests)
 
     def reserve(self, endpoint: str) -> float:
@@ -80,11 +81,18 @@ class RateLimiter:
 
     async def acquire(self, endpoint: str) -> float:
         """Wait for a slot for ``endpoint``; return how long we waited."""
-        delay = self.reserve(endpoint)
-        if delay > 0:
+        spacing = self.rules.min_interval * (1 + self.rules.slack)
+        delay = max(self.reserve(endpoint), self._sent.get(endpoint, -spacing) + spacing - self._clock())
+        waited = 0.0
+        while delay > 0:
             self.waited += delay
+            waited += delay
             await asyncio.sleep(delay)
-        return delay
+            # A busy loop can wake us late and an earlier caller of the same endpoint later
+            # still: space calls by when they really go out, not only by their reservations.
+            delay = self._sent.get(endpoint, -spacing) + spacing - self._clock()
+        self._sent[endpoint] = self._clock()
+        return waited
 
     async def user_online(self, account: str) -> float:
         """Wait until ``account`` may send ``userOnline`` again, then take a global slot for it."""
