@@ -8,7 +8,7 @@ publisher and this process share the cores. It prints ``READY`` once subscribed 
 (``--expect`` messages seen, ``--idle`` seconds without a message, or ``--max-seconds``), one
 JSON line: ``count``, ``first``/``last`` (``time.monotonic()``, comparable across processes on
 Linux) and, with ``--latency-key``, latency percentiles computed from the wall-clock send time
-(µs since the epoch) that key holds in each JSON payload.
+(µs since the epoch) that key holds in each JSON payload; then only payloads with that key count.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ _loads = orjson.loads
 
 
 class Counter(asyncio.Protocol):
-    def __init__(self, expect: int, latency_key: bytes | None, warmup: float) -> None:
+    def __init__(self, expect: int, latency_key: str | None, warmup: float) -> None:
         self.buf = bytearray()
         self.count = 0
         self.first = 0.0
@@ -43,6 +43,7 @@ class Counter(asyncio.Protocol):
         self.window_count = 0
         self.latencies: list[float] = []
         self.bad = 0
+        self.first_bad = b""
         self.suback = asyncio.get_event_loop().create_future()
         self.done = asyncio.get_event_loop().create_future()
         self.transport: asyncio.Transport | None = None
@@ -84,14 +85,18 @@ class Counter(asyncio.Protocol):
                 break
             ptype = first >> 4
             if ptype == 3:
-                n += 1
-                if key is not None:
+                if key is None:
+                    n += 1
+                else:
+                    # Only stamped messages count (not the resync snapshots at start-up).
                     (tlen,) = struct.unpack_from("!H", buf, i)
                     start = i + 2 + tlen + (2 if first & 0x06 else 0)
                     try:
                         sent = _loads(bytes(buf[start : i + length]))[key]
                         self.latencies.append(now_wall * 1e6 - sent)
+                        n += 1
                     except (orjson.JSONDecodeError, KeyError, TypeError):
+                        self.first_bad = bytes(buf[i : i + length])[:300]
                         self.bad += 1
             elif ptype == 9 and not self.suback.done():
                 self.suback.set_result(None)
@@ -121,7 +126,7 @@ def percentile(values: list[float], q: float) -> float:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
-    key = args.latency_key.encode() if args.latency_key else None
+    key = args.latency_key or None
     transport, proto = await loop.create_connection(
         lambda: Counter(args.expect, key, args.warmup), args.host, args.port
     )
@@ -154,6 +159,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             max_ms=max(lat_ms) if lat_ms else float("nan"),
             latency_samples=len(lat_ms),
             bad=proto.bad,
+            first_bad=proto.first_bad.decode("utf-8", "replace"),
         )
     return out
 

@@ -1,0 +1,52 @@
+"""The gateway in its own process, for the benches: ``python -m bench._gateway CONFIG.json``.
+
+Runs ``gateway.app.Gateway`` on uvloop (as ``cloud2mqtt run`` does), prints ``READY`` once every
+account's link is online, and stops cleanly when stdin closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+
+from gateway.app import Gateway
+from gateway.config import parse_config
+
+from ._proc import raise_nofile, run
+
+
+async def main_async(path: str) -> None:
+    with open(path) as f:
+        raw = json.load(f)
+    raise_nofile(len(raw.get("accounts", [])) * 2 + 1000)
+    gw = Gateway(parse_config(raw))
+    await gw.start()
+    loop = asyncio.get_running_loop()
+    try:
+        deadline = loop.time() + float(raw.get("_ready_timeout", 300))
+        while loop.time() < deadline:
+            states = [link.link_state for link in gw.links.values()]
+            if states and all(s == "online" for s in states):
+                break
+            await asyncio.sleep(0.1)
+        online = sum(1 for link in gw.links.values() if link.link_state == "online")
+        print(f"READY {online}/{len(gw.links)}", flush=True)
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        while await reader.readline():
+            online = sum(1 for link in gw.links.values() if link.link_state == "online")
+            print(json.dumps({"online": online, "accounts": len(gw.links),
+                              "health": gw.health_snapshot()}, default=str), flush=True)  # fmt: skip
+    finally:
+        await gw.stop()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run(main_async(sys.argv[1]))
+
+
+if __name__ == "__main__":
+    main()
