@@ -309,3 +309,35 @@ async def test_token_rejected_mid_session_is_refreshed(
     reply = await probe.wait_for(topic(light, "response/set"), lambda p: p["transaction"] == "y2")
     assert reply["status"] == "ok"
     await probe.wait_for(topic(light), lambda p: p.get("Brightness") == 11)
+
+
+
+@pytest.fixture
+async def tls_cloud(tmp_path: Any) -> AsyncIterator[tuple[AliyunCloud, str]]:
+    """An emulator whose MQTT front speaks TLS with a throwaway self-signed certificate."""
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    c = AliyunCloud(devices=1, mqtt_ssl=server_ctx)
+    await c.start()
+    yield c, str(cert)
+    await c.stop()
+
+
+async def test_tls_app_channel(tls_cloud: tuple[AliyunCloud, str], gateway_factory: Any, probe: Any) -> None:
+    """securemode=2 over TLS, the certificate checked against a configured CA file."""
+    cloud, ca_file = tls_cloud
+    await start(gateway_factory, probe, cloud, ca_file=ca_file)
+    light = cloud.device_ids(LIGHT_PK)[0]
+    await probe.wait_for(topic(light), lambda p: "LightSwitch" in p)
+    cloud.set_property(light, {"Brightness": 5})
+    await probe.wait_for(topic(light), lambda p: p.get("Brightness") == 5)
+    assert cloud.stats["connect_ok"] == 1

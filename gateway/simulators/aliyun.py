@@ -58,6 +58,7 @@ import itertools
 import logging
 import random
 import secrets
+import ssl
 import time
 import uuid
 from collections import Counter, deque
@@ -241,10 +242,12 @@ class _Front:
     identity: tuple[str, str] | None = None  # (productKey, deviceName)
 
     def close(self) -> None:
+        # abort(), not close(): a dropped link is abrupt, and a TLS close would wait for a peer
+        # that may never answer.
         for w in (self.writer, self.upstream):
             if w is not None:
                 with contextlib.suppress(Exception):
-                    w.close()
+                    w.transport.abort()
 
 
 def _topic_allowed(topic: str, pk: str, dn: str) -> bool:
@@ -273,6 +276,7 @@ class AliyunCloud:
         port: int = 0,
         *,
         mqtt_port: int = 0,
+        mqtt_ssl: ssl.SSLContext | None = None,
         app_key: str = "28365017",
         app_secret: str = "emulator-app-secret",
         app_product_key: str = "a1AppPk0001",
@@ -288,6 +292,7 @@ class AliyunCloud:
         self.host = host
         self.port = port
         self.mqtt_port = mqtt_port
+        self.mqtt_ssl = mqtt_ssl  # TLS on the MQTT front (securemode 2), as the real endpoint
         self.app_key = app_key
         self.app_secret = app_secret
         self.app_devices: dict[tuple[str, str], str] = {(app_product_key, app_device_name): app_device_secret}
@@ -343,7 +348,9 @@ class AliyunCloud:
         )
         await self.client.connect()
         await self.client.subscribe([("/sys/+/+/app/up/account/bind", 1), ("/sys/+/+/app/up/account/unbind", 1)])
-        self._front_server = await asyncio.start_server(self._front, self.host, self.mqtt_port)
+        self._front_server = await asyncio.start_server(
+            self._front, self.host, self.mqtt_port, ssl=self.mqtt_ssl
+        )
         self.mqtt_port = self._front_server.sockets[0].getsockname()[1]
         app = web.Application()
         app.router.add_post("/_control/{fault}", self._control)
@@ -402,7 +409,7 @@ class AliyunCloud:
             "iot_token": self.account.iot_token,
             "mqtt_host": self.host,
             "mqtt_port": self.mqtt_port,
-            "tls": False,
+            "tls": self.mqtt_ssl is not None,
             "product_key": self.app_product_key,
             "device_name": self.app_device_name,
             "device_secret": self.app_device_secret,
