@@ -86,6 +86,10 @@ from .base import Connector
 __all__ = ["AliyunConnector", "AliyunOptions"]
 
 
+#: Pushes held while a resync runs (applied after it, so none races the snapshot).
+_MAX_HELD = 20_000
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -678,6 +682,10 @@ class AliyunConnector(Connector):
 
     def _on_message(self, topic: str, payload: bytes, props: dict[str, Any]) -> None:
         if self._held is not None and not topic.endswith("/account/bind_reply"):
+            if len(self._held) >= _MAX_HELD:
+                # The resync's snapshot covers what is dropped here; count it, do not grow.
+                self.ctx.count("dropped_pushes")
+                return
             self._held.append((topic, payload))
             return
         self._dispatch(topic, payload)
