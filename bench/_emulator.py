@@ -53,9 +53,13 @@ class BenchCloud(TencentCloud):
         return await super()._yunapi(sock, req_id, params)
 
     def overdue(self) -> int:
-        """Sockets whose last heartbeat is older than the deadline right now."""
+        """Open subscribed sockets whose last heartbeat is older than the deadline (or missing)."""
         now = time.monotonic()
-        return sum(1 for t in self.last_beat.values() if now - t > self.heartbeat_deadline)
+        return sum(
+            1
+            for sock in self.sockets
+            if sock.subscribed and now - self.last_beat.get(id(sock), 0.0) > self.heartbeat_deadline
+        )
 
 
 def _props(cloud: TencentCloud, device: str, i: int) -> dict[str, Any]:

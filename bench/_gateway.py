@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 
 from gateway.app import Gateway
@@ -20,12 +21,13 @@ from ._proc import raise_nofile, run
 async def main_async(path: str) -> None:
     with open(path) as f:
         raw = json.load(f)
+    ready_timeout = float(raw.pop("_ready_timeout", 300))
     raise_nofile(len(raw.get("accounts", [])) * 2 + 1000)
     gw = Gateway(parse_config(raw))
     await gw.start()
     loop = asyncio.get_running_loop()
     try:
-        deadline = loop.time() + float(raw.get("_ready_timeout", 300))
+        deadline = loop.time() + ready_timeout
         while loop.time() < deadline:
             states = [link.link_state for link in gw.links.values()]
             if states and all(s == "online" for s in states):
@@ -45,7 +47,15 @@ async def main_async(path: str) -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run(main_async(sys.argv[1]))
+    profile = os.environ.get("BENCH_PROFILE")  # a path: write cProfile stats there (slows it down)
+    if not profile:
+        run(main_async(sys.argv[1]))
+        return
+    import cProfile
+
+    with cProfile.Profile() as prof:
+        run(main_async(sys.argv[1]))
+    prof.dump_stats(profile)
 
 
 if __name__ == "__main__":

@@ -125,7 +125,9 @@ class AccountLink:
         self.gw.publish_event(rec, ev)
 
     async def drain(self) -> None:
-        await self.gw.mqtt.drain()
+        mqtt = self.gw.mqtt
+        if mqtt.congested:  # the common case costs one attribute test, not a second coroutine
+            await mqtt.drain()
 
     # ---------------------------------------------------------------- account state
 
