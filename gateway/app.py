@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,8 @@ class Gateway:
         self._per_prop = config.gateway.per_property_topics
         self._devices_dirty: asyncio.TimerHandle | None = None
         self._accounts_dirty: asyncio.TimerHandle | None = None
+        self._devices_cost = 0.0  # seconds the last bridge/devices publish took
+        self._accounts_cost = 0.0
         self.accounts = [
             a for a in config.accounts
             if a.enabled and (shard is None or shard_of(a.vendor, a.name, shard[1]) == shard[0])
@@ -201,23 +204,34 @@ class Gateway:
     def bridge_event(self, kind: str, **fields: Any) -> None:
         self.publish_raw(self.topics.bridge("event"), _dumps({"type": kind, "ts": now_ms(), **fields}))
 
+    # bridge/devices and bridge/accounts describe *every* device/account, so publishing them is
+    # O(N); with thousands of accounts starting at once each change would republish them all
+    # (O(N^2) at start-up: 10,000 Tencent accounts took minutes of one core). The debounce delay
+    # therefore grows with the cost of the last publish: at most ~10% of the loop goes to them.
+
     def devices_changed(self) -> None:
         if self._started and self._devices_dirty is None:
-            self._devices_dirty = self._loop.call_later(0.2, self._publish_devices)
+            delay = max(0.2, self._devices_cost * 10)
+            self._devices_dirty = self._loop.call_later(delay, self._publish_devices)
 
     def accounts_changed(self) -> None:
         if self._started and self._accounts_dirty is None:
-            self._accounts_dirty = self._loop.call_later(0.05, self._publish_accounts)
+            delay = max(0.05, self._accounts_cost * 10)
+            self._accounts_dirty = self._loop.call_later(delay, self._publish_accounts)
 
     def _publish_devices(self) -> None:
+        t0 = time.perf_counter()
         self._devices_dirty = None
         devices = sorted((rec.describe() for rec in self.registry), key=lambda d: d["topic"])
         self.publish_raw(self.topics.bridge("devices"), _dumps(devices), retain=True)
+        self._devices_cost = time.perf_counter() - t0
 
     def _publish_accounts(self) -> None:
+        t0 = time.perf_counter()
         self._accounts_dirty = None
         accounts = [link.describe() for link in self.links.values()]
         self.publish_raw(self.topics.bridge("accounts"), _dumps(accounts), retain=True)
+        self._accounts_cost = time.perf_counter() - t0
 
     def health_snapshot(self) -> dict[str, Any]:
         return self.health.snapshot(
