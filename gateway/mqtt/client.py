@@ -237,6 +237,10 @@ class MqttClient:
         raise last_exc
 
     async def _attempt(self, loop: asyncio.AbstractEventLoop, version: int) -> None:
+        # Forget the previous connection first: its late connection_lost must not fail this
+        # attempt's CONNACK future (seen when a broker refuses MQTT 5 and closes).
+        self._proto = None
+        self._transport = None
         self._connack = loop.create_future()
         transport, proto = await asyncio.wait_for(
             loop.create_connection(

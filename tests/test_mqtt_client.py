@@ -1,0 +1,78 @@
+"""Our MQTT client against real peers: mosquitto over 3.1.1, and a broker that refuses MQTT 5."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.mqtt import codec
+from gateway.mqtt.client import ConnectRefused, MqttClient
+
+
+async def test_mqtt311_publish_and_subscribe(mosquitto):
+    got: list[tuple[str, bytes]] = []
+    sub = MqttClient(mosquitto.host, mosquitto.port, client_id="s311", protocol=4,
+                     on_message=lambda t, p, props: got.append((t, p)))
+    pub = MqttClient(mosquitto.host, mosquitto.port, client_id="p311", protocol=4)
+    await sub.connect()
+    await sub.subscribe([("x/#", 1)])
+    await pub.connect()
+    assert pub.protocol == 4
+    for i in range(100):
+        pub.publish("x/y", str(i).encode(), qos=i % 2, props={"content_type": "ignored on 3.1.1"})
+    await pub.flush()
+    for _ in range(200):
+        if len(got) == 100:
+            break
+        await asyncio.sleep(0.02)
+    assert [p for _, p in got] == [str(i).encode() for i in range(100)]
+    await pub.disconnect()
+    await sub.disconnect()
+
+
+async def test_falls_back_to_311_when_v5_is_refused():
+    """A 3.1.1-only broker answers a v5 CONNECT with return code 1 (unacceptable version)."""
+    seen: list[int] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        parser = codec.Parser()
+        while True:
+            data = await reader.read(4096)
+            if not data:
+                break
+            for ptype, _, body in parser.feed(data):
+                if ptype == codec.CONNECT:
+                    c = codec.decode_connect(body)
+                    seen.append(c.protocol)
+                    writer.write(codec.encode_connack(0 if c.protocol == 4 else 1, 4))
+                    if c.protocol != 4:
+                        await writer.drain()
+                        writer.close()
+                        return
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = MqttClient("127.0.0.1", port, client_id="fb", reconnect=False)
+    await client.connect()
+    assert client.protocol == 4 and seen == [5, 4]
+    await client.disconnect()
+    server.close()
+
+
+async def test_bad_credentials_are_refused_not_retried():
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(4096)
+        writer.write(codec.encode_connack(0x86, 5))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = MqttClient("127.0.0.1", port, client_id="bad", password="nope", reconnect=False)
+    try:
+        await client.connect()
+    except ConnectRefused as exc:
+        assert exc.auth
+    else:
+        raise AssertionError("connect should be refused")
+    server.close()
