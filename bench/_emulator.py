@@ -8,6 +8,8 @@ line (``api_url``, ``ws_url``, ``app_key``, ``app_secret``) and then reads comma
   frame is built and queued for its socket). Prints ``{"sent", "dropped", ...}`` when done.
 - ``stats``: the emulator's counters, including ``late_heartbeats`` (trace heartbeats that
   arrived after ``--heartbeat-deadline`` seconds since the socket's previous one, or never).
+- ``tokens``: an AccessToken for every user, as ``AppGetTokenByWeiXin`` issues them, so a bench
+  can start the gateway the way a restart does (tokens persisted, no login).
 
 Reports go through ``TencentCloud.report`` (the emulator's own framing and per-socket queues,
 which drop when a socket's queue is full: the gateway's backpressure shows up there, not as
@@ -19,11 +21,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import secrets
 import sys
 import time
 from typing import Any
 
-from gateway.simulators.tencent import TencentCloud
+from gateway.simulators.tencent import SimToken, TencentCloud
 
 from ._proc import raise_nofile, run
 
@@ -123,6 +126,14 @@ async def main_async(args: argparse.Namespace) -> None:
                 break
             if line[0] == "go":
                 out = await pace(cloud, float(line[1]), float(line[2]))
+            elif line[0] == "tokens":
+                # As AppGetTokenByWeiXin would issue them: {open_id: [token, expires_ms]}.
+                out = {"tokens": {}}
+                for user in cloud.users.values():
+                    expires = time.time() + cloud.token_lifetime
+                    tok = SimToken(secrets.token_hex(16), user.uid, expires)
+                    cloud.tokens[tok.token] = tok
+                    out["tokens"][user.open_id] = [tok.token, int(expires * 1000)]
             else:
                 out = {}
             out.update(

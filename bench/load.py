@@ -38,7 +38,7 @@ from ._proc import _ROOT, CounterProc, cpu_seconds, machine, rss_mib, run
 async def _spawn(*argv: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable, *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        cwd=_ROOT, env=env,
+        cwd=_ROOT, env=env, limit=64 << 20,
     )  # fmt: skip
 
 

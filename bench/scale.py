@@ -13,6 +13,11 @@ the connector waits H after each reply.
 
 Memory per connection = (RSS with N accounts − RSS with 1 account) / (N − 1), both measured
 after start-up settled, in the same gateway code. Prints one JSON line.
+
+By default the gateway starts as after a restart: every account's AccessToken is already in its
+token store (issued by the emulator as a login would), so start-up is ActivePush + resync only.
+``--login`` makes every account log in first (a first start): see RESULTS.md for why that is
+slow at thousands of accounts (the token store rewrites its whole file per saved token).
 """
 
 from __future__ import annotations
@@ -32,10 +37,25 @@ from ._proc import cpu_seconds, machine, raise_nofile, rss_mib, run
 from .load import _env, _line, _spawn, _stop
 
 
-def _config(broker: Mosquitto, info: dict[str, Any], users: range, tmp: str, hb: float) -> str:
+def _config(
+    broker: Mosquitto, info: dict[str, Any], users: range, tmp: str, hb: float,
+    tokens: dict[str, list[Any]] | None,
+) -> str:  # fmt: skip
+    state_dir = os.path.join(tmp, str(len(users)))
+    if tokens:
+        # The restart path: every account's token already persisted (no login, no token write).
+        os.makedirs(state_dir, exist_ok=True)
+        store = {
+            f"tencent/scale{i}": {"identity": f"{info['app_key']}/bench-{i}",
+                                  "token": tokens[f"bench-{i}"][0], "expires_ms": tokens[f"bench-{i}"][1]}
+            for i in users
+        }  # fmt: skip
+        with open(os.path.join(state_dir, "tokens.json"), "w") as f:
+            json.dump(store, f)
+        os.chmod(os.path.join(state_dir, "tokens.json"), 0o600)
     cfg = {
         "mqtt": {"url": broker.url, "client_id": f"cloud2mqtt-scale-{len(users)}"},
-        "gateway": {"state_dir": os.path.join(tmp, str(len(users))), "health_interval": 60},
+        "gateway": {"state_dir": state_dir, "health_interval": 60},
         "accounts": [
             {"vendor": "tencent", "name": f"scale{i}", "app_key": info["app_key"],
              "app_secret": info["app_secret"], "wx_open_id": f"bench-{i}",
@@ -51,9 +71,9 @@ def _config(broker: Mosquitto, info: dict[str, Any], users: range, tmp: str, hb:
     return path
 
 
-async def _emulator_stats(emu: asyncio.subprocess.Process) -> dict[str, Any]:
+async def _emulator_stats(emu: asyncio.subprocess.Process, cmd: bytes = b"stats\n") -> dict[str, Any]:
     assert emu.stdin is not None
-    emu.stdin.write(b"stats\n")
+    emu.stdin.write(cmd)
     await emu.stdin.drain()
     out: dict[str, Any] = json.loads(await _line(emu, 60))
     return out
@@ -70,8 +90,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                            str(args.devices), "--heartbeat-deadline", str(args.heartbeat * args.late_factor),
                            env=_env(False))  # fmt: skip
         info = json.loads(await _line(emu, 120))
+        tokens = None if args.login else (await _emulator_stats(emu, b"tokens\n"))["tokens"]
         # Baseline: the same gateway with one account.
-        gw = await _spawn("-m", "bench._gateway", _config(broker, info, range(1), tmp, args.heartbeat),
+        gw = await _spawn("-m", "bench._gateway", _config(broker, info, range(1), tmp, args.heartbeat, tokens),
                           env=_env(False))  # fmt: skip
         await _line(gw, 120)
         await asyncio.sleep(args.settle)
@@ -81,7 +102,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         # N accounts, N push connections.
         t0 = time.monotonic()
         gw = await _spawn("-m", "bench._gateway",
-                          _config(broker, info, range(args.connections), tmp, args.heartbeat),
+                          _config(broker, info, range(args.connections), tmp, args.heartbeat, tokens),
                           env=_env(False))  # fmt: skip
         ready = await _line(gw, 1900)
         connect_s = time.monotonic() - t0
@@ -109,6 +130,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "online": online,
         "connect_seconds": round(connect_s, 1),
         "held_seconds": args.seconds,
+        "start": "login" if args.login else "persisted tokens",
         "heartbeat_s": args.heartbeat,
         "late_after_s": round(args.heartbeat * args.late_factor, 1),
         "emulator_sockets": after["sockets"],
@@ -133,6 +155,8 @@ def main() -> None:
     p.add_argument("--devices", type=int, default=1, help="devices per account")
     p.add_argument("--late-factor", type=float, default=1.5,
                    help="a heartbeat gap over this many intervals is late (emulator trace: 1.8)")
+    p.add_argument("--login", action="store_true",
+                   help="log every account in (first start) instead of persisted tokens (restart)")
     p.add_argument("--settle", type=float, default=3.0, help="seconds after start-up before measuring")
     args = p.parse_args()
     out = run(main_async(args))
