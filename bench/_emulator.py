@@ -8,6 +8,7 @@ line (``api_url``, ``ws_url``, ``app_key``, ``app_secret``) and then reads comma
   frame is built and queued for its socket). Prints ``{"sent", "dropped", ...}`` when done.
 - ``stats``: the emulator's counters, including ``late_heartbeats`` (trace heartbeats that
   arrived after ``--heartbeat-deadline`` seconds since the socket's previous one, or never).
+- ``reset``: start a measurement window (heartbeat gaps count only between two beats in it).
 - ``tokens``: an AccessToken for every user, as ``AppGetTokenByWeiXin`` issues them, so a bench
   can start the gateway the way a restart does (tokens persisted, no login).
 
@@ -134,6 +135,12 @@ async def main_async(args: argparse.Namespace) -> None:
                     tok = SimToken(secrets.token_hex(16), user.uid, expires)
                     cloud.tokens[tok.token] = tok
                     out["tokens"][user.open_id] = [tok.token, int(expires * 1000)]
+            elif line[0] == "reset":
+                # Start a measurement window: gaps count only between two beats inside it.
+                cloud.last_beat.clear()
+                cloud.late = cloud.beats = 0
+                cloud.max_gap = 0.0
+                out = {}
             else:
                 out = {}
             out.update(
