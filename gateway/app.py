@@ -156,6 +156,7 @@ class Gateway:
         await self.mqtt.disconnect()
         if self._http is not None:
             await self._http.close()
+        self.tokens.flush()
 
     async def restart_account(self, key: tuple[str, str]) -> None:
         task = self._tasks.get(key)

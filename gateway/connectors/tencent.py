@@ -226,6 +226,7 @@ class TencentConnector(Connector):
         self._subscribed: tuple[str, ...] = ()
         self._tag = secrets.token_hex(3)
         self._hb_failures = 0
+        self._last_hb = 0.0  # loop time the last trace heartbeat was sent
 
     # ------------------------------------------------------------------ run loop
 
@@ -305,7 +306,10 @@ class TencentConnector(Connector):
         while True:
             refresh = asyncio.ensure_future(self._refresh.wait())
             try:
-                timeout = opts.heartbeat
+                # Time the next heartbeat from the last one sent, not from when a (possibly
+                # long, rate-paced) resync ended: at mass start-up the gap otherwise nears the
+                # server's 90 s trace timeout.
+                timeout = max(0.0, self._last_hb + opts.heartbeat - loop.time())
                 if next_refresh is not None:
                     timeout = max(0.0, min(timeout, next_refresh - loop.time()))
                 done, _ = await asyncio.wait(
@@ -330,7 +334,8 @@ class TencentConnector(Connector):
                 await self._relogin(self._token)
                 await self._subscribe()
                 continue
-            await self._heartbeat()
+            if loop.time() >= self._last_hb + opts.heartbeat:
+                await self._heartbeat()
 
     # ------------------------------------------------------------------ WebSocket
 
@@ -380,6 +385,7 @@ class TencentConnector(Connector):
         await self._heartbeat()
 
     async def _heartbeat(self) -> None:
+        self._last_hb = asyncio.get_running_loop().time()
         if not self._subscribed:
             return
         req_id = self._next_req_id()
@@ -413,7 +419,15 @@ class TencentConnector(Connector):
 
     async def _reader(self, conn: ClientConnection) -> None:
         ctx = self.ctx
+        decode_report = ws.decode_report
         async for message in conn:
+            # Fast path: a property report becomes its StateChange in one compiled call;
+            # every other frame (and anything malformed) takes the full, error-wording path.
+            report = decode_report(message, now_ms=time.time_ns() // 1_000_000)
+            if report is not None:
+                ctx.state(report)
+                await ctx.drain()
+                continue
             try:
                 frame = ws.parse_frame(message)
             except RemoteProtocolError as exc:
