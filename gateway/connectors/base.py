@@ -112,4 +112,8 @@ class Connector(abc.ABC):
         return CommandResult.error("invalid", f"unknown request {command!r} for {self.vendor}")
 
     async def close(self) -> None:
-        """Leave cleanly (unbind, logout) on shutdown; ``run()`` is already cancelled."""
+        """Leave cleanly (unbind, logout) on shutdown; ``run()`` is already cancelled.
+
+        Optional: a vendor with nothing to say goodbye to keeps this default.
+        """
+        return None
