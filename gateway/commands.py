@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from protocols.model import CommandError, CommandResult, VendorError
-from protocols.tsl import validate_props
+from protocols.tsl import validate, validate_props
 
 from .topics import CommandTopic
 
@@ -123,8 +123,6 @@ class CommandHandler:
                 if spec is None and not schema.passthrough:
                     raise CommandError("invalid", f"unknown action {action!r}")
                 if spec is not None:
-                    from protocols.tsl import validate
-
                     by_id = {p.id: p for p in spec.input}
                     for key in params:
                         if key not in by_id:

@@ -86,6 +86,8 @@ from protocols.aliyun import (
 )
 from protocols.model import RemoteProtocolError
 
+from .base import SimulatedCloud, serve_forever
+
 __all__ = ["AliyunCloud", "add_arguments", "demo_cloud", "serve"]
 
 log = logging.getLogger("cloud2mqtt.sim.aliyun")
@@ -266,7 +268,7 @@ def _subscribe_filters(body: bytes, protocol: int) -> list[str]:
     return filters
 
 
-class AliyunCloud:
+class AliyunCloud(SimulatedCloud):
     """One emulated Living platform: an app (AppKey/AppSecret + its MQTT virtual device) and
     one user account with devices."""
 
@@ -390,13 +392,6 @@ class AliyunCloud:
             await self.broker.stop()
             self.broker.cleanup()
             self.broker = None
-
-    async def __aenter__(self) -> AliyunCloud:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     def account_config(self, name: str = "demo", **overrides: Any) -> dict[str, Any]:
         """The ``[[accounts]]`` table that points a gateway at this emulator."""
@@ -937,12 +932,11 @@ async def serve(args: argparse.Namespace) -> None:
         token_lifetime=args.token_lifetime,
         seed=args.seed,
     )
-    await cloud.start()
-    cfg = cloud.account_config()
-    cfg["refresh_token"] = cloud.account.refresh_token
-    cfg["identity_id"] = cloud.account.identity_id
-    print(orjson.dumps(cfg).decode(), flush=True)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await cloud.stop()
+    await serve_forever(
+        cloud,
+        lambda: {
+            **cloud.account_config(),
+            "refresh_token": cloud.account.refresh_token,
+            "identity_id": cloud.account.identity_id,
+        },
+    )

@@ -70,6 +70,8 @@ from websockets.exceptions import ConnectionClosed
 from protocols.coolkit.rest import RATE_LIMITED
 from protocols.coolkit.sign import Signer, canonical_query
 
+from .base import SimulatedCloud, serve_forever
+
 __all__ = ["CoolkitCloud", "add_arguments", "demo_cloud", "serve"]
 
 log = logging.getLogger("cloud2mqtt.sim.coolkit")
@@ -148,7 +150,7 @@ class _Conn:
     stalled: bool = False
 
 
-class CoolkitCloud:
+class CoolkitCloud(SimulatedCloud):
     def __init__(
         self,
         host: str = "127.0.0.1",
@@ -305,13 +307,6 @@ class CoolkitCloud:
                 await asyncio.wait_for(self._ws_server.wait_closed(), 2)
         if self._runner is not None:
             await self._runner.cleanup()
-
-    async def __aenter__(self) -> CoolkitCloud:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     def account_config(
         self,
@@ -923,9 +918,4 @@ async def serve(args: argparse.Namespace) -> None:
         rate_max_calls=args.rate_max_calls, user_online_interval=args.user_online_interval,
         push_interval=args.push_interval, extra_devices=args.devices, seed=args.seed,
     )  # fmt: skip
-    await cloud.start()
-    print(orjson.dumps(cloud.account_config()).decode(), flush=True)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await cloud.stop()
+    await serve_forever(cloud, cloud.account_config)

@@ -79,6 +79,8 @@ from protocols.tencent.sign import verify
 from protocols.tencent.template import denormalize, schema_from_template
 from protocols.tsl import validate
 
+from .base import SimulatedCloud, serve_forever
+
 __all__ = ["TencentCloud", "account_config", "add_arguments", "demo_cloud", "serve"]
 
 log = logging.getLogger("cloud2mqtt.sim.tencent")
@@ -239,7 +241,7 @@ class SimSocket:
         self.writer: asyncio.Task[None] | None = None
 
 
-class TencentCloud:
+class TencentCloud(SimulatedCloud):
     """One emulated Tencent application cloud (one AppKey/AppSecret, any number of users)."""
 
     def __init__(
@@ -353,13 +355,6 @@ class TencentCloud:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-
-    async def __aenter__(self) -> TencentCloud:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
@@ -1178,9 +1173,4 @@ async def serve(args: argparse.Namespace) -> None:
         envelope=args.envelope,
         seed=args.seed,
     )
-    await cloud.start()
-    print(orjson.dumps(cloud.account_config()).decode(), flush=True)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await cloud.stop()
+    await serve_forever(cloud, cloud.account_config)

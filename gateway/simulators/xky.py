@@ -46,6 +46,8 @@ from protocols.xky import api
 from protocols.xky.envelope import ASSUMED_ENVELOPE, encode_error, encode_ok
 from protocols.xky.records import DeviceRecord, encode_device
 
+from .base import SimulatedCloud, serve_forever
+
 __all__ = ["XkyCloud", "add_arguments", "demo_cloud", "serve"]
 
 log = logging.getLogger("cloud2mqtt.sim.xky")
@@ -137,7 +139,7 @@ class Call:
     at: float  # time.monotonic()
 
 
-class XkyCloud:
+class XkyCloud(SimulatedCloud):
     """One emulated XiakeCloud with a single main account (plus its sub-accounts)."""
 
     def __init__(
@@ -226,13 +228,6 @@ class XkyCloud:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-
-    async def __aenter__(self) -> XkyCloud:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     def account_config(self, name: str = "demo", **overrides: Any) -> dict[str, Any]:
         """The ``[[accounts]]`` table that points a gateway at this emulator."""
@@ -681,9 +676,4 @@ async def serve(args: argparse.Namespace) -> None:
         report_online=not args.no_online,
         seed=args.seed,
     )
-    await cloud.start()
-    print(orjson.dumps(cloud.account_config()).decode(), flush=True)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await cloud.stop()
+    await serve_forever(cloud, cloud.account_config)
