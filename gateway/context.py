@@ -124,6 +124,10 @@ class AccountLink:
         self.health.totals["events"] += 1
         self.gw.publish_event(rec, ev)
 
+    @property
+    def congested(self) -> bool:
+        return self.gw.mqtt.congested
+
     async def drain(self) -> None:
         mqtt = self.gw.mqtt
         if mqtt.congested:  # the common case costs one attribute test, not a second coroutine

@@ -106,6 +106,8 @@ class Recorder:
     def known_devices(self) -> Sequence[str]:
         return list(self.infos)
 
+    congested = False  # the MQTT side is never behind here
+
     async def drain(self) -> None:
         self.drains += 1
 
@@ -207,7 +209,7 @@ async def test_startup_lists_subscribes_and_resyncs(
     saved = store.get("tencent/t")
     assert saved is not None and saved["token"] in cloud.tokens
 
-    # Pushes flow: a report, an event, availability; each frame is followed by a drain.
+    # Pushes flow: a report, an event, availability.
     cloud.report(ids[1], {"temperature": 30.5})
     cloud.event(ids[1], "low_voltage", {"voltage": 2.5})
     cloud.set_online(ids[0], False)
@@ -215,7 +217,7 @@ async def test_startup_lists_subscribes_and_resyncs(
     await ctx.until(lambda: ctx.latest(ids[1]).get("temperature") == 30.5)
     assert ctx.events[0].event_id == "low_voltage" and ctx.events[0].level == "alert"
     assert ctx.events[0].params == {"voltage": 2.5}
-    assert ctx.drains >= 3
+    assert ctx.drains == 0  # only a congested MQTT side pauses reading (test_websocket_client)
 
 
 async def test_commands(cloud: TencentCloud, start: Any) -> None:

@@ -78,6 +78,10 @@ class AccountContext(Protocol):
 
     def known_devices(self) -> Sequence[str]: ...
 
+    @property
+    def congested(self) -> bool:
+        """The MQTT side is behind: stop reading vendor sockets until ``drain()`` returns."""
+
     async def drain(self) -> None:
         """Wait while the MQTT side is congested (backpressure: stop reading the vendor)."""
 

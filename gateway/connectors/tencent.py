@@ -48,9 +48,6 @@ from typing import Any, ClassVar, Literal
 
 import aiohttp
 import orjson
-import websockets
-from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.client import connect as ws_connect
 
 from protocols.model import (
     EMPTY_SCHEMA,
@@ -70,6 +67,7 @@ from protocols.tencent import api, ws
 from protocols.tencent.template import denormalize, schema_from_template
 from protocols.tsl import normalize
 
+from .. import wsclient
 from ..backoff import Backoff
 from ..errors import ConfigError
 from .base import AccountContext, Connector
@@ -107,6 +105,28 @@ class TencentOptions:
     @property
     def can_login(self) -> bool:
         return bool(self.app_secret and self.wx_open_id)
+
+
+_SCHEMAS: dict[str, Schema] = {}  # data template (as text) → its Schema, for every account
+
+
+def _shared_schema(template: object) -> Schema:
+    """One ``Schema`` per distinct data template, shared by every account that sees it.
+
+    Thousands of accounts usually run the same few products; a schema per account was ~2.6 KiB
+    of each idle connection's memory (bench/scale.py). Schemas are immutable, so sharing is safe.
+    """
+    key = (
+        template
+        if isinstance(template, str)
+        else orjson.dumps(template, option=orjson.OPT_SORT_KEYS, default=str).decode()
+    )
+    schema = _SCHEMAS.get(key)
+    if schema is None:
+        if len(_SCHEMAS) >= 4096:  # bounded: a cloud with endless templates cannot grow it
+            _SCHEMAS.clear()
+        schema = _SCHEMAS[key] = schema_from_template(template)
+    return schema
 
 
 class _Attention(VendorError):
@@ -215,14 +235,15 @@ class TencentConnector(Connector):
         self._token: str | None = None
         self._expires_ms: int | None = None
         self._login_lock = asyncio.Lock()
-        self._devices: dict[str, api.DeviceRecord] = {}
+        self._devices: dict[str, str] = {}  # device id → product id
         self._schemas: dict[str, Schema] = {}
-        self._conn: ClientConnection | None = None
+        self._conn: wsclient.WsConnection | None = None
         self._pending: dict[str, asyncio.Future[ws.Reply]] = {}
         self._req_ids = itertools.count(1)
         self._action_waiters: dict[str, asyncio.Future[ActionReply]] = {}
-        self._recent_replies: collections.OrderedDict[str, ActionReply] = collections.OrderedDict()
-        self._refresh = asyncio.Event()
+        self._recent_replies: collections.OrderedDict[str, ActionReply] | None = None
+        self._refresh = False  # a device-list refresh was asked for (Bind/Unbind push, request)
+        self._wake: asyncio.Future[None] | None = None  # what the idle _live loop awaits
         self._subscribed: tuple[str, ...] = ()
         self._tag = secrets.token_hex(3)
         self._hb_failures = 0
@@ -247,15 +268,12 @@ class TencentConnector(Connector):
                 attention = exc.code == "auth"
                 state = "attention" if attention else "backoff"
                 self.ctx.link(state, f"{exc.vendor_code}: {exc.message}", attention=attention)
+            except wsclient.HandshakeRejected as exc:
+                self.ctx.link("backoff", f"WebSocket upgrade refused: {exc}")
             except RemoteProtocolError as exc:
                 self.ctx.bad_input(f"unusable reply: {exc}", counter="bad_replies")
                 self.ctx.link("backoff", f"bad reply: {exc}")
-            except (
-                OSError,
-                aiohttp.ClientError,
-                websockets.WebSocketException,
-                TimeoutError,
-            ) as exc:
+            except (OSError, aiohttp.ClientError, TimeoutError) as exc:
                 self.ctx.link(
                     "backoff", f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 )
@@ -269,59 +287,65 @@ class TencentConnector(Connector):
         await self._ensure_token()
         await self._list_devices()
         opts = self.options
-        async with ws_connect(
+        conn = await wsclient.connect(
             opts.ws_url,
-            compression=None,
             open_timeout=opts.request_timeout,
-            ping_interval=opts.ping_interval or None,
-            ping_timeout=opts.ping_interval or None,
-            close_timeout=2,
             max_size=4 << 20,
-        ) as conn:
-            self._conn = conn
-            reader = asyncio.create_task(
-                self._reader(conn), name=f"tencent/{self.ctx.account}/reader"
-            )
-            try:
-                await self._subscribe()
-                await self._resync(self._subscribed)
-                self.ctx.link("online", token_expires_ms=self._expires_ms)
-                backoff.reset()
-                await self._live(reader)
-            finally:
-                self._conn = None
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await reader
-                for fut in self._pending.values():
-                    if not fut.done():
-                        fut.cancel()
-                self._pending.clear()
+            on_message=self._on_message,
+            on_close=self._poke,
+            flow=self.ctx,
+            ping_interval=opts.ping_interval or None,
+        )
+        self._conn = conn
+        try:
+            await self._subscribe()
+            await self._resync(self._subscribed)
+            self.ctx.link("online", token_expires_ms=self._expires_ms)
+            backoff.reset()
+            await self._live(conn)
+        finally:
+            self._conn = None
+            if conn.closed is None:
+                await conn.close()
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.cancel()
+            self._pending.clear()
 
-    async def _live(self, reader: asyncio.Task[None]) -> None:
-        """Heartbeats, token renewal and device-list refreshes until the reader ends."""
+    def _poke(self) -> None:
+        """Wake the idle ``_live`` loop (connection closed, refresh asked for)."""
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
+
+    async def _live(self, conn: wsclient.WsConnection) -> None:
+        """Heartbeats, token renewal and device-list refreshes until the connection ends.
+
+        Idle, an account is this one suspended coroutine and one timer handle: no reader task
+        (messages arrive through ``_on_message``), no ``Event`` waiter task, no ``asyncio.wait``.
+        """
         opts = self.options
         loop = asyncio.get_running_loop()
         next_refresh = loop.time() + opts.refresh_interval if opts.refresh_interval else None
         while True:
-            refresh = asyncio.ensure_future(self._refresh.wait())
-            try:
-                # Time the next heartbeat from the last one sent, not from when a (possibly
-                # long, rate-paced) resync ended: at mass start-up the gap otherwise nears the
-                # server's 90 s trace timeout.
-                timeout = max(0.0, self._last_hb + opts.heartbeat - loop.time())
-                if next_refresh is not None:
-                    timeout = max(0.0, min(timeout, next_refresh - loop.time()))
-                done, _ = await asyncio.wait(
-                    {reader, refresh}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                refresh.cancel()
-            if reader in done:
-                reader.result()  # re-raise what ended it
-                return
-            if self._refresh.is_set() or (next_refresh is not None and loop.time() >= next_refresh):
-                self._refresh.clear()
+            # Time the next heartbeat from the last one sent, not from when a (possibly long,
+            # rate-paced) resync ended: at mass start-up the gap otherwise nears the server's
+            # 90 s trace timeout.
+            deadline = self._last_hb + opts.heartbeat
+            if next_refresh is not None:
+                deadline = min(deadline, next_refresh)
+            if conn.closed is None and not self._refresh and deadline > loop.time():
+                wake = self._wake = loop.create_future()
+                timer = loop.call_at(deadline, self._poke)
+                try:
+                    await wake
+                finally:
+                    timer.cancel()
+                    self._wake = None
+            if conn.closed is not None:
+                raise conn.closed
+            if self._refresh or (next_refresh is not None and loop.time() >= next_refresh):
+                self._refresh = False
                 if next_refresh is not None:
                     next_refresh = loop.time() + opts.refresh_interval
                 before = set(self._subscribed)
@@ -349,7 +373,7 @@ class TencentConnector(Connector):
         fut: asyncio.Future[ws.Reply] = asyncio.get_running_loop().create_future()
         self._pending[req_id] = fut
         try:
-            await conn.send(frame)
+            conn.send(frame)
             return await asyncio.wait_for(fut, self.options.reply_timeout)
         finally:
             self._pending.pop(req_id, None)
@@ -417,29 +441,27 @@ class TencentConnector(Connector):
             self._hb_failures = 0
             raise ConnectionError(f"{why} (twice in a row): reconnecting")
 
-    async def _reader(self, conn: ClientConnection) -> None:
+    def _on_message(self, message: str | bytes) -> None:
+        """Every frame, straight from the socket's read (no task, no await; the connection
+        pauses reading while the MQTT side is congested)."""
         ctx = self.ctx
-        decode_report = ws.decode_report
-        async for message in conn:
-            # Fast path: a property report becomes its StateChange in one compiled call;
-            # every other frame (and anything malformed) takes the full, error-wording path.
-            report = decode_report(message, now_ms=time.time_ns() // 1_000_000)
-            if report is not None:
-                ctx.state(report)
-                await ctx.drain()
-                continue
-            try:
-                frame = ws.parse_frame(message)
-            except RemoteProtocolError as exc:
-                ctx.bad_input(f"bad frame: {exc}")
-                continue
-            if isinstance(frame, ws.Reply):
-                fut = self._pending.get(str(frame.req_id))
-                if fut is not None and not fut.done():
-                    fut.set_result(frame)
-                continue
-            self._on_push(frame)
-            await ctx.drain()
+        # Fast path: a property report becomes its StateChange in one compiled call;
+        # every other frame (and anything malformed) takes the full, error-wording path.
+        report = ws.decode_report(message, now_ms=time.time_ns() // 1_000_000)
+        if report is not None:
+            ctx.state(report)
+            return
+        try:
+            frame = ws.parse_frame(message)
+        except RemoteProtocolError as exc:
+            ctx.bad_input(f"bad frame: {exc}")
+            return
+        if isinstance(frame, ws.Reply):
+            fut = self._pending.get(str(frame.req_id))
+            if fut is not None and not fut.done():
+                fut.set_result(frame)
+            return
+        self._on_push(frame)
 
     def _on_push(self, push: ws.Push) -> None:
         ctx = self.ctx
@@ -470,7 +492,8 @@ class TencentConnector(Connector):
             elif event.event_id in ("bind", "unbind") and change.type == "StatusChange":
                 # The device list changed: list again (the gateway announces added/removed
                 # devices on bridge/event); a bound device is not known yet, so no device event.
-                self._refresh.set()
+                self._refresh = True
+                self._poke()
             else:
                 ctx.event(event)
 
@@ -480,9 +503,12 @@ class TencentConnector(Connector):
         if waiter is not None and not waiter.done():
             waiter.set_result(reply)
             return
-        self._recent_replies[token] = reply
-        while len(self._recent_replies) > _RECENT_REPLIES:
-            self._recent_replies.popitem(last=False)
+        recent = self._recent_replies
+        if recent is None:
+            recent = self._recent_replies = collections.OrderedDict()
+        recent[token] = reply
+        while len(recent) > _RECENT_REPLIES:
+            recent.popitem(last=False)
         self.ctx.event(
             DeviceEvent(
                 reply.device, "action_reply", "info",
@@ -650,7 +676,7 @@ class TencentConnector(Connector):
         for pid in product_ids:
             product = products.get(pid)
             try:
-                schemas[pid] = schema_from_template(product.template) if product else EMPTY_SCHEMA
+                schemas[pid] = _shared_schema(product.template) if product else EMPTY_SCHEMA
             except RemoteProtocolError as exc:
                 self.ctx.bad_input(f"product {pid}: {exc}", counter="bad_templates")
                 schemas[pid] = EMPTY_SCHEMA
@@ -667,7 +693,7 @@ class TencentConnector(Connector):
                            "family_id": dev.family_id, "room_id": dev.room_id},
                 )
             )  # fmt: skip
-        self._devices = devices
+        self._devices = {d: r.product_id for d, r in devices.items()}
         self._schemas = {d: schemas[r.product_id] for d, r in devices.items()}
         self.ctx.devices(infos)
 
@@ -755,7 +781,8 @@ class TencentConnector(Connector):
         sent = api.parse_action_result(await self._call("AppCallDeviceActionAsync", request))
         if not sent.ok:
             return CommandResult.error("rejected", f"action status {sent.status}", sent.status)
-        reply = self._recent_replies.pop(sent.client_token, None)
+        recent = self._recent_replies
+        reply = recent.pop(sent.client_token, None) if recent else None
         if reply is None:
             waiter: asyncio.Future[ActionReply] = asyncio.get_running_loop().create_future()
             self._action_waiters[sent.client_token] = waiter
@@ -772,6 +799,7 @@ class TencentConnector(Connector):
 
     async def request(self, command: str, payload: Mapping[str, Any]) -> CommandResult:
         if command == "refresh":
-            self._refresh.set()
+            self._refresh = True
+            self._poke()
             return CommandResult.ok({"refreshing": True})
         return await super().request(command, payload)
