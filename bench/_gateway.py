@@ -24,6 +24,7 @@ async def main_async(path: str) -> None:
     ready_timeout = float(raw.pop("_ready_timeout", 300))
     raise_nofile(len(raw.get("accounts", [])) * 2 + 1000)
     gw = Gateway(parse_config(raw))
+    del raw  # the bench's JSON config is not part of the gateway's memory
     await gw.start()
     loop = asyncio.get_running_loop()
     try:

@@ -33,6 +33,7 @@ from .connectors import connector_class
 from .connectors.base import Connector
 from .context import AccountLink, now_ms
 from .health import Health
+from .memory import trim_heap
 from .mqtt.client import MqttClient, Will
 from .mqtt.codec import encode_props
 from .registry import DeviceRecord, Registry
@@ -71,8 +72,10 @@ class Gateway:
         self._accounts_dirty: asyncio.TimerHandle | None = None
         self._devices_cost = 0.0  # seconds the last bridge/devices publish took
         self._accounts_cost = 0.0
+        self._connecting = 0  # accounts connecting at the last bridge/accounts publish
         self.accounts = [
-            a for a in config.accounts
+            a
+            for a in config.accounts
             if a.enabled and (shard is None or shard_of(a.vendor, a.name, shard[1]) == shard[0])
         ]
         m = config.mqtt
@@ -108,14 +111,18 @@ class Gateway:
             self.links[key] = link
             cls = connector_class(account.vendor)
             self.connectors[key] = cls(account.options, link, self._http)
-            self._tasks[key] = asyncio.create_task(self._run_connector(key), name=f"{key[0]}/{key[1]}")
+            self._tasks[key] = asyncio.create_task(
+                self._run_connector(key), name=f"{key[0]}/{key[1]}"
+            )
         self._background.append(asyncio.create_task(self._health_loop(), name="health"))
         self._started = True
         self.accounts_changed()
         self.devices_changed()
         log.info(
             "cloud2mqtt started: %d account(s), MQTT %s, speedups=%s",
-            len(self.accounts), self.config.mqtt.url, _speedups.IMPLEMENTATION,
+            len(self.accounts),
+            self.config.mqtt.url,
+            _speedups.IMPLEMENTATION,
         )
 
     async def _run_connector(self, key: tuple[str, str]) -> None:
@@ -151,7 +158,9 @@ class Gateway:
                 handle.cancel()
         if self.mqtt.connected:
             self._publish_accounts()
-            self.mqtt.publish(self.topics.bridge("state"), b'{"state":"offline"}', 1, True, JSON_PROPS)
+            self.mqtt.publish(
+                self.topics.bridge("state"), b'{"state":"offline"}', 1, True, JSON_PROPS
+            )
             await self.mqtt.flush(3)
         await self.mqtt.disconnect()
         if self._http is not None:
@@ -189,7 +198,9 @@ class Gateway:
         )
 
     def publish_event(self, rec: DeviceRecord, ev: DeviceEvent) -> None:
-        payload = _dumps({"event": ev.event_id, "level": ev.level, "params": ev.params, "ts": ev.ts_ms})
+        payload = _dumps(
+            {"event": ev.event_id, "level": ev.level, "params": ev.params, "ts": ev.ts_ms}
+        )
         self.publish_raw(self.topics.event(rec.topic), payload)
 
     def remove_device(self, rec: DeviceRecord) -> None:
@@ -198,12 +209,18 @@ class Gateway:
         for topic in (rec.topic, self.topics.availability(rec.topic), *rec.prop_topics.values()):
             self.mqtt.publish(topic, b"", 1, True)
         self.bridge_event(
-            "device_removed", vendor=rec.vendor, account=rec.account, device=rec.device, topic=rec.topic
+            "device_removed",
+            vendor=rec.vendor,
+            account=rec.account,
+            device=rec.device,
+            topic=rec.topic,
         )
         self.devices_changed()
 
     def bridge_event(self, kind: str, **fields: Any) -> None:
-        self.publish_raw(self.topics.bridge("event"), _dumps({"type": kind, "ts": now_ms(), **fields}))
+        self.publish_raw(
+            self.topics.bridge("event"), _dumps({"type": kind, "ts": now_ms(), **fields})
+        )
 
     # bridge/devices and bridge/accounts describe *every* device/account, so publishing them is
     # O(N); with thousands of accounts starting at once each change would republish them all
@@ -233,6 +250,11 @@ class Gateway:
         accounts = [link.describe() for link in self.links.values()]
         self.publish_raw(self.topics.bridge("accounts"), _dumps(accounts), retain=True)
         self._accounts_cost = time.perf_counter() - t0
+        connecting = sum(1 for a in accounts if a["state"] == "connecting")
+        if self._connecting > 16 and connecting == 0:
+            # A burst of (re)connects just settled: give its garbage back (gateway/memory.py).
+            self._loop.call_later(1.0, trim_heap)
+        self._connecting = max(self._connecting, connecting) if connecting else 0
 
     def health_snapshot(self) -> dict[str, Any]:
         return self.health.snapshot(
@@ -294,11 +316,15 @@ class Gateway:
         vendor = request.get("vendor")
         if not isinstance(account, str):
             raise CommandError("invalid", '"account" must name a configured account')
-        matches = [k for k in self.connectors if k[1] == account and (vendor is None or k[0] == vendor)]
+        matches = [
+            k for k in self.connectors if k[1] == account and (vendor is None or k[0] == vendor)
+        ]
         if not matches:
             raise CommandError("invalid", f"unknown account {account!r}")
         if len(matches) > 1:
-            raise CommandError("invalid", f"account {account!r} exists for several vendors: add \"vendor\"")
+            raise CommandError(
+                "invalid", f'account {account!r} exists for several vendors: add "vendor"'
+            )
         return matches[0]
 
     # ------------------------------------------------------------------ running as a service
