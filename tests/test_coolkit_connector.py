@@ -85,6 +85,8 @@ class Ctx:
     def known_devices(self) -> Sequence[str]:
         return list(self.infos)
 
+    congested = False  # the MQTT side is never behind here
+
     async def drain(self) -> None:
         pass
 

@@ -34,9 +34,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import aiohttp
-import websockets
-from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from protocols.coolkit import profiles, rest
 from protocols.coolkit import ws as ckws
@@ -55,6 +52,7 @@ from protocols.model import (
     VendorError,
 )
 
+from .. import wsclient
 from ..backoff import Backoff
 from ..errors import ConfigError
 from .base import AccountContext, Connector
@@ -100,7 +98,11 @@ class CoolkitOptions:
     @property
     def identity(self) -> str:
         """What the stored tokens belong to (a config change must not reuse another's tokens)."""
-        who = self.phone_number or self.email or "oauth:" + hashlib.sha256((self.at or "").encode()).hexdigest()[:16]
+        who = (
+            self.phone_number
+            or self.email
+            or "oauth:" + hashlib.sha256((self.at or "").encode()).hexdigest()[:16]
+        )
         return f"v{self.api_version}|{self.app_id}|{who}"
 
 
@@ -128,7 +130,9 @@ class _Dev:
     online: bool | None
 
 
-_GROUP_PROFILE = Profile("group", frozenset(), (Property("switch", "Switch", "bool", enum={False: "off", True: "on"}),))
+_GROUP_PROFILE = Profile(
+    "group", frozenset(), (Property("switch", "Switch", "bool", enum={False: "off", True: "on"}),)
+)
 _GROUP_SCHEMA = Schema(_GROUP_PROFILE.props, passthrough=True)
 
 
@@ -146,7 +150,9 @@ def _opt(raw: Mapping[str, Any], key: str, name: str, kind: type, default: Any =
 class CoolkitConnector(Connector):
     vendor = "coolkit"
 
-    def __init__(self, options: CoolkitOptions, ctx: AccountContext, http: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, options: CoolkitOptions, ctx: AccountContext, http: aiohttp.ClientSession
+    ) -> None:
         super().__init__(options, ctx, http)
         self.opts = options
         self.signer = Signer(options.app_secret)
@@ -154,7 +160,7 @@ class CoolkitConnector(Connector):
         self._rng = random.Random()
         self._tokens: dict[str, Any] | None = None
         self._devs: dict[str, _Dev] = {}
-        self._ws: ClientConnection | None = None
+        self._ws: wsclient.WsConnection | None = None
         self._session: ckws.WsSession | None = None
         self._pending: dict[str, asyncio.Future[ckws.CommandReply]] = {}
         self._worked = False  # a handshake succeeded at least once in this process
@@ -179,7 +185,9 @@ class CoolkitConnector(Connector):
         app_id = _opt(raw, key, "app_id", str)
         app_secret = _opt(raw, key, "app_secret", str)
         if not app_id:
-            raise ConfigError(f"{key}.app_id", "missing (the APPID from the eWeLink developer centre)")
+            raise ConfigError(
+                f"{key}.app_id", "missing (the APPID from the eWeLink developer centre)"
+            )
         if not app_secret:
             raise ConfigError(f"{key}.app_secret", "missing")
         version = _opt(raw, key, "api_version", int, 2)
@@ -203,7 +211,9 @@ class CoolkitConnector(Connector):
         if bool(at) != bool(rt):
             raise ConfigError(f"{key}.{'rt' if at else 'at'}", "at and rt come as a pair")
         if phone and not phone.startswith("+"):
-            raise ConfigError(f"{key}.phone_number", 'must start with the country code, e.g. "+8618023456789"')
+            raise ConfigError(
+                f"{key}.phone_number", 'must start with the country code, e.g. "+8618023456789"'
+            )
         cc = _opt(raw, key, "country_code", str, "+1")
         if not cc.startswith("+") or not cc[1:].isdigit():
             raise ConfigError(f"{key}.country_code", 'must look like "+44"')
@@ -213,9 +223,15 @@ class CoolkitConnector(Connector):
             _opt(raw, key, "dispatch_url", str, defaults.dispatch),
             _opt(raw, key, "v1_api_url", str, defaults.v1_api),
         )
-        for name, value in (("api_url", hosts.api), ("dispatch_url", hosts.dispatch), ("v1_api_url", hosts.v1_api)):
+        for name, value in (
+            ("api_url", hosts.api),
+            ("dispatch_url", hosts.dispatch),
+            ("v1_api_url", hosts.v1_api),
+        ):
             if not value.startswith(("http://", "https://")):
-                raise ConfigError(f"{key}.{name}", "must be an http(s) URL template ({region}, {tld})")
+                raise ConfigError(
+                    f"{key}.{name}", "must be an http(s) URL template ({region}, {tld})"
+                )
 
         def positive(name: str, default: float) -> float:
             value = _opt(raw, key, name, float, default)
@@ -225,7 +241,9 @@ class CoolkitConnector(Connector):
 
         page_size = _opt(raw, key, "page_size", int, 30)
         if not 1 <= page_size <= 30:
-            raise ConfigError(f"{key}.page_size", "must be 1..30 (the cloud times out on larger pages)")
+            raise ConfigError(
+                f"{key}.page_size", "must be 1..30 (the cloud times out on larger pages)"
+            )
         max_calls = _opt(raw, key, "rate_max_calls", int, 300)
         if max_calls < 1:
             raise ConfigError(f"{key}.rate_max_calls", "must be at least 1")
@@ -265,7 +283,12 @@ class CoolkitConnector(Connector):
     def _load_tokens(self) -> None:
         opts = self.opts
         stored = self.ctx.tokens.load()
-        if stored and stored.get("identity") == opts.identity and stored.get("at") and stored.get("rt"):
+        if (
+            stored
+            and stored.get("identity") == opts.identity
+            and stored.get("at")
+            and stored.get("rt")
+        ):
             self._tokens = stored
             return
         if opts.at and opts.rt:
@@ -298,16 +321,23 @@ class CoolkitConnector(Connector):
     async def _send(self, req: HttpRequest) -> tuple[int, bytes]:
         waited = await self.limiter.acquire(req.endpoint)
         if waited > 1.0 and not self._worked:
-            self.ctx.link("connecting", f"start-up paced by the CoolKit per-IP rate rules ({PROGRESS.describe()})")
+            self.ctx.link(
+                "connecting",
+                f"start-up paced by the CoolKit per-IP rate rules ({PROGRESS.describe()})",
+            )
         timeout = aiohttp.ClientTimeout(total=self.opts.http_timeout)
-        async with self.http.request(req.method, req.url, headers=dict(req.headers), data=req.body, timeout=timeout) as resp:
+        async with self.http.request(
+            req.method, req.url, headers=dict(req.headers), data=req.body, timeout=timeout
+        ) as resp:
             return resp.status, await resp.read()
 
     async def _signed(self, req: HttpRequest) -> Any:
         status, body = await self._send(req)
         return rest.parse_envelope(status, body, self.opts.api_version)
 
-    async def _bearer(self, build: Callable[[str], HttpRequest], version: Literal[1, 2] | None = None) -> Any:
+    async def _bearer(
+        self, build: Callable[[str], HttpRequest], version: Literal[1, 2] | None = None
+    ) -> Any:
         """A Bearer call: ``402`` refreshes once and retries; ``401`` means the session was taken."""
         for attempt in (0, 1):
             tokens = await self._ensure_tokens()
@@ -350,8 +380,12 @@ class CoolkitConnector(Connector):
                 )  # fmt: skip
             except RegionRedirect as redirect:
                 if redirect.region not in REGIONS or redirect.region == region:
-                    raise _AuthConfig(f"login redirected to an unknown region {redirect.region!r}") from None
-                self.ctx.log.info("account lives in region %s (not %s); logging in there", redirect.region, region)
+                    raise _AuthConfig(
+                        f"login redirected to an unknown region {redirect.region!r}"
+                    ) from None
+                self.ctx.log.info(
+                    "account lives in region %s (not %s); logging in there", redirect.region, region
+                )
                 region = redirect.region
                 continue
             except VendorError as exc:
@@ -371,7 +405,9 @@ class CoolkitConnector(Connector):
             return _Throttled(exc.message)
         v1 = self.opts.api_version == 1
         if code in ((401, 404) if v1 else (10001, 10003)):
-            return _AuthConfig(f"login refused ({code}: {exc.message}): check email/phone_number and password")
+            return _AuthConfig(
+                f"login refused ({code}: {exc.message}): check email/phone_number and password"
+            )
         if code in (406, 407, 408) or (code == 400 and "sign" in exc.message.lower()):
             return _AuthConfig(
                 f"login refused ({code}: {exc.message}): check app_id/app_secret; free developer "
@@ -434,8 +470,8 @@ class CoolkitConnector(Connector):
             except _Throttled as exc:
                 delay = max(backoff.next(), self.opts.rules.user_online_interval)
                 self.ctx.link("backoff", f"throttled by the cloud's per-IP rules: {exc}")
-            except (aiohttp.ClientError, OSError, TimeoutError, ConnectionClosed, InvalidHandshake,
-                    RemoteProtocolError, VendorError, _DeadSocket) as exc:  # fmt: skip
+            except (aiohttp.ClientError, OSError, TimeoutError, RemoteProtocolError, VendorError,
+                    _DeadSocket) as exc:  # fmt: skip
                 delay = backoff.next()
                 reason = _describe(exc)
                 self.ctx.link("backoff", reason)
@@ -466,14 +502,14 @@ class CoolkitConnector(Connector):
         url = dispatch.url(opts.hosts.ws_scheme())
         await self.limiter.user_online(apikey)
         tokens = await self._ensure_tokens()
-        ws = await websockets.connect(
-            url, compression=None, ping_interval=None, open_timeout=opts.handshake_timeout,
-            max_size=4 * 1024 * 1024, close_timeout=2,
-        )  # fmt: skip
+        # Our own client (gateway/wsclient.py); flow=ctx stops reading while MQTT is congested.
+        ws = await wsclient.connect(
+            url, open_timeout=opts.handshake_timeout, max_size=4 << 20, flow=self.ctx
+        )
         self._ws = ws
         session = ckws.WsSession(opts.api_version, opts.app_id, str(tokens["at"]), apikey)
         self._session = session
-        await ws.send(session.handshake(now_ms=int(time.time() * 1000), nonce=make_nonce()))
+        ws.send(session.handshake(now_ms=int(time.time() * 1000), nonce=make_nonce()))
         try:
             raw = await asyncio.wait_for(ws.recv(), opts.handshake_timeout)
         except TimeoutError:
@@ -489,7 +525,9 @@ class CoolkitConnector(Connector):
                 )
             if event.error == RATE_LIMITED:
                 raise _Throttled("userOnline refused: repeated too often")
-            raise VendorError("vendor", event.error, f"userOnline refused: {event.reason or event.error}")
+            raise VendorError(
+                "vendor", event.error, f"userOnline refused: {event.reason or event.error}"
+            )
         if not isinstance(event, ckws.HandshakeDone):
             raise RemoteProtocolError("unexpected answer to userOnline")
         self._worked = True
@@ -605,22 +643,30 @@ class CoolkitConnector(Connector):
             if dev.thing.params:
                 self._state(dev, dev.thing.params, now)
 
-    def _state(self, dev: _Dev, params: Mapping[str, Any], ts: int, seq: int | None = None) -> dict[str, Any]:
+    def _state(
+        self, dev: _Dev, params: Mapping[str, Any], ts: int, seq: int | None = None
+    ) -> dict[str, Any]:
         values, flagged = profiles.decode_params(dev.profile, dev.schema, params)
         for pid in flagged:
-            self.ctx.bad_input(f"value of {pid!r} does not fit its schema: kept as sent", dev.thing.id, "bad_values")
+            self.ctx.bad_input(
+                f"value of {pid!r} does not fit its schema: kept as sent",
+                dev.thing.id,
+                "bad_values",
+            )
         if values:
             self.ctx.state(StateChange(dev.thing.id, values, ts, seq))
         return values
 
     # ------------------------------------------------------------------ live socket
 
-    async def _pinger(self, ws: ClientConnection, hb: ckws.Heartbeat) -> None:
+    async def _pinger(self, ws: wsclient.WsConnection, hb: ckws.Heartbeat) -> None:
         while True:
             await asyncio.sleep(hb.ping_delay(self._rng))
-            await ws.send(ckws.PING)
+            ws.send(ckws.PING)
 
-    async def _reader(self, ws: ClientConnection, session: ckws.WsSession, hb: ckws.Heartbeat) -> None:
+    async def _reader(
+        self, ws: wsclient.WsConnection, session: ckws.WsSession, hb: ckws.Heartbeat
+    ) -> None:
         loop = asyncio.get_running_loop()
         last_rx = loop.time()
         while True:
@@ -628,7 +674,9 @@ class CoolkitConnector(Connector):
             try:
                 raw = await asyncio.wait_for(ws.recv(), max(remaining, 0.0))
             except TimeoutError:
-                raise _DeadSocket(f"no traffic for {hb.dead_after:g}s (hbInterval {hb.interval:g}s + {hb.grace:g}s)") from None
+                raise _DeadSocket(
+                    f"no traffic for {hb.dead_after:g}s (hbInterval {hb.interval:g}s + {hb.grace:g}s)"
+                ) from None
             last_rx = loop.time()
             try:
                 event = session.receive(raw)
@@ -650,7 +698,11 @@ class CoolkitConnector(Connector):
         elif isinstance(event, ckws.DeviceUpdate):
             dev = self._devs.get(event.deviceid)
             if dev is None:
-                self.ctx.bad_input("update for a device the thing list does not hold", event.deviceid, "unknown_device")
+                self.ctx.bad_input(
+                    "update for a device the thing list does not hold",
+                    event.deviceid,
+                    "unknown_device",
+                )
                 return
             self._state(dev, event.params, now, event.seq)
             if dev.online is False and set(event.params) - {"subDevRssi"}:
@@ -660,7 +712,11 @@ class CoolkitConnector(Connector):
         elif isinstance(event, ckws.SysMsg):
             dev = self._devs.get(event.deviceid)
             if dev is None:
-                self.ctx.bad_input("sysmsg for a device the thing list does not hold", event.deviceid, "unknown_device")
+                self.ctx.bad_input(
+                    "sysmsg for a device the thing list does not hold",
+                    event.deviceid,
+                    "unknown_device",
+                )
                 return
             if event.online is not None:
                 dev.online = event.online
@@ -681,7 +737,9 @@ class CoolkitConnector(Connector):
             raise CommandError("invalid", f"unknown CoolKit device {device!r}")
         return dev
 
-    async def _command(self, action: Literal["update", "query"], dev: _Dev, params: Any) -> ckws.CommandReply:
+    async def _command(
+        self, action: Literal["update", "query"], dev: _Dev, params: Any
+    ) -> ckws.CommandReply:
         ws, session = self._ws, self._session
         if ws is None or session is None or session.state != "live":
             raise CommandError("offline", "the CoolKit cloud link is down")
@@ -699,10 +757,12 @@ class CoolkitConnector(Connector):
         fut: asyncio.Future[ckws.CommandReply] = loop.create_future()
         self._pending[seq] = fut
         try:
-            await ws.send(frame)
+            ws.send(frame)
             return await fut
-        except ConnectionClosed:
-            raise CommandError("vendor", "the CoolKit connection closed while sending; retry") from None
+        except wsclient.ConnectionClosed:
+            raise CommandError(
+                "vendor", "the CoolKit connection closed while sending; retry"
+            ) from None
         finally:
             self._pending.pop(seq, None)
             session.forget(seq)
@@ -722,12 +782,14 @@ class CoolkitConnector(Connector):
         dev = self._device(device)
         params = profiles.encode_params(dev.profile, dev.schema, props)
         if dev.thing.kind == "group":
-            gid = dev.thing.id[len(rest.GROUP_PREFIX):]
+            gid = dev.thing.id[len(rest.GROUP_PREFIX) :]
             try:
                 await self._bearer(lambda at: rest.group_status_request(
                     self.opts.hosts, self.region, at=at, nonce=make_nonce(), group_id=gid, params=params), 2)  # fmt: skip
             except (_SessionTaken, _Throttled) as exc:
-                raise CommandError("auth" if isinstance(exc, _SessionTaken) else "throttled", str(exc)) from None
+                raise CommandError(
+                    "auth" if isinstance(exc, _SessionTaken) else "throttled", str(exc)
+                ) from None
             return CommandResult.ok()
         if dev.online is False:
             raise CommandError("offline", "the device is offline (as the cloud last reported)")
@@ -739,13 +801,17 @@ class CoolkitConnector(Connector):
     async def get(self, device: str, props: list[str]) -> CommandResult:
         dev = self._device(device)
         if dev.thing.kind == "group":
-            raise CommandError("invalid", "CoolKit groups cannot be queried; read the member devices")
+            raise CommandError(
+                "invalid", "CoolKit groups cannot be queried; read the member devices"
+            )
         if dev.online is False:
             raise CommandError("offline", "the device is offline (as the cloud last reported)")
         reply = await self._command("query", dev, profiles.query_names(dev.profile, props))
         if reply.error != 0:
             raise self._reply_error(reply)
-        values = self._state(dev, reply.params or {}, int(time.time() * 1000)) if reply.params else {}
+        values = (
+            self._state(dev, reply.params or {}, int(time.time() * 1000)) if reply.params else {}
+        )
         if props:
             values = {k: v for k, v in values.items() if k in props}
         return CommandResult.ok(values)
@@ -754,8 +820,7 @@ class CoolkitConnector(Connector):
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, VendorError):
         return f"CoolKit error {exc.vendor_code}: {exc.message}"
-    if isinstance(exc, ConnectionClosed):
-        rcvd = exc.rcvd
-        return f"WebSocket closed ({rcvd.code} {rcvd.reason})".strip() if rcvd else "WebSocket closed abruptly"
+    if isinstance(exc, wsclient.ConnectionClosed):
+        return f"WebSocket {exc}"
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
