@@ -11,16 +11,21 @@ seed's ``Time`` layout (``YYYY-MM-DDTHH:MM:SS±HH:MM``; anything else goes to
 ``datetime.fromisoformat`` exactly as the reference does).
 
 ``normalize`` is ``protocols.tsl.normalize_reference`` compiled: the same branches, but the
-type dispatch and ``isinstance`` checks are C comparisons instead of bytecode. It must not import
-``protocols`` (``protocols.tsl`` imports this module), so the bool spellings are copied here and
-a test checks they equal ``protocols.tsl``'s.
+type dispatch and ``isinstance`` checks are C comparisons instead of bytecode, a per-schema plan
+holds each property's kind as a C int, and for a plain dict the result is a copy of the input
+with only the changed values replaced. It must not import ``protocols`` (``protocols.tsl``
+imports this module), so the bool spellings are copied here and a test checks they equal
+``protocols.tsl``'s.
 
 ``encode_publish`` builds the packet in one allocation; unusual argument types fall back to the
 reference so errors are the reference's.
 """
 
+cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.dict cimport PyDict_GetItem
+from cpython.dict cimport PyDict_Contains, PyDict_Copy, PyDict_GetItem, PyDict_Next, PyDict_Size
+from cpython.float cimport PyFloat_AS_DOUBLE
+from cpython.long cimport PyLong_AsLongAndOverflow, PyLong_FromLongLong
 from cpython.object cimport PyObject
 from libc.math cimport floor, isfinite
 from libc.stdlib cimport free, malloc
@@ -478,33 +483,105 @@ cdef int _kind_code(object kind) except -1:
     return K_OTHER
 
 
-cdef object _coerce_code(int code, object prop, object value):
+cdef inline object _ascii_int(object text):
+    """``int(text)`` for a plain ``[+-]?digits`` ASCII str of at most 18 digits, else None.
+
+    ``int()`` of such a string is its decimal value, so this is exact; every other spelling
+    (whitespace, underscores, non-ASCII digits, longer numbers) takes the reference rule."""
+    if not PyUnicode_IS_COMPACT_ASCII(text):
+        return None
+    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(text)
+    cdef const unsigned char* s = <const unsigned char*>PyUnicode_DATA(text)
+    cdef Py_ssize_t i = 0
+    cdef bint neg = False
+    cdef long long v = 0
+    cdef unsigned char c
+    if n and (s[0] == 45 or s[0] == 43):  # '-' '+'
+        neg = s[0] == 45
+        i = 1
+    if n - i < 1 or n - i > 18:
+        return None
+    while i < n:
+        c = s[i]
+        if c < 48 or c > 57:
+            return None
+        v = v * 10 + (c - 48)
+        i += 1
+    return PyLong_FromLongLong(-v if neg else v)
+
+
+@cython.final
+cdef class _Entry:
+    """One property of a schema, ready for the hot loop: its kind as a C int, and its enum."""
+    cdef int code
+    cdef object prop
+    cdef object enum
+
+
+cdef object _coerce_entry(_Entry e, object value):
+    """``_coerce(e.prop, value)`` with the common exact-type cases decided in C."""
+    cdef int code = e.code
+    cdef int overflow
+    cdef long iv
+    cdef double d
+    cdef object vt = type(value)
     if code == K_BOOL:
         if value is True or value is False:
             return value
-        return _coerce(prop, value)
+        if vt is int:
+            iv = PyLong_AsLongAndOverflow(value, &overflow)
+            if overflow == 0:
+                if iv == 1:
+                    return True
+                if iv == 0:
+                    return False
+            return _NC
+        if vt is float:
+            d = PyFloat_AS_DOUBLE(value)
+            if d == 1.0:
+                return True
+            if d == 0.0:
+                return False
+            return _NC
+        return _coerce(e.prop, value)
     if code == K_INT:
-        if type(value) is int:
+        if vt is int:
             return value
+        if vt is str:
+            fast = _ascii_int(value)
+            if fast is not None:
+                return fast
         return _to_number(value, True)
     if code == K_FLOAT:
-        if type(value) is float or type(value) is int:
-            return _to_number(value, False)
-        return _to_number(value, False)
-    if code == K_STRING:
-        if type(value) is str:
+        if vt is float:
+            return value if isfinite(PyFloat_AS_DOUBLE(value)) else _NC
+        if vt is int:
             return value
-        return _coerce(prop, value)
+        return _to_number(value, False)
+    if code == K_ENUM:
+        enum = e.enum
+        if enum is None:
+            return value
+        if type(enum) is dict and (vt is int or vt is str) and PyDict_Contains(enum, value) == 1:
+            return value
+        return _coerce(e.prop, value)
+    if code == K_STRING:
+        if vt is str:
+            return value
+        return _coerce(e.prop, value)
     if code == K_OTHER:
         return value
-    return _coerce(prop, value)
+    return _coerce(e.prop, value)
 
 
-# Per-schema plans: prop id -> (kind code, Property). Schemas are immutable (frozen dataclasses
-# built once per product), so a plan is built on first use; the cache holds the schema itself so
-# its id() cannot be reused while cached, and is cleared when it grows past _PLAN_LIMIT.
+# Per-schema plans: prop id -> _Entry. Schemas are immutable (frozen dataclasses built once per
+# product), so a plan is built on first use; the cache holds the schema itself so its id() cannot
+# be reused while cached, and is cleared when it grows past _PLAN_LIMIT. The last schema used is
+# checked first (by identity), which skips the attribute and cache lookups on a run of one product.
 cdef dict _PLANS = {}
 cdef Py_ssize_t _PLAN_LIMIT = 1024
+cdef object _last_schema = None
+cdef dict _last_plan = None
 
 
 cdef dict _plan(object schema, dict by_id):
@@ -512,7 +589,14 @@ cdef dict _plan(object schema, dict by_id):
     cdef PyObject* found = PyDict_GetItem(_PLANS, key)
     if found is not NULL and (<tuple>found)[0] is schema:
         return <dict>(<tuple>found)[1]
-    plan = {pid: (_kind_code(p.type), p) for pid, p in by_id.items()}
+    cdef dict plan = {}
+    cdef _Entry e
+    for pid, p in by_id.items():
+        e = _Entry.__new__(_Entry)
+        e.code = _kind_code(p.type)
+        e.prop = p
+        e.enum = p.enum if e.code == K_ENUM else None
+        plan[pid] = e
     if len(_PLANS) >= _PLAN_LIMIT:
         _PLANS.clear()
     _PLANS[key] = (schema, plan)
@@ -520,20 +604,56 @@ cdef dict _plan(object schema, dict by_id):
 
 
 def normalize(schema, props):
-    cdef dict out = {}
+    global _last_schema, _last_plan
+    cdef dict out
     cdef list flagged = []
     cdef PyObject* found
     cdef dict plan = None
-    by_id = getattr(schema, "_by_id", None)
-    if type(by_id) is dict:
-        plan = _plan(schema, <dict>by_id)
+    cdef Py_ssize_t pos = 0
+    cdef Py_ssize_t size
+    cdef PyObject* k
+    cdef PyObject* v
+    if schema is _last_schema:
+        plan = _last_plan
+    else:
+        by_id = getattr(schema, "_by_id", None)
+        if type(by_id) is dict:
+            plan = _plan(schema, <dict>by_id)
+            _last_schema = schema
+            _last_plan = plan
+    if plan is not None and type(props) is dict:
+        # A copy of props (one clone of its key table, same order), then only the values that
+        # coercion changes are replaced: equal, key order included, to the reference's fresh dict.
+        out = PyDict_Copy(props)
+        size = PyDict_Size(props)
+        while PyDict_Next(props, &pos, &k, &v):
+            key = <object>k
+            value = <object>v
+            if type(key) is str:
+                found = PyDict_GetItem(plan, key)
+                if found is NULL:
+                    continue
+                coerced = _coerce_entry(<_Entry>found, value)
+            else:
+                prop = schema.prop(key)  # the same lookup (and errors) as the reference
+                if prop is None:
+                    continue
+                coerced = _coerce(prop, value)
+            if coerced is _NC:
+                flagged.append(key)
+            elif coerced is not value:
+                out[key] = coerced
+            if PyDict_Size(props) != size:
+                raise RuntimeError("dictionary changed size during iteration")
+        return out, flagged
+    out = {}
     for key, value in props.items():
         if plan is not None and type(key) is str:
             found = PyDict_GetItem(plan, key)
             if found is NULL:
                 out[key] = value
                 continue
-            coerced = _coerce_code((<tuple>found)[0], (<tuple>found)[1], value)
+            coerced = _coerce_entry(<_Entry>found, value)
         else:
             prop = schema.prop(key)  # the same lookup (and errors) as the reference
             if prop is None:

@@ -296,6 +296,9 @@ def test_tencent_report_example():
 scalars = (
     st.none() | st.booleans() | st.integers(-(2**66), 2**66) | st.floats()
     | st.text(max_size=8) | st.sampled_from(["1", "0", " on ", "OFF", "true", "1.5", "1e3", "nan", "inf", "0x10", "1_000", "١٢"])
+    | st.sampled_from(["+7", "-12", "-0", "007", "-", "+", "", " 5", "5 ", "123456789012345678", "-999999999999999999",
+                       "1234567890123456789", "99999999999999999999", "1.0", "2", "-1"])
+    | st.integers(-(10**18), 10**18).map(str)
 )
 values = st.recursive(
     scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.sampled_from(["a", "b", "c"]), c, max_size=3),
@@ -322,6 +325,23 @@ schemas = st.lists(_props(2), max_size=4).map(lambda ps: Schema(tuple(ps)))
 @needs_compiled
 @given(schemas, st.dictionaries(st.sampled_from(["a", "b", "c", "d"]), values, max_size=4))
 def test_normalize_same(schema, props):
+    assert _outcome(_cspeedups.normalize, schema, props) == _outcome(normalize_reference, schema, props)
+
+
+@needs_compiled
+@given(schemas, st.dictionaries(st.sampled_from(["a", "b", "c", "d", 1, ("a",)]), values, max_size=4),
+       st.sampled_from(["dict", "proxy", "items"]))
+def test_normalize_same_any_mapping(schema, props, kind):
+    """Non-str keys and Mappings that are not a dict take the general loop: same results."""
+    import types
+
+    if kind == "proxy":
+        props = types.MappingProxyType(props)
+    elif kind == "items":
+        class Items(dict):  # a dict subclass: not the copy-and-patch path
+            pass
+
+        props = Items(props)
     assert _outcome(_cspeedups.normalize, schema, props) == _outcome(normalize_reference, schema, props)
 
 
