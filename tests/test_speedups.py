@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 import _speedups
@@ -289,6 +289,201 @@ def test_tencent_report_example():
         assert impl(frame, 0) == (DEVICE, {"power_switch": 1}, NOW + 5000, 9)
         assert impl(frame.encode(), 0) == (DEVICE, {"power_switch": 1}, NOW + 5000, 9)
         assert impl(ws.device_change_frame(DEVICE, "StatusChange", "Online", None, seq=1, ts_ms=NOW), 0) is None
+
+
+# -- tencent_report's frame scanner: frames written token by token (any key order, extra and
+# duplicate keys, whitespace, escapes, non-ASCII, numbers of every spelling, damage), so both the
+# scanner's answers and its "decline → orjson" exits are compared with the reference. Half the
+# frames are "tame" (only what the scanner reads itself: key order, JSON whitespace, extra scalar
+# members, integers), half "wild" (anything, mostly declined).
+
+import json  # noqa: E402
+
+TAME_WS = st.sampled_from(["", "", "", " ", "\n", "\t", "\r\n  "])
+WILD_WS = TAME_WS | st.sampled_from(["\x0c", "\x0b", "\xa0", "\x00"])
+TAME_NUMBERS = st.sampled_from(["0", "-0", "7", "4242", "123456789012345678", "-123456789012345678"]) | st.integers(
+    -(10**18) + 1, 10**18 - 1).map(str)
+NUMBERS = TAME_NUMBERS | st.sampled_from([
+    "007", "-", "-01", "1.0", "1.", "1e3", "2E-2", "-3.5", "1E400", "1234567890123456789",
+    "-1234567890123456789", "12345678901234567890", "99999999999999999999999", "+1", "0x10", "NaN",
+    "Infinity",
+]) | st.integers(-(2**70), 2**70).map(str) | st.floats(allow_nan=False, allow_infinity=False).map(repr)
+ASCII = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=8)
+
+
+@st.composite
+def json_str(draw, text, wild=True):
+    """``text`` as a JSON string: plain, or (wild) all-ASCII escaped or with one \\u escape."""
+    style = draw(st.sampled_from(["plain", "plain", "ascii", "escape_one"])) if wild else "plain"
+    if style == "plain" or not text:
+        return orjson.dumps(text).decode()
+    if style == "ascii":
+        return json.dumps(text, ensure_ascii=True)
+    i = draw(st.integers(0, len(text) - 1))
+    c = text[i]
+    esc = f"\\u{ord(c):04x}" if ord(c) < 0x10000 else json.dumps(c)[1:-1]
+    return orjson.dumps(text[:i]).decode()[:-1] + esc + orjson.dumps(text[i + 1:]).decode()[1:]
+
+
+def any_token(wild=True):
+    """A JSON value (wild: or something that is almost one), as text."""
+    tame = st.one_of(
+        st.sampled_from(["true", "false", "null"]), TAME_NUMBERS,
+        ASCII.filter(lambda t: "\\" not in t and '"' not in t).flatmap(lambda t: json_str(t, False)),
+    )
+    if not wild:
+        return tame
+    return tame | st.one_of(
+        st.sampled_from(["[]", "{}", "[0]", '{"a":{"b":[1,2]}}', "tru", "nul", "'x'", '"unterminated',
+                         '"a\\"b"', '"\\n"']),
+        NUMBERS,
+        st.text(max_size=8).flatmap(json_str),
+        json_values.map(lambda v: orjson.dumps(v).decode()),
+    )
+
+
+def str_token(wild, *choices):
+    token = st.sampled_from(choices).flatmap(lambda t: json_str(t, wild))
+    return token | any_token(wild) if wild else token
+
+
+def _payload(body):
+    return base64.b64encode(orjson.dumps(body)).decode()
+
+
+dict_reports = st.fixed_dictionaries(
+    {"method": st.just("report"), "params": st.dictionaries(st.text(max_size=8), json_values, max_size=4)},
+    optional={"timestamp": st.integers(-5, 2**42) | st.floats(), "clientToken": st.text(max_size=5)},
+)
+
+
+def payload_tokens(wild):
+    tame = st.one_of(
+        dict_reports.map(_payload),
+        report_bodies.map(_payload), report_bodies.map(lambda b: _payload(b).rstrip("=")),
+        bodies.map(_payload), report_bodies.map(lambda b: " " + _payload(b) + " "),
+    ).map(lambda t: orjson.dumps(t).decode())
+    if not wild:
+        return tame
+    return tame | st.one_of(
+        report_bodies.map(_payload).flatmap(json_str),
+        report_bodies.map(lambda b: _payload(b) + "\n").flatmap(json_str),  # an escaped newline
+        report_bodies.map(lambda b: '"' + _payload(b) + '\n"'),  # a raw one: not JSON
+        st.sampled_from(["", "!!", "e30", "e30=", "YQ"]).flatmap(json_str),
+        any_token(),
+    )
+
+
+@st.composite
+def members(draw, needed, extra_keys, wild):
+    """``"key": value`` texts: the needed keys (a report's value four times in five; wild: some
+    dropped), extras, shuffled."""
+    ws = WILD_WS if wild else TAME_WS
+    items = [(k, draw(other if draw(st.integers(0, 4)) == 4 else good)) for k, good, other in needed
+             if not wild or draw(st.integers(0, 9)) < 9]
+    for _ in range(draw(st.integers(0, 2))):
+        items.append((draw(extra_keys), draw(any_token(wild))))
+    items = draw(st.permutations(items))
+    return [draw(ws) + draw(json_str(key, wild)) + draw(ws) + ":" + draw(ws) + value + draw(ws)
+            for key, value in items]
+
+
+@st.composite
+def raw_frames(draw):
+    wild = draw(st.booleans())
+    ws = WILD_WS if wild else TAME_WS
+    if wild:  # extra keys may repeat a needed one
+        params_keys = st.sampled_from(["Type", "SubType", "DeviceId", "Payload", "Seq", "Time"]) | st.text(max_size=6)
+        top_keys = st.sampled_from(["push", "action", "params"]) | st.text(max_size=6)
+    else:
+        needed = {"Type", "SubType", "DeviceId", "Payload", "Seq", "Time", "Topic", "push", "action", "params"}
+        params_keys = top_keys = ASCII.filter(lambda t: t not in needed and "\\" not in t and '"' not in t)
+    good_time = iso_times.flatmap(lambda t: json_str(t, wild))
+    params = draw(members([
+        ("Time", good_time, str_token(wild, "2023-11-15T06:13:20+08:00", "", "x")
+         | (NUMBERS if wild else TAME_NUMBERS)),
+        ("Type", str_token(wild, "Property", "Template"), str_token(wild, "StatusChange", "UserDefined", "")),
+        ("SubType", str_token(wild, "Report", "Push"), str_token(wild, "Online", "report")),
+        ("Topic", str_token(wild, "$thing/up/property/PRODUCT001/dev_1"), str_token(True, "主题")
+         if wild else any_token(False)),
+        ("Payload", payload_tokens(wild), any_token(wild)),
+        ("Seq", TAME_NUMBERS, NUMBERS | any_token() if wild else any_token(False)),
+        ("DeviceId", str_token(wild, DEVICE, "a/b", "/"),
+         str_token(wild, "nodash") | str_token(True, "设备/1") if wild else str_token(False, "nodash")),
+    ], params_keys, wild))
+    params_text = "{" + (",".join(params) if params else draw(ws)) + "}"
+    top = draw(members([
+        ("push", st.sampled_from(["true", "1", '"x"']),
+         st.sampled_from(["false", "null", "0", "-0", '""'] + (["[]", "{}", "[0]"] if wild else []))),
+        ("action", str_token(wild, "DeviceChange"), str_token(wild, "Other", "")),
+        ("params", st.just(params_text), any_token() if wild else st.just("{}")),
+    ], top_keys, wild))
+    frame = draw(ws) + "{" + (",".join(top) if top else draw(ws)) + "}" + draw(ws)
+    damage = draw(st.sampled_from(["none"] * 3 + ["truncate", "insert", "trailing"])) if wild else "none"
+    if damage == "truncate":
+        frame = frame[: draw(st.integers(0, max(len(frame) - 1, 0)))]
+    elif damage == "insert":
+        i = draw(st.integers(0, len(frame)))
+        frame = frame[:i] + draw(st.sampled_from(list('{}[],:"\\ x0é\x00'))) + frame[i:]
+    elif damage == "trailing":
+        frame += draw(st.sampled_from(["x", "}", ",", "\x00", "{}", " 1"]))
+    kind = draw(st.sampled_from(["bytes", "str", "latin1", "bytearray"] if wild else ["bytes", "str"]))
+    if kind == "str":
+        return frame
+    if kind == "latin1":  # not UTF-8 wherever the frame has non-ASCII text
+        return frame.encode("latin-1", "replace")
+    data = frame.encode("utf-8", "surrogatepass")
+    return bytearray(data) if kind == "bytearray" else data
+
+
+@needs_compiled
+@settings(max_examples=600)
+@given(raw_frames())
+def test_tencent_report_scanner_same(frame):
+    got = _cspeedups.tencent_report(frame, NOW)
+    event("scanned" if _cspeedups._scanner_accepts(frame) else "declined")
+    event("report" if got is not None else "none")
+    assert _outcome(_cspeedups.tencent_report, frame, NOW) == _outcome(_reference.tencent_report, frame, NOW)
+
+
+_HEAD = '{"push":true,"action":"DeviceChange","params":{"Type":"Property","SubType":"Report",'
+
+
+@needs_compiled
+@pytest.mark.parametrize(
+    ("frame", "report", "scanned"),
+    [
+        # the fixed shape, keys in any order, JSON whitespace anywhere: read by the scanner
+        (_HEAD + '"DeviceId":"P/d","Payload":"%s","Seq":3,"Time":"2023-11-15T06:13:20+08:00"}}', True, True),
+        (' \n{ "params" : { "Seq" : 3 , "Payload" : "%s" , "DeviceId" : "P/d" , "SubType" : "Push" ,'
+         ' "Type" : "Event" , "x" : null } ,\t"action" : "DeviceChange" , "push" : 1 }\r\n', True, True),
+        (_HEAD + '"DeviceId":"P/d","Payload":"%s","Seq":-0,"Time":0,"Topic":"t","n":-12}}', True, True),
+        (_HEAD + '"DeviceId":"P/d","Payload":"%s","Seq":123456789012345678}}', True, True),
+        # a duplicate needed key (orjson keeps the last), escapes, nesting, floats, long ints: orjson
+        (_HEAD + '"DeviceId":"P/d","DeviceId":"nodash","Payload":"%s"}}', False, False),
+        (_HEAD + '"DeviceId":"nodash","DeviceId":"P/d","Payload":"%s"}}', True, False),
+        (_HEAD + '"DeviceId":"P\\/d","Payload":"%s"}}', True, False),
+        (_HEAD + '"DeviceId":"P/d","Payload":"%s","Extra":{"a":[1,{"b":null}]},"Seq":4}}', True, False),
+        (_HEAD + '"DeviceId":"P/d","Payload":"%s","Seq":4.0}}', True, False),
+        (_HEAD + '"DeviceId":"P/d","Payload":"%s","Seq":1234567890123456789}}', True, False),
+        (_HEAD + '"DeviceId":"P/d","Payload":"%s","Seq":12345678901234567890}}', True, False),
+        (_HEAD + '"DeviceId":"P/d","Payload":"%s","Topic":"主题"}}', True, False),
+        # not a report (read by the scanner), or not JSON (declined, and orjson says so)
+        (_HEAD.replace("true", "0") + '"DeviceId":"P/d","Payload":"%s"}}', False, True),
+        (_HEAD + '"DeviceId":"P/d","Payload":"%s","Seq":007}}', False, False),
+        (_HEAD + '"DeviceId":"P/d","Payload":"%s"}} x', False, False),
+        (_HEAD + '"DeviceId":"P/d","Payload":"%s",}}', False, False),
+        (_HEAD + '"DeviceId":"P/d","Payload":"%s"}\x0c}', False, False),
+        ("\ufeff" + _HEAD + '"DeviceId":"P/d","Payload":"%s"}}', False, False),
+    ],
+)
+def test_tencent_report_scanner_examples(frame, report, scanned):
+    frame = frame % _payload({"method": "report", "params": {"p": 1}})
+    for data in (frame, frame.encode()):
+        got = _cspeedups.tencent_report(data, NOW)
+        assert got == _reference.tencent_report(data, NOW)
+        assert (got is not None) == report
+        assert _cspeedups._scanner_accepts(data) == scanned
 
 
 # -- normalize
