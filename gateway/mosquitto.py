@@ -45,6 +45,7 @@ class Mosquitto:
             "persistence false\n"
             "max_queued_messages 100000\n"
             "max_inflight_messages 0\n"
+            "set_tcp_nodelay true\n"
             f"{extra_config}\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None
