@@ -76,3 +76,22 @@ async def test_bad_credentials_are_refused_not_retried():
     else:
         raise AssertionError("connect should be refused")
     server.close()
+
+
+async def test_congestion_is_seen_within_one_loop_iteration(mosquitto):
+    """A vendor read handled in one callback can publish thousands of messages; the client must
+    hand them to the transport as it goes, so ``congested`` (the transport's high-water mark)
+    turns true before the callback ends and the connector stops reading."""
+    pub = MqttClient(mosquitto.host, mosquitto.port, client_id="burst")
+    await pub.connect()
+    payload = b"x" * 4096
+    n = 0
+    while not pub.congested and n < 10_000:  # no await: all inside one loop iteration
+        pub.publish("burst/t", payload)
+        n += 1
+    assert pub.congested, "40 MiB queued without the client ever reporting congestion"
+    # Bounded by what the kernel's socket buffer takes + the 4 MiB high-water mark + one write.
+    assert n * len(payload) < 16 << 20
+    await asyncio.wait_for(pub.drain(), 30)
+    assert not pub.congested
+    await pub.disconnect()
