@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import Any
 
 import pytest
 import websockets
@@ -349,4 +350,33 @@ async def test_a_failing_handler_does_not_cost_other_messages() -> None:
                 break
             await asyncio.sleep(0.02)
         assert got == ["a", "b"] and conn.is_open
+        await conn.close()
+
+
+async def test_wss_verifies_the_server_certificate(tmp_path: Any) -> None:
+    """Real clouds are wss://: the shared default context verifies, a trusted CA connects."""
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+         "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
+         "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+
+    async def handler(conn: websockets.ServerConnection) -> None:
+        await conn.send("secure")
+        await conn.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0, ssl=server_ctx, compression=None) as server:
+        url = f"wss://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+        with pytest.raises(ssl.SSLCertVerificationError):  # self-signed: refused by default
+            await wsclient.connect(url, open_timeout=5)
+        trusted = ssl.create_default_context(cafile=str(cert))
+        conn = await wsclient.connect(url, open_timeout=5, ssl_context=trusted)
+        assert await asyncio.wait_for(conn.recv(), 5) == "secure"
         await conn.close()
