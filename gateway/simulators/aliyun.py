@@ -86,7 +86,7 @@ from protocols.aliyun import (
 )
 from protocols.model import RemoteProtocolError
 
-from .base import SimulatedCloud, serve_forever
+from .base import SimulatedCloud, control_response, serve_forever
 
 __all__ = ["AliyunCloud", "add_arguments", "demo_cloud", "serve"]
 
@@ -514,34 +514,23 @@ class AliyunCloud(SimulatedCloud):
         self.refuse_all = False
 
     async def _control(self, request: web.Request) -> web.Response:
-        fault = request.match_info["fault"]
-        try:
-            params = orjson.loads(await request.read() or b"{}")
-            if not isinstance(params, dict):
-                raise ValueError("body must be a JSON object")
-            actions: dict[str, Callable[..., Any]] = {
-                "drop_mqtt": self.drop_mqtt,
-                "throttle": self.throttle,
-                "reject_token": self.reject_token,
-                "bind_code": self.set_bind_code,
-                "garble": self.garble,
-                "refuse_connect": self.refuse_connect,
-                "tsl_as_string": self.set_tsl_as_string,
-                "set_property": self.set_property,
-                "emit_event": self.emit_event,
-                "set_status": self.set_status,
-                "add_device": self.add_device,
-                "remove_device": self.remove_device,
-                "topo_add": self.topo_add,
-                "ota_progress": self.ota_progress,
-                "reset": self.reset,
-            }
-            if fault not in actions:
-                return web.json_response({"ok": False, "error": f"unknown fault {fault!r}"}, status=404)
-            result = actions[fault](**params)
-        except (TypeError, ValueError, KeyError) as exc:
-            return web.json_response({"ok": False, "error": str(exc)}, status=400)
-        return web.json_response({"ok": True, "result": result})
+        return await control_response(request, {
+            "drop_mqtt": self.drop_mqtt,
+            "throttle": self.throttle,
+            "reject_token": self.reject_token,
+            "bind_code": self.set_bind_code,
+            "garble": self.garble,
+            "refuse_connect": self.refuse_connect,
+            "tsl_as_string": self.set_tsl_as_string,
+            "set_property": self.set_property,
+            "emit_event": self.emit_event,
+            "set_status": self.set_status,
+            "add_device": self.add_device,
+            "remove_device": self.remove_device,
+            "topo_add": self.topo_add,
+            "ota_progress": self.ota_progress,
+            "reset": self.reset,
+        })  # fmt: skip
 
     async def _stats(self, request: web.Request) -> web.Response:
         return web.json_response(dict(self.stats))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any, Self
 
 import orjson
+from aiohttp import web
 
-__all__ = ["SimulatedCloud", "serve_forever"]
+__all__ = ["SimulatedCloud", "control_response", "serve_forever"]
 
 
 class SimulatedCloud:
@@ -38,3 +40,29 @@ async def serve_forever(
         await asyncio.Event().wait()
     finally:
         await cloud.stop()
+
+
+async def control_response(
+    request: web.Request, actions: Mapping[str, Callable[..., Any]]
+) -> web.Response:
+    """``POST /_control/<fault>`` of every emulator: the JSON object body becomes the keyword
+    arguments of ``actions[fault]`` (awaited when it returns an awaitable).
+
+    ``{"ok": true, "result": …}``; an unknown fault is 404, a body that is not a JSON object or
+    arguments the action refuses (``TypeError``/``ValueError``/``KeyError``) are 400, both with
+    ``{"ok": false, "error": …}``.
+    """
+    fault = request.match_info["fault"]
+    action = actions.get(fault)
+    if action is None:
+        return web.json_response({"ok": False, "error": f"unknown fault {fault!r}"}, status=404)
+    try:
+        params = orjson.loads(await request.read() or b"{}")
+        if not isinstance(params, dict):
+            raise ValueError("body must be a JSON object")
+        result = action(**params)
+        if inspect.isawaitable(result):
+            result = await result
+    except (TypeError, ValueError, KeyError) as exc:  # orjson.JSONDecodeError is a ValueError
+        return web.json_response({"ok": False, "error": str(exc)}, status=400)
+    return web.json_response({"ok": True, "result": result})

@@ -70,7 +70,7 @@ from websockets.exceptions import ConnectionClosed
 from protocols.coolkit.rest import RATE_LIMITED
 from protocols.coolkit.sign import Signer, canonical_query
 
-from .base import SimulatedCloud, serve_forever
+from .base import SimulatedCloud, control_response, serve_forever
 
 __all__ = ["CoolkitCloud", "add_arguments", "demo_cloud", "serve"]
 
@@ -394,33 +394,18 @@ class CoolkitCloud(SimulatedCloud):
             conn.stalled = False
 
     async def _control(self, request: web.Request) -> web.Response:
-        fault = request.match_info["fault"]
-        try:
-            body = await request.json() if request.can_read_body else {}
-        except ValueError:
-            return web.json_response({"error": 400, "msg": "body is not JSON"}, status=400)
-        body = body if isinstance(body, dict) else {}
-        simple = {"drop": self.drop, "stall": self.stall, "expire_tokens": self.expire_tokens, "reset": self.reset}
-        try:
-            if fault in simple:
-                simple[fault]()
-            elif fault == "never_answer":
-                self.never_answer(int(body.get("count", 1)))
-            elif fault == "fail_504":
-                self.fail_504(int(body.get("count", 1)))
-            elif fault == "garble":
-                await self.garble(int(body.get("count", 1)))
-            elif fault == "kick":
-                await self.kick(str(body.get("email", "demo@example.com")))
-            elif fault == "push":
-                await self.push(str(body["deviceid"]), dict(body["params"]))
-            elif fault == "set_online":
-                await self.set_online(str(body["deviceid"]), bool(body["online"]))
-            else:
-                return web.json_response({"error": 404, "msg": f"unknown fault {fault!r}"}, status=404)
-        except (KeyError, TypeError, ValueError) as exc:
-            return web.json_response({"error": 400, "msg": str(exc)}, status=400)
-        return web.json_response({"error": 0})
+        return await control_response(request, {
+            "drop": self.drop,
+            "stall": self.stall,
+            "expire_tokens": self.expire_tokens,
+            "reset": self.reset,
+            "never_answer": lambda count=1: self.never_answer(int(count)),
+            "fail_504": lambda count=1: self.fail_504(int(count)),
+            "garble": lambda count=1: self.garble(int(count)),
+            "kick": lambda email="demo@example.com": self.kick(str(email)),
+            "push": lambda deviceid, params: self.push(str(deviceid), dict(params)),
+            "set_online": lambda deviceid, online: self.set_online(str(deviceid), bool(online)),
+        })  # fmt: skip
 
     async def _pusher(self, interval: float) -> None:
         while True:

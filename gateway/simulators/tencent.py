@@ -79,7 +79,7 @@ from protocols.tencent.sign import verify
 from protocols.tencent.template import denormalize, schema_from_template
 from protocols.tsl import validate
 
-from .base import SimulatedCloud, serve_forever
+from .base import SimulatedCloud, control_response, serve_forever
 
 __all__ = ["TencentCloud", "account_config", "add_arguments", "demo_cloud", "serve"]
 
@@ -1065,43 +1065,20 @@ class TencentCloud(SimulatedCloud):
         return web.Response(body=orjson.dumps(state), content_type="application/json")
 
     async def _control(self, request: web.Request) -> web.Response:
-        fault = request.match_info["fault"]
-        raw = await request.read()
-        try:
-            args = orjson.loads(raw) if raw else {}
-        except orjson.JSONDecodeError:
-            return web.json_response({"error": "body is not JSON"}, status=400)
-        if not isinstance(args, dict):
-            return web.json_response({"error": "body must be an object"}, status=400)
-        try:
-            result: Any = None
-            if fault == "drop":
-                result = self.drop_sockets()
-            elif fault == "stall":
-                self.stall(float(args.get("seconds", 5)))
-            elif fault == "garble":
-                self.garble(int(args.get("count", 1)))
-            elif fault == "expire_tokens":
-                result = self.expire_tokens()
-            elif fault == "refuse_logins":
-                self.refuse_logins(int(args.get("count", -1)))
-            elif fault == "slow":
-                self.slow(float(args.get("seconds", 5)))
-            elif fault == "heartbeat_errors":
-                self.heartbeat_errors(int(args.get("count", 1)))
-            elif fault == "report":
-                result = self.report(str(args["device"]), dict(args["props"]))
-            elif fault == "event":
-                result = self.event(
-                    str(args["device"]), str(args["event"]), dict(args.get("params") or {})
-                )
-            elif fault in ("online", "offline"):
-                result = self.set_online(str(args["device"]), fault == "online")
-            else:
-                return web.json_response({"error": f"unknown fault {fault!r}"}, status=404)
-        except (KeyError, TypeError, ValueError) as exc:
-            return web.json_response({"error": f"bad arguments: {exc}"}, status=400)
-        return web.json_response({"ok": True, "result": result})
+        return await control_response(request, {
+            "drop": self.drop_sockets,
+            "stall": lambda seconds=5: self.stall(float(seconds)),
+            "garble": lambda count=1: self.garble(int(count)),
+            "expire_tokens": self.expire_tokens,
+            "refuse_logins": lambda count=-1: self.refuse_logins(int(count)),
+            "slow": lambda seconds=5: self.slow(float(seconds)),
+            "heartbeat_errors": lambda count=1: self.heartbeat_errors(int(count)),
+            "report": lambda device, props: self.report(str(device), dict(props)),
+            "event": lambda device, event, params=None: self.event(
+                str(device), str(event), dict(params or {})),
+            "online": lambda device: self.set_online(str(device), True),
+            "offline": lambda device: self.set_online(str(device), False),
+        })  # fmt: skip
 
 
 _TOKENAPI: Final[dict[str, Any]] = {

@@ -46,7 +46,7 @@ from protocols.xky import api
 from protocols.xky.envelope import ASSUMED_ENVELOPE, encode_error, encode_ok
 from protocols.xky.records import DeviceRecord, encode_device
 
-from .base import SimulatedCloud, serve_forever
+from .base import SimulatedCloud, control_response, serve_forever
 
 __all__ = ["XkyCloud", "add_arguments", "demo_cloud", "serve"]
 
@@ -319,30 +319,17 @@ class XkyCloud(SimulatedCloud):
         return taken
 
     async def _control(self, request: web.Request) -> web.Response:
-        fault = request.match_info["fault"]
-        try:
-            params = orjson.loads(await request.read() or b"{}")
-            if not isinstance(params, dict):
-                raise ValueError("body must be a JSON object")
-            actions: dict[str, Callable[..., Any]] = {
-                "fail": self.fail,
-                "slow": self.slow,
-                "malformed": self.malformed,
-                "expire_sessions": self.expire_sessions,
-                "reset": self.reset,
-                "add_device": self.add_device,
-                "remove_device": self.remove_device,
-                "update_device": self.update_device,
-                "set_online": self.set_online,
-            }
-            if fault not in actions:
-                return web.json_response(
-                    {"ok": False, "error": f"unknown fault {fault!r}"}, status=404
-                )
-            result = actions[fault](**params)
-        except (TypeError, ValueError, KeyError) as exc:
-            return web.json_response({"ok": False, "error": str(exc)}, status=400)
-        return web.json_response({"ok": True, "result": result})
+        return await control_response(request, {
+            "fail": self.fail,
+            "slow": self.slow,
+            "malformed": self.malformed,
+            "expire_sessions": self.expire_sessions,
+            "reset": self.reset,
+            "add_device": self.add_device,
+            "remove_device": self.remove_device,
+            "update_device": self.update_device,
+            "set_online": self.set_online,
+        })  # fmt: skip
 
     # ------------------------------------------------------------------ background life
 
