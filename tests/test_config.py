@@ -77,3 +77,25 @@ def test_check_config_cli(tmp_path):
     p2 = write(tmp_path, "[mqtt]\nurl='http://x'\n")
     out = subprocess.run([sys.executable, "-m", "gateway.cli", "check-config", str(p2)], capture_output=True, text=True)
     assert out.returncode == 2 and "mqtt.url (line 2)" in out.stderr
+
+
+def test_option_reader_names_the_key_and_never_takes_a_bool_for_a_number() -> None:
+    from gateway.connectors.options import OptionReader
+
+    o = OptionReader({"n": True, "s": "", "t": 5, "x": 0, "b": "yes", "extra": 1}, "accounts[2]")
+    for read, field in [
+        (lambda: o.number("n", 1.0), "n"),
+        (lambda: o.integer("n", 1), "n"),
+        (lambda: o.string("s", empty=False), "s"),
+        (lambda: o.string("t"), "t"),
+        (lambda: o.string("absent", required=True), "absent"),
+        (lambda: o.number("x", 1.0, above=0), "x"),
+        (lambda: o.number("x", 1.0, minimum=0.5), "x"),
+        (lambda: o.boolean("b", False), "b"),
+        (lambda: o.refuse_unknown({"n", "s", "t", "x", "b"}), "extra"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            read()
+        assert err.value.key == f"accounts[2].{field}"
+    assert o.number("x", 1.0, minimum=0) == 0.0 and o.string("s") == "" and o.string("nope") is None
+    assert o.number("missing", 2) == 2.0 and o.boolean("missing", True) is True

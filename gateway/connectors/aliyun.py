@@ -47,7 +47,6 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from gateway.backoff import Backoff
-from gateway.errors import ConfigError
 from gateway.mqtt.client import ConnectRefused, MqttClient
 from protocols.aliyun import (
     API,
@@ -82,6 +81,7 @@ from protocols.model import (
 from protocols.tsl import normalize
 
 from .base import Connector
+from .options import OptionReader
 
 __all__ = ["AliyunConnector", "AliyunOptions"]
 
@@ -165,33 +165,6 @@ class _Breaker:
         self.consecutive = 0
 
 
-def _str_opt(raw: dict[str, Any], key: str, name: str, required: bool = False) -> str | None:
-    value = raw.pop(name, None)
-    if value is None:
-        if required:
-            raise ConfigError(f"{key}.{name}", "missing")
-        return None
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{key}.{name}", f"expected a non-empty string, got {value!r}")
-    return value
-
-
-def _num_opt(raw: dict[str, Any], key: str, name: str, default: float, lo: float, hi: float) -> float:
-    value = raw.pop(name, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{key}.{name}", f"expected a number, got {value!r}")
-    if not lo <= value <= hi:
-        raise ConfigError(f"{key}.{name}", f"must be between {lo:g} and {hi:g}")
-    return float(value)
-
-
-def _bool_opt(raw: dict[str, Any], key: str, name: str, default: bool) -> bool:
-    value = raw.pop(name, default)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key}.{name}", f"expected true or false, got {value!r}")
-    return value
-
-
 class AliyunConnector(Connector):
     vendor = "aliyun"
 
@@ -199,34 +172,35 @@ class AliyunConnector(Connector):
 
     @classmethod
     def parse_options(cls, raw: Mapping[str, Any], key: str) -> AliyunOptions:
-        table = dict(raw)
-        app_key = _str_opt(table, key, "app_key", True)
-        app_secret = _str_opt(table, key, "app_secret", True)
-        product_key = _str_opt(table, key, "product_key", True)
-        device_name = _str_opt(table, key, "device_name", True)
-        device_secret = _str_opt(table, key, "device_secret", True)
-        iot_token = _str_opt(table, key, "iot_token")
-        refresh_token = _str_opt(table, key, "refresh_token")
-        identity_id = _str_opt(table, key, "identity_id")
+        o = OptionReader(raw, key)
+        o.refuse_unknown(f.name for f in dataclasses.fields(AliyunOptions))
+
+        def text(name: str, required: bool = False) -> str | None:
+            return o.string(name, required=required, empty=False)
+
+        app_key = text("app_key", True)
+        app_secret = text("app_secret", True)
+        product_key = text("product_key", True)
+        device_name = text("device_name", True)
+        device_secret = text("device_secret", True)
+        iot_token = text("iot_token")
+        refresh_token = text("refresh_token")
+        identity_id = text("identity_id")
         if iot_token is None and refresh_token is None:
-            raise ConfigError(f"{key}.iot_token", "missing (or give refresh_token and identity_id)")
+            raise o.error("iot_token", "missing (or give refresh_token and identity_id)")
         if refresh_token is not None and identity_id is None:
-            raise ConfigError(f"{key}.identity_id", "needed with refresh_token")
-        api_url = _str_opt(table, key, "api_url") or "https://api.link.aliyun.com"
+            raise o.error("identity_id", "needed with refresh_token")
+        api_url = text("api_url") or "https://api.link.aliyun.com"
         parts = urlsplit(api_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(f"{key}.api_url", f"expected an http(s) URL, got {api_url!r}")
-        region = _str_opt(table, key, "region") or "cn-shanghai"
-        mqtt_host = _str_opt(table, key, "mqtt_host")
-        port = table.pop("mqtt_port", None)
+            raise o.error("api_url", f"expected an http(s) URL, got {api_url!r}")
+        port = raw.get("mqtt_port")
         if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536):
-            raise ConfigError(f"{key}.mqtt_port", f"expected a port number, got {port!r}")
-        tls = _bool_opt(table, key, "tls", True)
-        ca_file = _str_opt(table, key, "ca_file")
-        client_id = _str_opt(table, key, "client_id")
+            raise o.error("mqtt_port", f"expected a port number, got {port!r}")
+        client_id = text("client_id")
         if client_id is not None and any(c in client_id for c in "|,"):
-            raise ConfigError(f"{key}.client_id", "may not contain '|' or ','")
-        opts = AliyunOptions(
+            raise o.error("client_id", "may not contain '|' or ','")
+        return AliyunOptions(
             app_key=app_key or "",
             app_secret=app_secret or "",
             product_key=product_key or "",
@@ -235,27 +209,24 @@ class AliyunConnector(Connector):
             iot_token=iot_token,
             refresh_token=refresh_token,
             identity_id=identity_id,
-            check_session=_bool_opt(table, key, "check_session", False),
+            check_session=o.boolean("check_session", False),
             api_url=api_url.rstrip("/"),
-            region=region,
-            mqtt_host=mqtt_host,
+            region=text("region") or "cn-shanghai",
+            mqtt_host=text("mqtt_host"),
             mqtt_port=port,
-            tls=tls,
-            ca_file=ca_file,
+            tls=o.boolean("tls", True),
+            ca_file=text("ca_file"),
             client_id=client_id,
-            keepalive=int(_num_opt(table, key, "keepalive", 60, 30, 1200)),
-            page_size=int(_num_opt(table, key, "page_size", 100, 1, 100)),
-            reconnect_min=_num_opt(table, key, "reconnect_min", 1.0, 0.01, 3600),
-            reconnect_max=_num_opt(table, key, "reconnect_max", 60.0, 0.01, 86400),
-            attention_backoff=_num_opt(table, key, "attention_backoff", 300.0, 0.01, 86400),
-            throttle_cooldown=_num_opt(table, key, "throttle_cooldown", 60.0, 0.01, 86400),
-            bind_timeout=_num_opt(table, key, "bind_timeout", 10.0, 0.1, 300),
-            http_timeout=_num_opt(table, key, "http_timeout", 10.0, 0.1, 300),
-            max_concurrency=int(_num_opt(table, key, "max_concurrency", 4, 1, 64)),
+            keepalive=int(o.number("keepalive", 60, minimum=30, maximum=1200)),
+            page_size=int(o.number("page_size", 100, minimum=1, maximum=100)),
+            reconnect_min=o.number("reconnect_min", 1.0, minimum=0.01, maximum=3600),
+            reconnect_max=o.number("reconnect_max", 60.0, minimum=0.01, maximum=86400),
+            attention_backoff=o.number("attention_backoff", 300.0, minimum=0.01, maximum=86400),
+            throttle_cooldown=o.number("throttle_cooldown", 60.0, minimum=0.01, maximum=86400),
+            bind_timeout=o.number("bind_timeout", 10.0, minimum=0.1, maximum=300),
+            http_timeout=o.number("http_timeout", 10.0, minimum=0.1, maximum=300),
+            max_concurrency=int(o.number("max_concurrency", 4, minimum=1, maximum=64)),
         )
-        for name in table:
-            raise ConfigError(f"{key}.{name}", "unknown key")
-        return opts
 
     # ------------------------------------------------------------------ lifecycle
 

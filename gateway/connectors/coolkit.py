@@ -54,9 +54,9 @@ from protocols.model import (
 
 from .. import wsclient
 from ..backoff import Backoff
-from ..errors import ConfigError
 from .base import AccountContext, Connector
 from .coolkit_rate import PROGRESS, RateLimiter, RateRules, shared_limiter
+from .options import OptionReader
 
 __all__ = ["CoolkitConnector", "CoolkitOptions"]
 
@@ -136,17 +136,6 @@ _GROUP_PROFILE = Profile(
 _GROUP_SCHEMA = Schema(_GROUP_PROFILE.props, passthrough=True)
 
 
-def _opt(raw: Mapping[str, Any], key: str, name: str, kind: type, default: Any = None) -> Any:
-    value = raw.get(name, default)
-    if value is None:
-        return None
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise ConfigError(f"{key}.{name}", f"must be a {kind.__name__}")
-    return value
-
-
 class CoolkitConnector(Connector):
     vendor = "coolkit"
 
@@ -179,49 +168,44 @@ class CoolkitConnector(Connector):
             "attention_backoff", "attention_cap", "command_interval", "rate_min_interval", "rate_window",
             "rate_max_calls", "user_online_interval", "heartbeat_grace",
         }  # fmt: skip
-        for name in raw:
-            if name not in known:
-                raise ConfigError(f"{key}.{name}", "unknown option for a coolkit account")
-        app_id = _opt(raw, key, "app_id", str)
-        app_secret = _opt(raw, key, "app_secret", str)
+        o = OptionReader(raw, key)
+        o.refuse_unknown(known, "unknown option for a coolkit account")
+        app_id = o.string("app_id")
+        app_secret = o.string("app_secret")
         if not app_id:
-            raise ConfigError(
-                f"{key}.app_id", "missing (the APPID from the eWeLink developer centre)"
-            )
+            raise o.error("app_id", "missing (the APPID from the eWeLink developer centre)")
         if not app_secret:
-            raise ConfigError(f"{key}.app_secret", "missing")
-        version = _opt(raw, key, "api_version", int, 2)
+            raise o.error("app_secret", "missing")
+        version = o.integer("api_version", 2)
         if version not in (1, 2):
-            raise ConfigError(f"{key}.api_version", "must be 1 or 2")
-        region = _opt(raw, key, "region", str, "eu")
+            raise o.error("api_version", "must be 1 or 2")
+        region = o.string("region", "eu")
         if region not in REGIONS:
-            raise ConfigError(f"{key}.region", f"must be one of {', '.join(REGIONS)}")
-        email = _opt(raw, key, "email", str)
-        phone = _opt(raw, key, "phone_number", str)
-        password = _opt(raw, key, "password", str)
-        at = _opt(raw, key, "at", str)
-        rt = _opt(raw, key, "rt", str)
+            raise o.error("region", f"must be one of {', '.join(REGIONS)}")
+        email = o.string("email")
+        phone = o.string("phone_number")
+        password = o.string("password")
+        at = o.string("at")
+        rt = o.string("rt")
         if (email or phone) and not password:
-            raise ConfigError(f"{key}.password", "missing (needed with email/phone_number)")
+            raise o.error("password", "missing (needed with email/phone_number)")
         if not (email or phone) and not (at and rt):
-            raise ConfigError(
-                f"{key}.email",
+            raise o.error(
+                "email",
                 "give email (or phone_number) and password, or an at/rt pair from the OAuth flow",
             )
         if bool(at) != bool(rt):
-            raise ConfigError(f"{key}.{'rt' if at else 'at'}", "at and rt come as a pair")
+            raise o.error("rt" if at else "at", "at and rt come as a pair")
         if phone and not phone.startswith("+"):
-            raise ConfigError(
-                f"{key}.phone_number", 'must start with the country code, e.g. "+8618023456789"'
-            )
-        cc = _opt(raw, key, "country_code", str, "+1")
+            raise o.error("phone_number", 'must start with the country code, e.g. "+8618023456789"')
+        cc = o.string("country_code", "+1") or ""
         if not cc.startswith("+") or not cc[1:].isdigit():
-            raise ConfigError(f"{key}.country_code", 'must look like "+44"')
+            raise o.error("country_code", 'must look like "+44"')
         defaults = Hosts()
         hosts = Hosts(
-            _opt(raw, key, "api_url", str, defaults.api),
-            _opt(raw, key, "dispatch_url", str, defaults.dispatch),
-            _opt(raw, key, "v1_api_url", str, defaults.v1_api),
+            o.string("api_url", defaults.api) or "",
+            o.string("dispatch_url", defaults.dispatch) or "",
+            o.string("v1_api_url", defaults.v1_api) or "",
         )
         for name, value in (
             ("api_url", hosts.api),
@@ -229,24 +213,17 @@ class CoolkitConnector(Connector):
             ("v1_api_url", hosts.v1_api),
         ):
             if not value.startswith(("http://", "https://")):
-                raise ConfigError(
-                    f"{key}.{name}", "must be an http(s) URL template ({region}, {tld})"
-                )
+                raise o.error(name, "must be an http(s) URL template ({region}, {tld})")
 
         def positive(name: str, default: float) -> float:
-            value = _opt(raw, key, name, float, default)
-            if value <= 0:
-                raise ConfigError(f"{key}.{name}", "must be positive")
-            return float(value)
+            return o.number(name, default, above=0)
 
-        page_size = _opt(raw, key, "page_size", int, 30)
+        page_size = o.integer("page_size", 30)
         if not 1 <= page_size <= 30:
-            raise ConfigError(
-                f"{key}.page_size", "must be 1..30 (the cloud times out on larger pages)"
-            )
-        max_calls = _opt(raw, key, "rate_max_calls", int, 300)
+            raise o.error("page_size", "must be 1..30 (the cloud times out on larger pages)")
+        max_calls = o.integer("rate_max_calls", 300)
         if max_calls < 1:
-            raise ConfigError(f"{key}.rate_max_calls", "must be at least 1")
+            raise o.error("rate_max_calls", "must be at least 1")
         rules = RateRules(
             positive("rate_min_interval", 0.5),
             positive("rate_window", 300.0),
@@ -256,7 +233,7 @@ class CoolkitConnector(Connector):
         return CoolkitOptions(
             app_id=app_id,
             app_secret=app_secret,
-            api_version=version,
+            api_version=1 if version == 1 else 2,
             region=region,
             email=email,
             phone_number=phone,
@@ -264,7 +241,7 @@ class CoolkitConnector(Connector):
             country_code=cc,
             at=at,
             rt=rt,
-            apikey=_opt(raw, key, "apikey", str),
+            apikey=o.string("apikey"),
             hosts=hosts,
             page_size=page_size,
             handshake_timeout=positive("handshake_timeout", 10.0),
@@ -273,7 +250,7 @@ class CoolkitConnector(Connector):
             backoff_cap=positive("backoff_cap", 300.0),
             attention_backoff=positive("attention_backoff", 900.0),
             attention_cap=positive("attention_cap", 4 * 3600.0),
-            command_interval=_opt(raw, key, "command_interval", float, 0.1),
+            command_interval=o.number("command_interval", 0.1),
             heartbeat_grace=positive("heartbeat_grace", ckws.DEAD_GRACE),
             rules=rules,
         )

@@ -69,8 +69,8 @@ from protocols.tsl import normalize
 
 from .. import wsclient
 from ..backoff import Backoff
-from ..errors import ConfigError
 from .base import AccountContext, Connector
+from .options import OptionReader
 
 __all__ = ["TencentConnector", "TencentOptions"]
 
@@ -139,22 +139,6 @@ class _Attention(VendorError):
         super().__init__("auth", vendor_code, message)
 
 
-def _string(raw: Mapping[str, Any], name: str, key: str, default: str | None) -> str | None:
-    value = raw.get(name, default)
-    if value is not None and not isinstance(value, str):
-        raise ConfigError(f"{key}.{name}", "expected a string")
-    return value
-
-
-def _number(
-    raw: Mapping[str, Any], name: str, key: str, default: float, *, minimum: float = 0.0
-) -> float:
-    value = raw.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
-        raise ConfigError(f"{key}.{name}", f"expected a number >= {minimum:g}")
-    return float(value)
-
-
 class TencentConnector(Connector):
     vendor: ClassVar[str] = "tencent"
     options: TencentOptions
@@ -163,69 +147,65 @@ class TencentConnector(Connector):
 
     @classmethod
     def parse_options(cls, raw: Mapping[str, Any], key: str) -> TencentOptions:
-        known = {f.name for f in dataclasses.fields(TencentOptions)}
-        for name in raw:
-            if name not in known:
-                raise ConfigError(f"{key}.{name}", "unknown key")
-        app_key = _string(raw, "app_key", key, None)
+        o = OptionReader(raw, key)
+        o.refuse_unknown(f.name for f in dataclasses.fields(TencentOptions))
+        app_key = o.string("app_key")
         if not app_key:
-            raise ConfigError(f"{key}.app_key", "missing (the application's AppKey)")
-        region = _string(raw, "region", key, "china") or "china"
+            raise o.error("app_key", "missing (the application's AppKey)")
+        region = o.string("region", "china") or "china"
         if region not in ("china", "oversea"):
-            raise ConfigError(f"{key}.region", 'must be "china" or "oversea"')
+            raise o.error("region", 'must be "china" or "oversea"')
         default_api = api.DEFAULT_API_URL if region == "china" else api.OVERSEA_API_URL
-        api_url = (_string(raw, "api_url", key, default_api) or default_api).rstrip("/")
+        api_url = (o.string("api_url", default_api) or default_api).rstrip("/")
         if not api_url.startswith(("http://", "https://")):
-            raise ConfigError(f"{key}.api_url", "must start with http:// or https://")
-        ws_url = _string(raw, "ws_url", key, ws.DEFAULT_WS_URL) or ws.DEFAULT_WS_URL
+            raise o.error("api_url", "must start with http:// or https://")
+        ws_url = o.string("ws_url", ws.DEFAULT_WS_URL) or ws.DEFAULT_WS_URL
         if not ws_url.startswith(("ws://", "wss://")):
-            raise ConfigError(f"{key}.ws_url", "must start with ws:// or wss://")
+            raise o.error("ws_url", "must start with ws:// or wss://")
         expire = raw.get("access_token_expire_at")
         if expire is not None and (
             isinstance(expire, bool) or not isinstance(expire, int) or expire <= 0
         ):
-            raise ConfigError(f"{key}.access_token_expire_at", "expected UNIX seconds")
+            raise o.error("access_token_expire_at", "expected UNIX seconds")
         region_id = raw.get("region_id")
         if region_id is not None and (
             isinstance(region_id, bool) or not isinstance(region_id, int)
         ):
-            raise ConfigError(f"{key}.region_id", "expected an integer")
+            raise o.error("region_id", "expected an integer")
         families = raw.get("families", [])
         if not isinstance(families, list) or not all(isinstance(f, str) and f for f in families):
-            raise ConfigError(f"{key}.families", "expected a list of FamilyId strings")
+            raise o.error("families", "expected a list of FamilyId strings")
         mode = raw.get("action_mode", "sync")
         if mode not in ("sync", "async"):
-            raise ConfigError(f"{key}.action_mode", 'must be "sync" or "async"')
+            raise o.error("action_mode", 'must be "sync" or "async"')
         opts = TencentOptions(
             app_key=app_key,
-            app_secret=_string(raw, "app_secret", key, None) or None,
-            wx_open_id=_string(raw, "wx_open_id", key, None) or None,
-            nick_name=_string(raw, "nick_name", key, "") or "",
-            avatar=_string(raw, "avatar", key, "") or "",
-            access_token=_string(raw, "access_token", key, None) or None,
+            app_secret=o.string("app_secret") or None,
+            wx_open_id=o.string("wx_open_id") or None,
+            nick_name=o.string("nick_name", "") or "",
+            avatar=o.string("avatar", "") or "",
+            access_token=o.string("access_token") or None,
             access_token_expire_at=expire,
             region=region,
             api_url=api_url,
             ws_url=ws_url,
-            heartbeat=_number(raw, "heartbeat", key, 50.0, minimum=0.05),
-            ping_interval=_number(raw, "ping_interval", key, 20.0),
-            platform=_string(raw, "platform", key, "") or "",
+            heartbeat=o.number("heartbeat", 50.0, minimum=0.05),
+            ping_interval=o.number("ping_interval", 20.0, minimum=0.0),
+            platform=o.string("platform", "") or "",
             region_id=region_id,
             families=tuple(families),
             action_mode=mode,
-            request_timeout=_number(raw, "request_timeout", key, 10.0, minimum=0.05),
-            reply_timeout=_number(raw, "reply_timeout", key, 20.0, minimum=0.05),
-            refresh_interval=_number(raw, "refresh_interval", key, 3600.0),
-            backoff_base=_number(raw, "backoff_base", key, 1.0, minimum=0.01),
-            backoff_cap=_number(raw, "backoff_cap", key, 60.0, minimum=0.01),
+            request_timeout=o.number("request_timeout", 10.0, minimum=0.05),
+            reply_timeout=o.number("reply_timeout", 20.0, minimum=0.05),
+            refresh_interval=o.number("refresh_interval", 3600.0, minimum=0.0),
+            backoff_base=o.number("backoff_base", 1.0, minimum=0.01),
+            backoff_cap=o.number("backoff_cap", 60.0, minimum=0.01),
         )
         if not opts.access_token and not opts.can_login:
             missing = "app_secret" if not opts.app_secret else "wx_open_id"
-            raise ConfigError(
-                f"{key}.{missing}", "needed to log in (or give a pre-issued access_token)"
-            )
+            raise o.error(missing, "needed to log in (or give a pre-issued access_token)")
         if opts.wx_open_id and not opts.app_secret:
-            raise ConfigError(f"{key}.app_secret", "needed to log in with wx_open_id")
+            raise o.error("app_secret", "needed to log in with wx_open_id")
         return opts
 
     def __init__(

@@ -66,8 +66,8 @@ from protocols.xky.records import (
 )
 
 from ..backoff import Backoff
-from ..errors import ConfigError
 from .base import AccountContext, Connector
+from .options import OptionReader
 
 __all__ = ["XkyConnector", "XkyOptions"]
 
@@ -91,62 +91,40 @@ class XkyOptions:
     logout_on_close: bool = False
 
 
-def _number(raw: Mapping[str, Any], name: str, key: str, default: float) -> float:
-    value = raw.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{key}.{name}", f"expected a number of seconds, got {value!r}")
-    if value <= 0:
-        raise ConfigError(f"{key}.{name}", "must be greater than 0")
-    return float(value)
-
-
-def _string(raw: Mapping[str, Any], name: str, key: str, default: str | None) -> str:
-    value = raw.get(name, default)
-    if value is None:
-        raise ConfigError(f"{key}.{name}", "missing")
-    if not isinstance(value, str):
-        raise ConfigError(f"{key}.{name}", f"expected a string, got {type(value).__name__}")
-    return value
-
-
 class XkyConnector(Connector):
     vendor: ClassVar[str] = "xky"
     options: XkyOptions
 
     @classmethod
     def parse_options(cls, raw: Mapping[str, Any], key: str) -> XkyOptions:
-        known = {f.name for f in dataclasses.fields(XkyOptions)}
-        for name in raw:
-            if name not in known:
-                raise ConfigError(f"{key}.{name}", "unknown key")
-        account = _string(raw, "account", key, None)
+        o = OptionReader(raw, key)
+        o.refuse_unknown(f.name for f in dataclasses.fields(XkyOptions))
+        account = o.string("account", required=True)
         if not account:
-            raise ConfigError(f"{key}.account", "must not be empty")
-        base_url = _string(raw, "base_url", key, api.DEFAULT_BASE_URL)
+            raise o.error("account", "must not be empty")
+        base_url = o.string("base_url", api.DEFAULT_BASE_URL, required=True)
         if not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"{key}.base_url", "must start with http:// or https://")
+            raise o.error("base_url", "must start with http:// or https://")
         jitter = raw.get("poll_jitter", 0.1)
         if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter < 1:
-            raise ConfigError(f"{key}.poll_jitter", "must be a fraction in [0, 1)")
-        logout = raw.get("logout_on_close", False)
-        if not isinstance(logout, bool):
-            raise ConfigError(f"{key}.logout_on_close", "expected true or false")
+            raise o.error("poll_jitter", "must be a fraction in [0, 1)")
+        logout = o.boolean("logout_on_close", False)
         opts = XkyOptions(
             account=account,
-            password=_string(raw, "password", key, None),
-            subaccount=_string(raw, "subaccount", key, ""),
-            key=_string(raw, "key", key, api.DEFAULT_KEY) or api.DEFAULT_KEY,
+            password=o.string("password", required=True),
+            subaccount=o.string("subaccount", "", required=True),
+            key=o.string("key", api.DEFAULT_KEY, required=True) or api.DEFAULT_KEY,
             base_url=base_url,
-            poll_interval=_number(raw, "poll_interval", key, 30.0),
-            min_poll_interval=_number(raw, "min_poll_interval", key, 5.0),
+            poll_interval=o.number("poll_interval", 30.0, above=0),
+            min_poll_interval=o.number("min_poll_interval", 5.0, above=0),
             poll_jitter=float(jitter),
-            request_timeout=_number(raw, "request_timeout", key, 10.0),
-            backoff_cap=_number(raw, "backoff_cap", key, 300.0),
+            request_timeout=o.number("request_timeout", 10.0, above=0),
+            backoff_cap=o.number("backoff_cap", 300.0, above=0),
             logout_on_close=logout,
         )
         if opts.poll_interval < opts.min_poll_interval:
-            raise ConfigError(
-                f"{key}.poll_interval",
+            raise o.error(
+                "poll_interval",
                 f"{opts.poll_interval:g}s is below min_poll_interval ({opts.min_poll_interval:g}s)",
             )
         return opts
