@@ -315,12 +315,18 @@ class CoolkitConnector(Connector):
     async def _bearer(
         self, build: Callable[[str], HttpRequest], version: Literal[1, 2] | None = None
     ) -> Any:
+        """A Bearer call's parsed reply (see ``_bearer_reply``)."""
+        return (await self._bearer_reply(build, version or self.opts.api_version))[2]
+
+    async def _bearer_reply(
+        self, build: Callable[[str], HttpRequest], version: Literal[1, 2]
+    ) -> tuple[int, bytes, Any]:
         """A Bearer call: ``402`` refreshes once and retries; ``401`` means the session was taken."""
         for attempt in (0, 1):
             tokens = await self._ensure_tokens()
             status, body = await self._send(build(str(tokens["at"])))
             try:
-                return rest.parse_envelope(status, body, version or self.opts.api_version)
+                return status, body, rest.parse_envelope(status, body, version)
             except VendorError as exc:
                 if exc.vendor_code == 402 and attempt == 0:
                     await self._refresh()
@@ -525,23 +531,9 @@ class CoolkitConnector(Connector):
                 await pinger
 
     async def _raw_bearer(self, build: Callable[[str], HttpRequest]) -> tuple[int, bytes]:
-        """Dispatch replies use their own envelope; map 401/402 like every Bearer call."""
-        for attempt in (0, 1):
-            tokens = await self._ensure_tokens()
-            status, body = await self._send(build(str(tokens["at"])))
-            try:
-                rest.parse_envelope(status, body, 1)
-            except VendorError as exc:
-                if exc.vendor_code == 402 and attempt == 0:
-                    await self._refresh()
-                    continue
-                if exc.vendor_code == 401:
-                    raise _SessionTaken(f"access token rejected (401: {exc.message})") from None
-                if exc.vendor_code == RATE_LIMITED:
-                    raise _Throttled(exc.message) from None
-                raise
-            return status, body
-        raise AssertionError("unreachable")
+        """Dispatch replies use their own envelope (the v1 one); 401/402 as every Bearer call."""
+        status, body, _ = await self._bearer_reply(build, 1)
+        return status, body
 
     async def _teardown(self) -> None:
         session, ws = self._session, self._ws
