@@ -98,7 +98,7 @@ def tencent_time_ms(value: object) -> int | None:
     return None
 
 
-def _device_ts(body: Mapping[str, Any], fallback: int) -> int:
+def device_ts(body: Mapping[str, Any], fallback: int) -> int:
     """The device's own ``timestamp`` (s or ms) when within a day of the push time, else the push's."""
     raw = body.get("timestamp")
     if isinstance(raw, (int, float)) and not isinstance(raw, bool) and raw > 0:
@@ -164,7 +164,7 @@ def tencent_report(frame: bytes | str, now_ms: int) -> TencentReport | None:
         return None
     if type(props) is not dict:
         return None
-    return device, props, _device_ts(body, ts), seq
+    return device, props, device_ts(body, ts), seq
 
 
 # --------------------------------------------------------------------------------------------

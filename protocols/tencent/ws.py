@@ -48,6 +48,7 @@ from typing import Any, Final
 import orjson
 
 from _speedups import PayloadError, decode_payload, tencent_report, tencent_time_ms
+from _speedups._reference import device_ts as _device_ts  # the fast path's rule, not a copy
 
 from ..model import (
     ActionReply,
@@ -105,7 +106,6 @@ PUSH_SUBTYPES: Final = ("Online", "Offline", "Report", "Push")
 
 _dumps: Final = orjson.dumps
 _loads: Final = orjson.loads
-_DAY_MS: Final = 86_400_000
 _CST: Final = timezone(timedelta(hours=8))
 _ReqId = str | int
 
@@ -421,17 +421,6 @@ class Decoded:
     flagged: list[str] = field(default_factory=list)
 
 
-def _ts(body: Mapping[str, Any], fallback: int) -> int:
-    """The device's own ``timestamp`` when plausible (within a day of the push), else the push's.
-
-    Devices send seconds or milliseconds (and ``0`` when they have no clock).
-    """
-    raw = body.get("timestamp")
-    if isinstance(raw, (int, float)) and not isinstance(raw, bool) and raw > 0:
-        ms = int(raw * 1000) if raw < 100_000_000_000 else int(raw)
-        if abs(ms - fallback) <= _DAY_MS:
-            return ms
-    return fallback
 
 
 def _decode_text(payload: str) -> Any:
@@ -469,7 +458,7 @@ def _event(
     if spec is not None and spec.params:
         values, flagged = normalize(_params_schema(spec.params), params)
         out.flagged.extend(f"{event_id}.{f}" for f in flagged)
-    out.events.append(DeviceEvent(device, event_id, level, values, _ts(ev, ts)))
+    out.events.append(DeviceEvent(device, event_id, level, values, _device_ts(ev, ts)))
 
 
 def _report(
@@ -500,7 +489,7 @@ def _decode_body(
     if method is None and legacy == "update":
         state = body.get("state")
         if isinstance(state, Mapping) and isinstance(state.get("reported"), Mapping):
-            _report(out, device, state["reported"], _ts(body, ts), change.seq, state_schema)
+            _report(out, device, state["reported"], _device_ts(body, ts), change.seq, state_schema)
             return
         raise RemoteProtocolError("legacy update without state.reported")
     if method is None and legacy == "delta":
@@ -521,13 +510,13 @@ def _decode_body(
             and isinstance(params.get("params"), Mapping)
         ):
             body, params = params, params["params"]
-        _report(out, device, params, _ts(body, ts), change.seq, state_schema)
+        _report(out, device, params, _device_ts(body, ts), change.seq, state_schema)
     elif method == "get_status_reply":
         data = body.get("data")
         reported = data.get("reported") if isinstance(data, Mapping) else None
         if not isinstance(reported, Mapping):
             raise RemoteProtocolError("get_status_reply without data.reported")
-        _report(out, device, reported, _ts(body, ts), change.seq, state_schema)
+        _report(out, device, reported, _device_ts(body, ts), change.seq, state_schema)
     elif method == "control":
         params = body.get("params")
         if not isinstance(params, Mapping):
@@ -543,7 +532,7 @@ def _decode_body(
         for ev in events:
             if not isinstance(ev, Mapping):
                 raise RemoteProtocolError("events_post item is not an object")
-            _event(out, device, ev, _ts(body, ts), schema)
+            _event(out, device, ev, _device_ts(body, ts), schema)
     elif method == "action":
         params = body.get("params") or {}
         out.events.append(
@@ -567,7 +556,7 @@ def _decode_body(
                 device,
                 str(body.get("actionId") or ""),
                 dict(response) if isinstance(response, Mapping) else {},
-                _ts(body, ts),
+                _device_ts(body, ts),
                 client_token=str(body["clientToken"])
                 if body.get("clientToken") is not None
                 else None,
