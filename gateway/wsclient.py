@@ -158,13 +158,12 @@ class WsConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         core = self._core
-        was_open = core.state == OPEN
         messages = core.receive(data)
         out = core.data_to_send()
         if out and self._transport is not None:
             self._transport.write(out)
         self._seen = True
-        if not was_open and core.state == OPEN and not self._opened.done():
+        if not self._opened.done() and core.state == OPEN:  # the upgrade just completed
             self._opened.set_result(None)
             self._arm_keepalive()
         handler = self._on_message
