@@ -24,8 +24,9 @@ One ``run()`` loop per account, one session per WebSocket::
   (``AppGetDeviceStatuses`` + ``AppGetDeviceData``), *after* subscribing so that nothing falls in
   a gap; the registry drops whichever value is older.
 - **Frames.** Each frame is decoded by ``protocols.tencent.ws``; one that cannot be understood is
-  counted with ``ctx.bad_input`` and skipped. ``ctx.drain()`` is awaited between frames, so a
-  congested broker slows the reading of the socket rather than growing a queue.
+  counted with ``ctx.bad_input`` and skipped. Frames arrive from the socket's read callback
+  (``gateway.wsclient``), which stops reading while the MQTT side is congested, so a congested
+  broker slows the reading of the socket rather than growing a queue.
 - **Commands.** ``set`` → ``AppControlDeviceData`` (values denormalized: bool → 1/0, …);
   ``get`` → ``AppGetDeviceData``; ``action`` → ``AppCallDeviceActionSync`` (or, with
   ``action_mode = "async"``, ``AppCallDeviceActionAsync`` whose ``action_reply`` push is matched
