@@ -9,8 +9,7 @@ from ``data_received``, in order; a connector that needs ``await`` semantics (a 
 reply) uses ``recv()`` instead, which queues.
 
 Backpressure: after each read, when ``flow.congested`` says the MQTT side is behind, reading
-stops (``pause_reading``) until ``flow.drain()`` returns, so the kernel's socket buffer, then
-the vendor's TCP window, absorbs the burst instead of our memory.
+stops until ``flow.drain()`` returns (``gateway.flow``).
 
 Keepalive: every ``ping_interval`` seconds a connection that received nothing since the last
 tick sends a ping; if the next tick finds that ping still unanswered (no pong, no data) the
@@ -27,12 +26,13 @@ import collections
 import logging
 import ssl
 import weakref
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from protocols.model import RemoteProtocolError
 from protocols.websocket import CLOSED, OPEN, HandshakeRejected, WebSocketClientCore
+
+from .flow import Flow, hold_reading
 
 __all__ = ["ConnectionClosed", "Flow", "HandshakeRejected", "WsConnection", "connect"]
 
@@ -46,15 +46,6 @@ class ConnectionClosed(ConnectionError):
         super().__init__(message)
         self.code = code
         self.reason = reason
-
-
-class Flow(Protocol):
-    """The MQTT side's congestion signal (``gateway.context.AccountLink`` is one)."""
-
-    @property
-    def congested(self) -> bool: ...
-
-    def drain(self) -> Awaitable[None]: ...
 
 
 class _Ticker:
@@ -112,7 +103,6 @@ class WsConnection(asyncio.Protocol):
         "_on_close",
         "_on_message",
         "_opened",
-        "_paused",
         "_pongs",
         "_queue",
         "_resumer",
@@ -149,7 +139,6 @@ class WsConnection(asyncio.Protocol):
         self._seen = False  # anything received since the last keepalive tick
         self._pongs = 0
         self._idle_ticks = 0
-        self._paused = False
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
@@ -182,8 +171,8 @@ class WsConnection(asyncio.Protocol):
             self._end(core.error)
             return
         flow = self.flow
-        if flow is not None and flow.congested and not self._paused:
-            self._pause_until(flow.drain())
+        if flow is not None and flow.congested and not self._paused and self._transport is not None:
+            self._resumer = hold_reading(self._transport, flow)
 
     def eof_received(self) -> bool | None:
         return None  # let the transport close; connection_lost reports it
@@ -240,22 +229,9 @@ class WsConnection(asyncio.Protocol):
         self._waiters.append(waiter)
         await waiter
 
-    def _pause_until(self, drained: Awaitable[None]) -> None:
-        transport = self._transport
-        if transport is None:
-            return
-        self._paused = True
-        transport.pause_reading()
-
-        async def resume() -> None:
-            try:
-                await drained
-            finally:
-                self._paused = False
-                if self._transport is not None and self._closed is None:
-                    self._transport.resume_reading()
-
-        self._resumer = self._loop.create_task(resume())
+    @property
+    def _paused(self) -> bool:
+        return self._resumer is not None and not self._resumer.done()
 
     # ------------------------------------------------------------------ keepalive
 

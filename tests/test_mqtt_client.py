@@ -96,3 +96,39 @@ async def test_congestion_is_seen_within_one_loop_iteration(mosquitto):
     await asyncio.wait_for(pub.drain(), 30)
     assert not pub.congested
     await pub.disconnect()
+
+
+async def test_flow_pauses_reading_while_congested(mosquitto):
+    """The Aliyun app channel's client stops reading while the gateway's MQTT side is behind."""
+
+    class Flow:
+        congested = False
+        drains = 0
+        released = asyncio.Event()
+
+        async def drain(self) -> None:
+            Flow.drains += 1
+            await Flow.released.wait()
+            Flow.congested = False
+
+    got: list[bytes] = []
+    sub = MqttClient(mosquitto.host, mosquitto.port, client_id="held",
+                     on_message=lambda t, p, props: got.append(p), flow=Flow())  # fmt: skip
+    pub = MqttClient(mosquitto.host, mosquitto.port, client_id="feeder")
+    await sub.connect()
+    await sub.subscribe([("held/#", 0)])
+    await pub.connect()
+    Flow.congested = True
+    for i in range(3000):
+        pub.publish("held/t", b"%d" % i + b"x" * 1000)
+    await pub.flush()
+    await asyncio.sleep(0.5)
+    assert Flow.drains == 1 and len(got) < 3000  # reading stopped after the first read
+    Flow.released.set()
+    for _ in range(200):
+        if len(got) == 3000:
+            break
+        await asyncio.sleep(0.02)
+    assert [int(p[:-1000]) for p in got] == list(range(3000))
+    await pub.disconnect()
+    await sub.disconnect()

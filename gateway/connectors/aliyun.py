@@ -372,6 +372,7 @@ class AliyunConnector(Connector):
             on_message=self._on_message,
             on_disconnect=self._on_disconnect,
             reconnect=False,
+            flow=self.ctx,
         )
         self.mqtt = client
         await client.connect()

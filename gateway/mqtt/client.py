@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..backoff import Backoff
+from ..flow import Flow, hold_reading
 from . import codec
 from .codec import (
     CONNACK,
@@ -101,12 +102,13 @@ class Will:
 
 
 class _Proto(asyncio.Protocol):
-    __slots__ = ("client", "parser", "transport")
+    __slots__ = ("client", "hold", "parser", "transport")
 
     def __init__(self, client: MqttClient) -> None:
         self.client = client
         self.parser = codec.Parser()
         self.transport: asyncio.Transport | None = None
+        self.hold: asyncio.Task[None] | None = None  # reading paused for the client's flow
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -121,6 +123,14 @@ class _Proto(asyncio.Protocol):
             self.transport.close()
             return
         self.client._on_packets(self, packets)
+        flow = self.client.flow
+        if (
+            flow is not None
+            and flow.congested
+            and (self.hold is None or self.hold.done())
+            and self.transport is not None
+        ):
+            self.hold = hold_reading(self.transport, flow)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.client._on_lost(self, exc)
@@ -157,6 +167,7 @@ class MqttClient:
         max_queue: int = 100_000,
         backoff: Backoff | None = None,
         connect_props: dict[str, Any] | None = None,
+        flow: Flow | None = None,
     ) -> None:
         if protocol not in (4, 5):
             raise ValueError("protocol must be 4 (MQTT 3.1.1) or 5 (MQTT 5)")
@@ -172,6 +183,9 @@ class MqttClient:
         self.protocol = protocol
         self.will = will
         self.on_message = on_message
+        # Messages received are themselves published elsewhere (the Aliyun app channel): stop
+        # reading while that side is congested (gateway/flow.py).
+        self.flow = flow
         self.on_connect = on_connect
         self.on_disconnect = on_disconnect
         self.reconnect = reconnect
