@@ -30,18 +30,19 @@ async def main_async(path: str) -> None:
     try:
         deadline = loop.time() + ready_timeout
         while loop.time() < deadline:
-            states = [link.link_state for link in gw.links.values()]
+            states = [a["state"] for a in gw.publisher.accounts()]
             if states and all(s == "online" for s in states):
                 break
             await asyncio.sleep(0.1)
-        online = sum(1 for link in gw.links.values() if link.link_state == "online")
-        print(f"READY {online}/{len(gw.links)}", flush=True)
+        online = sum(1 for a in gw.publisher.accounts() if a["state"] == "online")
+        print(f"READY {online}/{len(gw.publisher.accounts())}", flush=True)
         reader = asyncio.StreamReader()
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
         while await reader.readline():
-            online = sum(1 for link in gw.links.values() if link.link_state == "online")
-            print(json.dumps({"online": online, "accounts": len(gw.links),
-                              "health": gw.health_snapshot()}, default=str), flush=True)  # fmt: skip
+            accounts = gw.publisher.accounts()
+            online = sum(1 for a in accounts if a["state"] == "online")
+            print(json.dumps({"online": online, "accounts": len(accounts),
+                              "health": gw.publisher.health_snapshot()}, default=str), flush=True)  # fmt: skip
     finally:
         await gw.stop()
 

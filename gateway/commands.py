@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -17,10 +18,14 @@ import orjson
 from protocols.model import CommandError, CommandResult, VendorError
 from protocols.tsl import validate, validate_props
 
-from .topics import CommandTopic
+from .topics import CommandTopic, Topics
 
 if TYPE_CHECKING:
-    from .app import Gateway
+    from .bridge import BridgeRequests
+    from .connectors.base import Connector
+    from .health import Health
+    from .publisher import Publisher
+    from .registry import Registry
 
 __all__ = ["CommandHandler"]
 
@@ -48,15 +53,37 @@ def _reply(result: CommandResult, transaction: Any) -> dict[str, Any]:
 
 
 class CommandHandler:
-    def __init__(self, gateway: Gateway) -> None:
-        self.gw = gateway
+    """Turns command messages into vendor calls and answers each exactly once.
+
+    Feed it every message of the command subscriptions with ``on_message`` (the MQTT client's
+    callback); it spawns one task per command. ``cancel_all()`` on shutdown.
+    """
+
+    def __init__(
+        self,
+        *,
+        topics: Topics,
+        registry: Registry,
+        publisher: Publisher,
+        health: Health,
+        connector: Callable[[tuple[str, str]], Connector | None],
+        bridge: BridgeRequests,
+        timeout: float,
+    ) -> None:
+        self.topics = topics
+        self.registry = registry
+        self.publisher = publisher
+        self.health = health
+        self.connector = connector
+        self.bridge = bridge
+        self.timeout = timeout
         self._tasks: set[asyncio.Task[None]] = set()
 
     def on_message(self, topic: str, payload: bytes, props: dict[str, Any]) -> None:
-        target = self.gw.topics.parse(topic)
+        target = self.topics.parse(topic)
         if target is None:
             return
-        self.gw.health.totals["commands"] += 1
+        self.health.totals["commands"] += 1
         if isinstance(target, str):
             coro = self._bridge_request(target, payload, props)
         else:
@@ -74,14 +101,13 @@ class CommandHandler:
     # ------------------------------------------------------------------ device commands
 
     async def _device_command(self, target: CommandTopic, payload: bytes, props: dict[str, Any]) -> None:
-        gw = self.gw
-        rec = gw.registry.get(target.vendor, target.device)
-        device_topic = rec.topic if rec else gw.topics.device(target.vendor, target.device)
+        rec = self.registry.get(target.vendor, target.device)
+        device_topic = rec.topic if rec else self.topics.device(target.vendor, target.device)
         transaction: Any = None
         try:
             if rec is None:
                 raise CommandError("invalid", f"unknown device {target.vendor}/{target.device}")
-            connector = gw.connectors.get((rec.vendor, rec.account))
+            connector = self.connector((rec.vendor, rec.account))
             if connector is None:
                 raise CommandError("offline", f"account {rec.account} is not running")
             body: Any
@@ -132,15 +158,14 @@ class CommandHandler:
                     raise CommandError("offline", f"device {rec.device} is offline")
                 call = connector.action(rec.device, action, params)
             try:
-                result = await asyncio.wait_for(call, gw.config.gateway.command_timeout)
+                result = await asyncio.wait_for(call, self.timeout)
             except TimeoutError:
                 result = CommandResult(
-                    "timeout", code="timeout",
-                    message=f"no answer within {gw.config.gateway.command_timeout:g}s",
+                    "timeout", code="timeout", message=f"no answer within {self.timeout:g}s"
                 )
         except CommandError as exc:
             if exc.code == "invalid":
-                gw.health.count("bad_commands", target.vendor)
+                self.health.count("bad_commands", target.vendor)
                 log.warning(
                     "[%s/%s] rejected %s command for device %s: %s",
                     target.vendor, rec.account if rec else "-", target.kind, target.device, exc.message,
@@ -151,23 +176,14 @@ class CommandHandler:
         except Exception as exc:
             log.exception("command %s on %s/%s failed", target.kind, target.vendor, target.device)
             result = CommandResult.error("vendor", f"internal error: {type(exc).__name__}")
-        self.send_reply(gw.topics.response(device_topic, target.kind), _reply(result, transaction), props)
+        self.send_reply(self.topics.response(device_topic, target.kind), _reply(result, transaction), props)
 
     def send_reply(self, topic: str, reply: dict[str, Any], props: dict[str, Any]) -> None:
-        gw = self.gw
-        data = orjson.dumps(reply)
-        gw.publish_raw(topic, data)
-        response_topic = props.get("response_topic")
-        if response_topic:
-            out_props: dict[str, Any] = {"content_type": "application/json"}
-            if "correlation_data" in props:
-                out_props["correlation_data"] = props["correlation_data"]
-            gw.mqtt.publish(response_topic, data, 1, False, out_props)
+        self.publisher.reply(topic, orjson.dumps(reply), props)
 
     # ------------------------------------------------------------------ bridge requests
 
     async def _bridge_request(self, command: str, payload: bytes, props: dict[str, Any]) -> None:
-        gw = self.gw
         transaction: Any = None
         try:
             body = _parse_json(payload) if payload.strip() else {}
@@ -175,14 +191,12 @@ class CommandHandler:
                 raise CommandError("invalid", "payload must be a JSON object")
             transaction = body.get("transaction")
             request = {k: v for k, v in body.items() if k != "transaction"}
-            result = await asyncio.wait_for(
-                gw.bridge_request(command, request), gw.config.gateway.command_timeout
-            )
+            result = await asyncio.wait_for(self.bridge.handle(command, request), self.timeout)
         except TimeoutError:
             result = CommandResult("timeout", code="timeout", message="no answer in time")
         except CommandError as exc:
             if exc.code == "invalid":
-                gw.health.count("bad_commands", "bridge")
+                self.health.count("bad_commands", "bridge")
                 log.warning("rejected bridge request %s: %s", command, exc.message)
             result = CommandResult.error(exc.code, exc.message, exc.vendor_code)
         except VendorError as exc:
@@ -190,4 +204,4 @@ class CommandHandler:
         except Exception as exc:
             log.exception("bridge request %s failed", command)
             result = CommandResult.error("vendor", f"internal error: {type(exc).__name__}")
-        self.send_reply(gw.topics.bridge_response(command), _reply(result, transaction), props)
+        self.send_reply(self.topics.bridge_response(command), _reply(result, transaction), props)

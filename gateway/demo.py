@@ -70,14 +70,15 @@ async def run_demo(
             except TimeoutError:
                 pass
             totals = gateway.health.totals
-            online = sum(1 for link in gateway.links.values() if link.link_state == "online")
+            accounts = gateway.publisher.accounts()
+            online = sum(1 for a in accounts if a["state"] == "online")
             by_vendor: dict[str, int] = {}
             for rec in gateway.registry:
                 by_vendor[rec.vendor] = by_vendor.get(rec.vendor, 0) + 1
             print(
                 f"[{time.monotonic() - started:5.0f}s] devices {len(gateway.registry)} "
                 f"({', '.join(f'{v} {n}' for v, n in sorted(by_vendor.items())) or '-'}) | "
-                f"accounts online {online}/{len(gateway.links)} | "
+                f"accounts online {online}/{len(accounts)} | "
                 f"msg/s {totals['published'] - last['published']} | "
                 f"commands {totals['commands']}",
                 flush=True,

@@ -16,7 +16,7 @@ __all__ = ["Flow", "hold_reading"]
 
 
 class Flow(Protocol):
-    """The MQTT side's congestion signal (``gateway.context.AccountLink`` is one)."""
+    """The MQTT side's congestion signal (``gateway.link.AccountLink`` is one)."""
 
     @property
     def congested(self) -> bool: ...

@@ -2,7 +2,11 @@
 
 It holds what the topic tree shows: the last known property values (with per-property
 timestamps so a replayed, older update is dropped), availability, and the device's info and
-schema. It does no I/O; the gateway publishes what ``apply_*`` says changed.
+schema. It does no I/O: every change it accepts is emitted on the event bus
+(``gateway.events``), where the publisher and the other consumers pick it up.
+
+Callers (the account links) feed it values already normalized; what they get back says what
+was accepted, so they can count what was not (stale values).
 """
 
 from __future__ import annotations
@@ -11,8 +15,17 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocols.model import DeviceInfo
+from protocols.model import DeviceEvent, DeviceInfo
 
+from .events import (
+    AvailabilityChanged,
+    DeviceAdded,
+    DeviceEventRaised,
+    DeviceRemoved,
+    EventBus,
+    SchemaChanged,
+    StateChanged,
+)
 from .topics import Topics
 
 __all__ = ["DeviceRecord", "Registry"]
@@ -58,8 +71,11 @@ class DeviceRecord:
 
 
 class Registry:
-    def __init__(self, topics: Topics) -> None:
+    """Every known device, keyed by ``(vendor, device id)``; emits what changes on ``bus``."""
+
+    def __init__(self, topics: Topics, bus: EventBus) -> None:
         self.topics = topics
+        self.bus = bus
         self._devices: dict[tuple[str, str], DeviceRecord] = {}
         self._by_account: dict[tuple[str, str], dict[str, DeviceRecord]] = {}
 
@@ -76,31 +92,55 @@ class Registry:
         return self._by_account.get((vendor, account), {})
 
     def upsert(self, vendor: str, account: str, info: DeviceInfo) -> tuple[DeviceRecord, bool]:
+        """Add or update a device; emits ``DeviceAdded`` or, when its info changed,
+        ``SchemaChanged``. Returns the record and whether it is new. A device already held by
+        another account of the same vendor (shared into both) stays with the first."""
         key = (vendor, info.device)
         rec = self._devices.get(key)
         if rec is not None:
             if rec.account != account:
-                # The same device shared into two accounts: the first keeps it.
                 return rec, False
-            rec.info = info
+            if rec.info != info:
+                old = rec.info
+                rec.info = info
+                if (old.schema, old.name, old.model) != (info.schema, info.name, info.model):
+                    self.bus.emit(SchemaChanged(rec))
             return rec, False
         topic = self.topics.device(vendor, info.device)
         rec = DeviceRecord(vendor, account, info, topic, topic.encode())
         self._devices[key] = rec
         self._by_account.setdefault((vendor, account), {})[info.device] = rec
+        self.bus.emit(DeviceAdded(rec))
         return rec, True
 
     def remove(self, rec: DeviceRecord) -> None:
-        self._devices.pop((rec.vendor, rec.device), None)
+        """Forget a device; emits ``DeviceRemoved`` (its retained topics are to be cleared)."""
+        if self._devices.pop((rec.vendor, rec.device), None) is None:
+            return
         acc = self._by_account.get((rec.vendor, rec.account))
         if acc is not None:
             acc.pop(rec.device, None)
+        self.bus.emit(DeviceRemoved(rec))
+
+    def apply_state(
+        self,
+        rec: DeviceRecord,
+        props: Mapping[str, Any],
+        ts: int,
+        prop_ts: Mapping[str, int] | None,
+    ) -> tuple[dict[str, Any], int]:
+        """Merge newer values; emit ``StateChanged`` with what changed; return what changed
+        and how many values were older than the stored ones (and so dropped)."""
+        changed, stale = self.merge_state(rec, props, ts, prop_ts)
+        if changed:
+            self.bus.emit(StateChanged(rec, changed, ts))
+        return changed, stale
 
     @staticmethod
-    def apply_state(
+    def merge_state(
         rec: DeviceRecord, props: Mapping[str, Any], ts: int, prop_ts: Mapping[str, int] | None
     ) -> tuple[dict[str, Any], int]:
-        """Merge newer values; return what changed and how many were older than stored."""
+        """The merge rule alone (no event): newer-or-equal values win, older ones are dropped."""
         changed: dict[str, Any] = {}
         stale = 0
         stored_ts = rec.prop_ts
@@ -118,12 +158,19 @@ class Registry:
             rec.last_seen = ts
         return changed, stale
 
-    @staticmethod
-    def apply_availability(rec: DeviceRecord, online: bool, ts: int, reason: str | None) -> bool:
+    def apply_availability(
+        self, rec: DeviceRecord, online: bool, ts: int, reason: str | None
+    ) -> bool:
+        """Set online/offline; emit ``AvailabilityChanged`` and return True when it changed."""
         if rec.online is online and rec.reason == reason:
             return False
         if rec.online is not online:
             rec.since = ts
         rec.online = online
         rec.reason = reason
+        self.bus.emit(AvailabilityChanged(rec))
         return True
+
+    def raise_event(self, rec: DeviceRecord, event: DeviceEvent) -> None:
+        """Pass a device event on (``DeviceEventRaised``); events are not stored."""
+        self.bus.emit(DeviceEventRaised(rec, event))

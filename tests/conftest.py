@@ -140,7 +140,9 @@ async def gateway_factory(
 ) -> AsyncIterator[Callable[..., Any]]:
     started: list[Gateway] = []
 
-    async def factory(accounts: list[dict[str, Any]], **gateway_opts: Any) -> Gateway:
+    async def factory(
+        accounts: list[dict[str, Any]], *, connectors: Any = None, **gateway_opts: Any
+    ) -> Gateway:
         opts = {
             "state_dir": str(tmp_path / "state"),
             "health_interval": 0.5,
@@ -149,7 +151,7 @@ async def gateway_factory(
         }
         opts.update(gateway_opts)
         raw = {"mqtt": {"url": mosquitto.url, "client_id": f"gw-{len(started)}"}, "gateway": opts, "accounts": accounts}
-        gw = Gateway(parse_config(raw))
+        gw = Gateway(parse_config(raw), connectors=connectors)
         await gw.start()
         started.append(gw)
         return gw

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway.connectors.base import Connector
+from gateway.link import LinkState
 from protocols.model import (
     ActionSpec,
     CommandResult,
@@ -49,9 +50,9 @@ class DummyConnector(Connector):
         return [DeviceInfo(n, f"Lamp {n}", "L1", SCHEMA, online=True) for n in names]
 
     async def run(self) -> None:
-        self.ctx.link("connecting")
+        self.ctx.link(LinkState.CONNECTING)
         self.ctx.devices(self.infos(self.options.get("devices", ["lamp/1", "lamp-2"])))
-        self.ctx.link("online")
+        self.ctx.link(LinkState.ONLINE)
         await asyncio.Event().wait()
 
     async def set(self, device: str, props: dict[str, Any]) -> CommandResult:

@@ -7,9 +7,10 @@ import asyncio
 import pytest
 
 from gateway import connectors
+from gateway.link import LinkState
 from protocols.model import Availability, DeviceEvent, StateChange, VendorError
 
-from .dummy_connector import INSTANCES
+from .dummy_connector import INSTANCES, DummyConnector
 
 connectors.CONNECTORS.setdefault("dummy", "tests.dummy_connector:DummyConnector")
 
@@ -18,7 +19,11 @@ LAMP = f"{B}/dummy/lamp%2F1"
 
 
 async def start(gateway_factory, **opts):
-    gw = await gateway_factory([{"vendor": "dummy", "name": "acc", "devices": ["lamp/1", "lamp-2"]}], **opts)
+    gw = await gateway_factory(
+        [{"vendor": "dummy", "name": "acc", "devices": ["lamp/1", "lamp-2"]}],
+        connectors={"dummy": DummyConnector},
+        **opts,
+    )
     for _ in range(100):
         if "acc" in INSTANCES and gw.registry.get("dummy", "lamp/1"):
             break
@@ -129,10 +134,10 @@ async def test_removed_device_clears_retained_and_grace_marks_offline(gateway_fa
     ev = await probe.wait_for(f"{B}/bridge/event", lambda p: p["type"] == "device_removed")
     assert ev["device"] == "lamp-2"
     # the cloud link drops: after the grace period the account's devices go offline
-    dummy.ctx.link("backoff", "socket closed")
+    dummy.ctx.link(LinkState.BACKOFF, "socket closed")
     av = await probe.wait_for(f"{LAMP}/availability", lambda p: p["state"] == "offline")
     assert av["reason"] == "cloud_disconnected"
-    dummy.ctx.link("online")
+    dummy.ctx.link(LinkState.ONLINE)
     dummy.ctx.devices(dummy.infos(["lamp/1"]))
     await probe.wait_for(f"{LAMP}/availability", lambda p: p["state"] == "online", start=probe.mark() - 1)
 

@@ -80,6 +80,7 @@ from protocols.model import (
 )
 from protocols.tsl import normalize
 
+from ..link import LinkState
 from .base import Connector
 from .options import OptionReader
 
@@ -289,10 +290,10 @@ class AliyunConnector(Connector):
         while True:
             delay: float
             try:
-                self.ctx.link("connecting")
+                self.ctx.link(LinkState.CONNECTING)
                 await self._session(backoff)
                 delay = backoff.next()
-                self.ctx.link("backoff", "MQTT link lost")
+                self.ctx.link(LinkState.BACKOFF, "MQTT link lost")
             except _Attention as exc:
                 await self._teardown()
                 await self._attention_wait(str(exc))
@@ -303,23 +304,23 @@ class AliyunConnector(Connector):
                     await self._attention_wait(f"MQTT credentials refused: {exc}")
                     continue
                 delay = backoff.next()
-                self.ctx.link("backoff", str(exc))
+                self.ctx.link(LinkState.BACKOFF, str(exc))
             except VendorError as exc:
                 if exc.code == "auth":
                     await self._teardown()
                     await self._attention_wait(f"API rejected the iotToken: {exc}")
                     continue
                 delay = max(backoff.next(), self.breaker.remaining())
-                self.ctx.link("backoff", f"API error: {exc}")
+                self.ctx.link(LinkState.BACKOFF, f"API error: {exc}")
             except (TimeoutError, OSError, aiohttp.ClientError, RemoteProtocolError, _LinkLost) as exc:
                 delay = backoff.next()
-                self.ctx.link("backoff", f"{type(exc).__name__}: {exc}")
+                self.ctx.link(LinkState.BACKOFF, f"{type(exc).__name__}: {exc}")
             await self._teardown()
             self.ctx.log.info("reconnecting in %.1fs", delay)
             await asyncio.sleep(delay)
 
     async def _attention_wait(self, reason: str) -> None:
-        self.ctx.link("attention", reason, attention=True)
+        self.ctx.link(LinkState.ATTENTION, reason, attention=True)
         delay = self._attention.next() + self.opts.attention_backoff / 2
         self.ctx.log.warning("account needs attention (%s); next try in %.0fs", reason, delay)
         await asyncio.sleep(delay)
@@ -389,7 +390,7 @@ class AliyunConnector(Connector):
         for topic, payload in held:
             self._dispatch(topic, payload)
         backoff.reset()
-        self.ctx.link("online", token_expires_ms=self.token_expires_ms)
+        self.ctx.link(LinkState.ONLINE, token_expires_ms=self.token_expires_ms)
         self.ctx.log.info("app channel bound; %d device(s)", len(self.ctx.known_devices()))
         await self._live()
 
@@ -425,11 +426,11 @@ class AliyunConnector(Connector):
                     assert self.mqtt is not None
                     await self._bind(self.mqtt)
                     self._resync_wanted.set()
-                    self.ctx.link("online", token_expires_ms=self.token_expires_ms)
+                    self.ctx.link(LinkState.ONLINE, token_expires_ms=self.token_expires_ms)
                 else:
                     # Pushes may still flow on the bound channel; calls will not. A human must
                     # give a new iotToken; nothing here retries on its own.
-                    self.ctx.link("attention", "the API rejected the iotToken", attention=True)
+                    self.ctx.link(LinkState.ATTENTION, "the API rejected the iotToken", attention=True)
             if refresh is not None and refresh in done:
                 await self._refresh_session()
                 assert self.mqtt is not None
@@ -517,7 +518,8 @@ class AliyunConnector(Connector):
         self._save_tokens()
         self._token_rejected.clear()
         self.ctx.link(
-            "connecting" if not self._bound else "online", token_expires_ms=self.token_expires_ms
+            LinkState.CONNECTING if not self._bound else LinkState.ONLINE,
+            token_expires_ms=self.token_expires_ms
         )
         self.ctx.log.info("iotToken refreshed")
 
@@ -579,7 +581,7 @@ class AliyunConnector(Connector):
                 if exc.code != "throttled":
                     raise
                 wait = max(self.breaker.remaining(), self.opts.reconnect_min)
-                self.ctx.link("backoff", f"throttled; resync in {wait:.0f}s")
+                self.ctx.link(LinkState.BACKOFF, f"throttled; resync in {wait:.0f}s")
                 lost = asyncio.ensure_future(self._lost.wait())
                 try:
                     await asyncio.wait({lost}, timeout=wait)

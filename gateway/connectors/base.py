@@ -19,72 +19,16 @@ Contract:
 from __future__ import annotations
 
 import abc
-import logging
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, ClassVar, Protocol
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import aiohttp
 
-from protocols.model import (
-    Availability,
-    CommandResult,
-    DeviceEvent,
-    DeviceInfo,
-    Schema,
-    StateChange,
-)
+from protocols.model import CommandResult
 
-from ..tokens import TokenSlot
+from ..link import AccountContext, LinkState
 
 __all__ = ["AccountContext", "Connector", "LinkState"]
-
-LinkState = str  # "connecting" | "online" | "backoff" | "attention" | "stopped"
-
-
-class AccountContext(Protocol):
-    vendor: str
-    account: str
-    log: logging.LoggerAdapter[logging.Logger]
-    tokens: TokenSlot
-
-    def devices(self, infos: Iterable[DeviceInfo]) -> None:
-        """The complete device list; devices missing from it are removed (topics cleared)."""
-
-    def device(self, info: DeviceInfo) -> None:
-        """Add or update one device without touching the others."""
-
-    def state(self, change: StateChange) -> None: ...
-
-    def availability(self, av: Availability) -> None: ...
-
-    def event(self, ev: DeviceEvent) -> None: ...
-
-    def link(
-        self,
-        state: LinkState,
-        error: str | None = None,
-        *,
-        token_expires_ms: int | None = None,
-        attention: bool = False,
-    ) -> None:
-        """Report the account's link state on ``bridge/accounts`` (``attention``: needs a human)."""
-
-    def bad_input(self, reason: str, device: str | None = None, counter: str = "bad_frames") -> None:
-        """Count and log one rejected input; never include secrets in ``reason``."""
-
-    def count(self, counter: str, n: int = 1) -> None: ...
-
-    def schema(self, device: str) -> Schema | None: ...
-
-    def known_devices(self) -> Sequence[str]: ...
-
-    @property
-    def congested(self) -> bool:
-        """The MQTT side is behind: stop reading vendor sockets until ``drain()`` returns."""
-
-    async def drain(self) -> None:
-        """Wait while the MQTT side is congested (backpressure: stop reading the vendor)."""
-
 
 class Connector(abc.ABC):
     vendor: ClassVar[str]

@@ -54,6 +54,7 @@ from protocols.model import (
 
 from .. import wsclient
 from ..backoff import Backoff
+from ..link import LinkState
 from .base import AccountContext, Connector
 from .coolkit_rate import PROGRESS, RateLimiter, RateRules, shared_limiter
 from .options import OptionReader
@@ -299,7 +300,7 @@ class CoolkitConnector(Connector):
         waited = await self.limiter.acquire(req.endpoint)
         if waited > 1.0 and not self._worked:
             self.ctx.link(
-                "connecting",
+                LinkState.CONNECTING,
                 f"start-up paced by the CoolKit per-IP rate rules ({PROGRESS.describe()})",
             )
         timeout = aiohttp.ClientTimeout(total=self.opts.http_timeout)
@@ -433,31 +434,31 @@ class CoolkitConnector(Connector):
         hard = Backoff(self.opts.attention_backoff, self.opts.attention_cap,
                        floor=self.opts.attention_backoff / 2, rng=self._rng)  # fmt: skip
         while True:
-            self.ctx.link("connecting")
+            self.ctx.link(LinkState.CONNECTING)
             try:
                 await self._connect_once(backoff, hard)
                 delay = backoff.next()
-                self.ctx.link("backoff", "connection closed by the cloud")
+                self.ctx.link(LinkState.BACKOFF, "connection closed by the cloud")
             except _SessionTaken as exc:
                 delay = hard.next()
                 self._tokens = None if self.opts.password else self._tokens
-                self.ctx.link("attention", f"session taken by another login: {exc}", attention=True)
+                self.ctx.link(LinkState.ATTENTION, f"session taken by another login: {exc}", attention=True)
                 self.ctx.log.error(
                     "session taken over (%s); not fighting it: next attempt in %.0fs. Hint: %s",
                     exc, delay, DEDICATED_ACCOUNT_HINT,
                 )  # fmt: skip
             except _AuthConfig as exc:
                 delay = hard.next()
-                self.ctx.link("attention", f"auth/config error: {exc}", attention=True)
+                self.ctx.link(LinkState.ATTENTION, f"auth/config error: {exc}", attention=True)
                 self.ctx.log.error("auth/config error: %s; next attempt in %.0fs", exc, delay)
             except _Throttled as exc:
                 delay = max(backoff.next(), self.opts.rules.user_online_interval)
-                self.ctx.link("backoff", f"throttled by the cloud's per-IP rules: {exc}")
+                self.ctx.link(LinkState.BACKOFF, f"throttled by the cloud's per-IP rules: {exc}")
             except (aiohttp.ClientError, OSError, TimeoutError, RemoteProtocolError, VendorError,
                     _DeadSocket) as exc:  # fmt: skip
                 delay = backoff.next()
                 reason = _describe(exc)
-                self.ctx.link("backoff", reason)
+                self.ctx.link(LinkState.BACKOFF, reason)
                 self.ctx.log.warning("link lost: %s; reconnecting in %.1fs", reason, delay)
             finally:
                 await self._teardown()
@@ -523,7 +524,7 @@ class CoolkitConnector(Connector):
             PROGRESS.done(self._progress_key)
             backoff.reset()
             hard.reset()
-            self.ctx.link("online", token_expires_ms=self._expiry())
+            self.ctx.link(LinkState.ONLINE, token_expires_ms=self._expiry())
             await self._reader(ws, session, hb)
         finally:
             pinger.cancel()

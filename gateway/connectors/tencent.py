@@ -70,6 +70,7 @@ from protocols.tsl import normalize
 
 from .. import wsclient
 from ..backoff import Backoff
+from ..link import LinkState
 from .base import AccountContext, Connector
 from .options import OptionReader
 
@@ -238,32 +239,32 @@ class TencentConnector(Connector):
         while True:
             try:
                 await self._session(backoff)
-                self.ctx.link("backoff", "connection closed")
+                self.ctx.link(LinkState.BACKOFF, "connection closed")
             except asyncio.CancelledError:
                 raise
             except _Attention as exc:
-                self.ctx.link("attention", exc.message, attention=True)
+                self.ctx.link(LinkState.ATTENTION, exc.message, attention=True)
             except VendorError as exc:
                 # An auth error that survived a fresh login (or hit a pre-issued token) will not
                 # heal by retrying: say so, and keep retrying slowly anyway.
                 attention = exc.code == "auth"
-                state = "attention" if attention else "backoff"
+                state = LinkState.ATTENTION if attention else LinkState.BACKOFF
                 self.ctx.link(state, f"{exc.vendor_code}: {exc.message}", attention=attention)
             except wsclient.HandshakeRejected as exc:
-                self.ctx.link("backoff", f"WebSocket upgrade refused: {exc}")
+                self.ctx.link(LinkState.BACKOFF, f"WebSocket upgrade refused: {exc}")
             except RemoteProtocolError as exc:
                 self.ctx.bad_input(f"unusable reply: {exc}", counter="bad_replies")
-                self.ctx.link("backoff", f"bad reply: {exc}")
+                self.ctx.link(LinkState.BACKOFF, f"bad reply: {exc}")
             except (OSError, aiohttp.ClientError, TimeoutError) as exc:
                 self.ctx.link(
-                    "backoff", f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                    LinkState.BACKOFF, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 )
             delay = backoff.next()
             self.ctx.log.info("reconnecting in %.1fs", delay)
             await asyncio.sleep(delay)
 
     async def _session(self, backoff: Backoff) -> None:
-        self.ctx.link("connecting")
+        self.ctx.link(LinkState.CONNECTING)
         self._hb_failures = 0
         await self._ensure_token()
         await self._list_devices()
@@ -281,7 +282,7 @@ class TencentConnector(Connector):
         try:
             await self._subscribe()
             await self._resync(self._subscribed)
-            self.ctx.link("online", token_expires_ms=self._expires_ms)
+            self.ctx.link(LinkState.ONLINE, token_expires_ms=self._expires_ms)
             backoff.reset()
             await self._live(conn)
         finally:
@@ -606,7 +607,7 @@ class TencentConnector(Connector):
             )
             self.ctx.log.info("logged in (token valid until %s)", token.expire_at_ms)
             if self._conn is not None:
-                self.ctx.link("online", token_expires_ms=token.expire_at_ms)
+                self.ctx.link(LinkState.ONLINE, token_expires_ms=token.expire_at_ms)
 
     def _forget_token(self, token: str) -> None:
         if self._token == token:

@@ -66,6 +66,7 @@ from protocols.xky.records import (
 )
 
 from ..backoff import Backoff
+from ..link import LinkState
 from .base import AccountContext, Connector
 from .options import OptionReader
 
@@ -149,7 +150,7 @@ class XkyConnector(Connector):
         opts = self.options
         backoff = Backoff(opts.min_poll_interval, opts.backoff_cap, floor=opts.min_poll_interval)
         self._resync = True
-        self.ctx.link("connecting")
+        self.ctx.link(LinkState.CONNECTING)
         while True:
             delay = self._next_interval()
             try:
@@ -165,7 +166,7 @@ class XkyConnector(Connector):
                 self._failed(exc, f"cloud unreachable: {type(exc).__name__}")
             else:
                 backoff.reset()
-                self.ctx.link("online")
+                self.ctx.link(LinkState.ONLINE)
             await asyncio.sleep(delay)
 
     def _next_interval(self) -> float:
@@ -181,9 +182,9 @@ class XkyConnector(Connector):
             and not isinstance(exc, SessionInvalid)
         ):
             # The credentials themselves were refused: retrying will not help until a human acts.
-            self.ctx.link("attention", message, attention=True)
+            self.ctx.link(LinkState.ATTENTION, message, attention=True)
         else:
-            self.ctx.link("backoff", message)
+            self.ctx.link(LinkState.BACKOFF, message)
             self.ctx.log.warning("poll failed: %s", message)
 
     async def _pace(self) -> None:

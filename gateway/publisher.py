@@ -1,0 +1,320 @@
+"""The publisher: registry changes → topics → MQTT, and the ``bridge/*`` snapshots.
+
+Theory of operation
+-------------------
+The publisher is the first consumer of the event bus (``gateway.events``). Everything the
+topic tree shows is written here and nowhere else:
+
+====================  =====================================================================
+event                 what is published
+====================  =====================================================================
+DeviceAdded           ``bridge/event`` ``device_added``; ``bridge/devices`` (debounced)
+SchemaChanged         ``bridge/devices`` (debounced)
+DeviceRemoved         empty retained state, availability and per-property topics;
+                      ``bridge/event`` ``device_removed``; ``bridge/devices`` (debounced)
+StateChanged          retained merged state (+ per-property topics when configured)
+AvailabilityChanged   retained ``…/availability``
+DeviceEventRaised     ``…/event`` (not retained)
+AccountLinkChanged    ``bridge/accounts`` (debounced); ``bridge/event`` ``account_attention``
+BridgeEvent           ``bridge/event``
+MqttConnected         ``bridge/state`` online, then every retained topic again
+====================  =====================================================================
+
+``bridge/devices`` and ``bridge/accounts`` describe *every* device/account, so publishing them
+is O(N); with thousands of accounts starting at once each change would republish them all
+(O(N²) at start-up: 10,000 Tencent accounts took minutes of one core). The debounce delay
+therefore grows with the cost of the last publish: at most ~10% of the loop goes to them.
+
+The publisher never reaches a connector or the gateway: it knows the MQTT client, the topic
+names, the registry (to republish) and the health counters.
+
+After constructing it, call ``start()`` (subscribes to the bus); ``stop()`` unsubscribes and
+cancels pending snapshot timers; ``goodbye()`` publishes the final ``bridge/accounts`` and
+``bridge/state`` offline before a clean disconnect (which fires no will).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import orjson
+
+import _speedups
+
+from .events import (
+    AccountLinkChanged,
+    AvailabilityChanged,
+    BridgeEvent,
+    DeviceAdded,
+    DeviceEventRaised,
+    DeviceRemoved,
+    EventBus,
+    MqttConnected,
+    SchemaChanged,
+    StateChanged,
+)
+from .health import Health
+from .memory import trim_heap
+from .mqtt.codec import encode_props
+from .registry import DeviceRecord, Registry
+from .topics import Topics
+
+__all__ = ["JSON_PROPS", "MqttPort", "Publisher", "now_ms"]
+
+JSON_PROPS = encode_props({"content_type": "application/json"})
+ONLINE = b'{"state":"online"}'
+OFFLINE = b'{"state":"offline"}'
+_dumps = orjson.dumps
+
+
+def now_ms() -> int:
+    """Wall-clock epoch milliseconds: the one clock every published timestamp uses."""
+    return time.time_ns() // 1_000_000
+
+
+class MqttPort(Protocol):
+    """What the publisher needs of an MQTT client (``gateway.mqtt.client.MqttClient``)."""
+
+    connected: bool
+    published: int
+    dropped: int
+
+    @property
+    def unacked(self) -> int: ...
+
+    def publish(
+        self, topic: str | bytes, payload: bytes, qos: int = 0, retain: bool = False,
+        props: bytes | dict[str, Any] | None = None,
+    ) -> None: ...  # fmt: skip
+
+
+class Publisher:
+    def __init__(
+        self,
+        mqtt: MqttPort,
+        topics: Topics,
+        registry: Registry,
+        bus: EventBus,
+        health: Health,
+        *,
+        qos: int = 0,
+        per_property_topics: bool = False,
+        stats: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.mqtt = mqtt
+        self.topics = topics
+        self.registry = registry
+        self.bus = bus
+        self.health = health
+        self._qos = qos
+        self._per_prop = per_property_topics
+        self._stats = stats
+        self._accounts: dict[tuple[str, str], dict[str, Any]] = {}
+        self._unsubscribe: list[Callable[[], None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._devices_dirty: asyncio.TimerHandle | None = None
+        self._accounts_dirty: asyncio.TimerHandle | None = None
+        self._devices_cost = 0.0  # seconds the last bridge/devices publish took
+        self._accounts_cost = 0.0
+        self._connecting = 0  # accounts connecting at the last bridge/accounts publish
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Subscribe to the bus; from now on every change is published."""
+        self._loop = asyncio.get_running_loop()
+        on = self.bus.subscribe
+        self._unsubscribe = [
+            on(StateChanged, self._on_state),
+            on(AvailabilityChanged, self._on_availability),
+            on(DeviceEventRaised, self._on_device_event),
+            on(DeviceAdded, self._on_added),
+            on(SchemaChanged, lambda ev: self.devices_changed()),
+            on(DeviceRemoved, self._on_removed),
+            on(AccountLinkChanged, self._on_account),
+            on(BridgeEvent, lambda ev: self.bridge_event(ev.kind, **ev.fields)),
+            on(MqttConnected, lambda ev: self.republish()),
+        ]
+        self.mqtt.publish(self.topics.bridge("state"), ONLINE, 1, True, JSON_PROPS)
+        self.devices_changed()
+        self.accounts_changed()
+
+    def stop(self) -> None:
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
+        for handle in (self._devices_dirty, self._accounts_dirty):
+            if handle is not None:
+                handle.cancel()
+        self._devices_dirty = self._accounts_dirty = None
+
+    def goodbye(self) -> None:
+        """The last words before a clean disconnect: accounts as they are, bridge offline."""
+        self._publish_accounts()
+        self.mqtt.publish(self.topics.bridge("state"), OFFLINE, 1, True, JSON_PROPS)
+
+    # ------------------------------------------------------------------ the hot path
+
+    def publish_raw(self, topic: str | bytes, payload: bytes, retain: bool = False) -> None:
+        self.health.totals["published"] += 1
+        self.mqtt.publish(topic, payload, self._qos, retain, JSON_PROPS)
+
+    def _on_state(self, ev: StateChanged) -> None:
+        self.publish_state(ev.record, ev.changed)
+
+    def publish_state(self, rec: DeviceRecord, changed: dict[str, Any] | None = None) -> None:
+        state = rec.state
+        payload = _dumps({**state, "last_seen": rec.last_seen})
+        self.health.totals["published"] += 1
+        mqtt = self.mqtt
+        mqtt.publish(rec.topic_bytes, payload, self._qos, True, JSON_PROPS)
+        if self._per_prop:
+            for key in changed if changed is not None else state:
+                topic = rec.prop_topics.get(key)
+                if topic is None:
+                    topic = rec.prop_topics[key] = self.topics.prop(rec.topic, key).encode()
+                mqtt.publish(topic, _dumps(state[key]), self._qos, True, JSON_PROPS)
+
+    def _on_availability(self, ev: AvailabilityChanged) -> None:
+        self.publish_availability(ev.record)
+
+    def publish_availability(self, rec: DeviceRecord) -> None:
+        self.publish_raw(
+            self.topics.availability(rec.topic), _dumps(rec.availability_payload()), retain=True
+        )
+
+    def _on_device_event(self, ev: DeviceEventRaised) -> None:
+        e = ev.event
+        payload = _dumps({"event": e.event_id, "level": e.level, "params": e.params, "ts": e.ts_ms})
+        self.publish_raw(self.topics.event(ev.record.topic), payload)
+
+    # ------------------------------------------------------------------ devices
+
+    def _on_added(self, ev: DeviceAdded) -> None:
+        rec = ev.record
+        self.bridge_event(
+            "device_added", vendor=rec.vendor, account=rec.account, device=rec.device,
+            topic=rec.topic, name=rec.info.name,
+        )  # fmt: skip
+        self.devices_changed()
+
+    def _on_removed(self, ev: DeviceRemoved) -> None:
+        """Clear the vanished device's retained topics and say so on ``bridge/event``."""
+        rec = ev.record
+        for topic in (rec.topic, self.topics.availability(rec.topic), *rec.prop_topics.values()):
+            self.mqtt.publish(topic, b"", 1, True)
+        self.bridge_event(
+            "device_removed", vendor=rec.vendor, account=rec.account, device=rec.device,
+            topic=rec.topic,
+        )  # fmt: skip
+        self.devices_changed()
+
+    def bridge_event(self, kind: str, **fields: Any) -> None:
+        self.publish_raw(
+            self.topics.bridge("event"), _dumps({"type": kind, "ts": now_ms(), **fields})
+        )
+
+    # ------------------------------------------------------------------ accounts
+
+    def _on_account(self, ev: AccountLinkChanged) -> None:
+        key = (ev.vendor, ev.account)
+        if ev.description.get("state") == "removed":
+            self._accounts.pop(key, None)
+        else:
+            self._accounts[key] = ev.description
+        if ev.needs_attention:
+            self.bridge_event(
+                "account_attention", vendor=ev.vendor, account=ev.account,
+                reason=ev.description.get("error"),
+            )  # fmt: skip
+        self.accounts_changed()
+
+    def accounts(self) -> list[dict[str, Any]]:
+        """Every account's ``bridge/accounts`` entry, as last reported by its link."""
+        return list(self._accounts.values())
+
+    # ------------------------------------------------------------------ snapshots
+
+    def devices_changed(self) -> None:
+        if self._loop is not None and self._devices_dirty is None:
+            delay = max(0.2, self._devices_cost * 10)
+            self._devices_dirty = self._loop.call_later(delay, self._publish_devices)
+
+    def accounts_changed(self) -> None:
+        if self._loop is not None and self._accounts_dirty is None:
+            delay = max(0.05, self._accounts_cost * 10)
+            self._accounts_dirty = self._loop.call_later(delay, self._publish_accounts)
+
+    def _publish_devices(self) -> None:
+        t0 = time.perf_counter()
+        if self._devices_dirty is not None:
+            self._devices_dirty.cancel()
+        self._devices_dirty = None
+        devices = sorted((rec.describe() for rec in self.registry), key=lambda d: d["topic"])
+        self.publish_raw(self.topics.bridge("devices"), _dumps(devices), retain=True)
+        self._devices_cost = time.perf_counter() - t0
+
+    def _publish_accounts(self) -> None:
+        t0 = time.perf_counter()
+        if self._accounts_dirty is not None:
+            self._accounts_dirty.cancel()
+        self._accounts_dirty = None
+        accounts = self.accounts()
+        self.publish_raw(self.topics.bridge("accounts"), _dumps(accounts), retain=True)
+        self._accounts_cost = time.perf_counter() - t0
+        connecting = sum(1 for a in accounts if a["state"] == "connecting")
+        if self._connecting > 16 and connecting == 0 and self._loop is not None:
+            # A burst of (re)connects just settled: give its garbage back (gateway/memory.py).
+            self._loop.call_later(1.0, trim_heap)
+        self._connecting = max(self._connecting, connecting) if connecting else 0
+
+    def health_snapshot(self) -> dict[str, Any]:
+        accounts = self.accounts()
+        mqtt = self.mqtt
+        extra: dict[str, Any] = {
+            "devices": len(self.registry),
+            "accounts": {
+                "total": len(accounts),
+                "online": sum(1 for a in accounts if a["state"] == "online"),
+            },
+            "mqtt": {"published": mqtt.published, "dropped": mqtt.dropped, "unacked": mqtt.unacked},
+            "speedups": _speedups.IMPLEMENTATION,
+            "pid": os.getpid(),
+        }
+        if self._stats is not None:
+            extra.update(self._stats())
+        return self.health.snapshot(extra)
+
+    def publish_health(self) -> None:
+        self.publish_raw(self.topics.bridge("health"), _dumps(self.health_snapshot()), retain=True)
+
+    def republish(self) -> None:
+        """After every (re)connect: announce the bridge and publish every retained topic again
+        (the broker may have lost them)."""
+        self.mqtt.publish(self.topics.bridge("state"), ONLINE, 1, True, JSON_PROPS)
+        for rec in self.registry:
+            if rec.state:
+                self.publish_state(rec)
+            if rec.online is not None:
+                self.publish_availability(rec)
+        self._publish_devices()
+        self._publish_accounts()
+        self.publish_health()
+
+    # ------------------------------------------------------------------ replies
+
+    def reply(self, topic: str, payload: bytes, props: dict[str, Any] | None = None) -> None:
+        """A command's reply on its ``…/response/<kind>`` topic and, when the command named
+        one (already validated by the caller), its MQTT 5 Response Topic."""
+        self.publish_raw(topic, payload)
+        if props:
+            response_topic = props.get("response_topic")
+            if response_topic:
+                out: dict[str, Any] = {"content_type": "application/json"}
+                if "correlation_data" in props:
+                    out["correlation_data"] = props["correlation_data"]
+                self.mqtt.publish(response_topic, payload, 1, False, out)
