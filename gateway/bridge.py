@@ -40,7 +40,9 @@ class BridgeRequests:
         self.publisher = publisher
         self.registry = registry
         self.accounts = accounts
-        self._handlers: dict[str, Callable[[dict[str, Any]], Coroutine[Any, Any, CommandResult]]] = {
+        self._handlers: dict[
+            str, Callable[[dict[str, Any]], Coroutine[Any, Any, CommandResult]]
+        ] = {
             "health": self._health,
             "devices": self._devices,
             "accounts": self._accounts,

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     from protocols.model import DeviceEvent
 
-    from .registry import DeviceRecord
+    from .records import DeviceRecord
 
 __all__ = [
     "AccountLinkChanged",

@@ -100,7 +100,9 @@ class AccountContext(Protocol):
     ) -> None:
         """Report the account's link state on ``bridge/accounts`` (``attention``: needs a human)."""
 
-    def bad_input(self, reason: str, device: str | None = None, counter: str = "bad_frames") -> None:
+    def bad_input(
+        self, reason: str, device: str | None = None, counter: str = "bad_frames"
+    ) -> None:
         """Count and log one rejected input; never include secrets in ``reason``."""
 
     def count(self, counter: str, n: int = 1) -> None: ...
@@ -191,7 +193,9 @@ class AccountLink:
         """Property values as the vendor sent them: normalized here, each misfit counted once."""
         rec = self.registry.get(self.vendor, change.device)
         if rec is None or rec.account != self.account:
-            self.bad_input("state for a device the account does not list", change.device, "unknown_device")
+            self.bad_input(
+                "state for a device the account does not list", change.device, "unknown_device"
+            )
             return
         props, flagged = normalize(rec.info.schema, change.props)
         if flagged:
@@ -202,7 +206,7 @@ class AccountLink:
                 change.device,
                 ", ".join(flagged),
             )
-        changed, stale = self.registry.apply_state(rec, props, change.ts_ms, change.prop_ts)
+        _, stale = self.registry.apply_state(rec, props, change.ts_ms, change.prop_ts)
         self.health.totals["state"] += 1
         if stale:
             self.health.count("stale_dropped", self.vendor, stale)
@@ -210,14 +214,18 @@ class AccountLink:
     def availability(self, av: Availability) -> None:
         rec = self.registry.get(self.vendor, av.device)
         if rec is None or rec.account != self.account:
-            self.bad_input("availability for a device the account does not list", av.device, "unknown_device")
+            self.bad_input(
+                "availability for a device the account does not list", av.device, "unknown_device"
+            )
             return
         self.registry.apply_availability(rec, av.online, av.ts_ms, av.reason)
 
     def event(self, ev: DeviceEvent) -> None:
         rec = self.registry.get(self.vendor, ev.device)
         if rec is None or rec.account != self.account:
-            self.bad_input("event for a device the account does not list", ev.device, "unknown_device")
+            self.bad_input(
+                "event for a device the account does not list", ev.device, "unknown_device"
+            )
             return
         self.health.totals["events"] += 1
         self.registry.raise_event(rec, ev)
@@ -244,7 +252,9 @@ class AccountLink:
         attention: bool = False,
     ) -> None:
         """Report the account's link state on ``bridge/accounts`` (``attention``: needs a human)."""
-        changed = state != self.link_state or error != self.link_error or attention != self.attention
+        changed = (
+            state != self.link_state or error != self.link_error or attention != self.attention
+        )
         if state != self.link_state:
             self.link_since = now_ms()
         self.link_state = state
@@ -303,7 +313,9 @@ class AccountLink:
 
     # ---------------------------------------------------------------- bad input
 
-    def bad_input(self, reason: str, device: str | None = None, counter: str = "bad_frames") -> None:
+    def bad_input(
+        self, reason: str, device: str | None = None, counter: str = "bad_frames"
+    ) -> None:
         """Count and log one rejected input; never include secrets in ``reason``."""
         self.health.count(counter, self.vendor)
         self._warn(counter, "%s: %s (device %s)", counter, reason, device or "-")
