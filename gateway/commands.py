@@ -18,6 +18,7 @@ import orjson
 from protocols.model import CommandError, CommandResult, VendorError
 from protocols.tsl import validate, validate_props
 
+from .connectors.session import LinkError
 from .topics import CommandTopic, Topics
 
 if TYPE_CHECKING:
@@ -173,6 +174,8 @@ class CommandHandler:
             result = CommandResult.error(exc.code, exc.message, exc.vendor_code)
         except VendorError as exc:
             result = CommandResult.error(exc.code, exc.message, exc.vendor_code)
+        except LinkError as exc:  # the account's link failed under the command
+            result = CommandResult.error(exc.reply_code, str(exc))
         except Exception as exc:
             log.exception("command %s on %s/%s failed", target.kind, target.vendor, target.device)
             result = CommandResult.error("vendor", f"internal error: {type(exc).__name__}")

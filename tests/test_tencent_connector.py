@@ -165,7 +165,11 @@ async def start(
 
     async def _start(cloud: TencentCloud, **overrides: Any) -> Running:
         cfg = cloud.account_config(
-            "t", **{"heartbeat": 0.2, "backoff_base": 0.05, "backoff_cap": 0.2, **overrides}
+            "t",
+            **{
+                "heartbeat": 0.2, "backoff_base": 0.05, "backoff_cap": 0.2,
+                "attention_backoff": 0.05, "attention_cap": 0.2, **overrides,
+            },  # fmt: skip
         )
         for key in ("vendor", "name"):
             cfg.pop(key)

@@ -69,10 +69,10 @@ from protocols.tencent.template import denormalize, schema_from_template
 from protocols.tsl import normalize
 
 from .. import wsclient
-from ..backoff import Backoff
 from ..link import LinkState
-from .base import AccountContext, Connector
+from .base import AccountContext
 from .options import OptionReader
+from .session import ATTENTION_BASE, ATTENTION_CAP, NeedsAttention, Session
 
 __all__ = ["TencentConnector", "TencentOptions"]
 
@@ -103,6 +103,8 @@ class TencentOptions:
     refresh_interval: float = 3600.0
     backoff_base: float = 1.0
     backoff_cap: float = 60.0
+    attention_backoff: float = ATTENTION_BASE
+    attention_cap: float = ATTENTION_CAP
 
     @property
     def can_login(self) -> bool:
@@ -131,18 +133,9 @@ def _shared_schema(template: object) -> Schema:
     return schema
 
 
-class _Attention(VendorError):
-    """A problem a retry will not fix by itself (credentials): the account needs a human.
-
-    It is an ``auth`` ``VendorError``, so a command that runs into it gets an ``auth`` reply.
-    """
-
-    def __init__(self, message: str, vendor_code: str = "NoUsableToken") -> None:
-        super().__init__("auth", vendor_code, message)
-
-
-class TencentConnector(Connector):
+class TencentConnector(Session):
     vendor: ClassVar[str] = "tencent"
+    credential_keys: ClassVar[tuple[str, ...]] = ("app_key", "app_secret", "wx_open_id")
     options: TencentOptions
 
     # ------------------------------------------------------------------ configuration
@@ -202,6 +195,8 @@ class TencentConnector(Connector):
             refresh_interval=o.number("refresh_interval", 3600.0, minimum=0.0),
             backoff_base=o.number("backoff_base", 1.0, minimum=0.01),
             backoff_cap=o.number("backoff_cap", 60.0, minimum=0.01),
+            attention_backoff=o.number("attention_backoff", ATTENTION_BASE, minimum=0.01),
+            attention_cap=o.number("attention_cap", ATTENTION_CAP, minimum=0.01),
         )
         if not opts.access_token and not opts.can_login:
             missing = "app_secret" if not opts.app_secret else "wx_open_id"
@@ -214,6 +209,8 @@ class TencentConnector(Connector):
         self, options: TencentOptions, ctx: AccountContext, http: aiohttp.ClientSession
     ) -> None:
         super().__init__(options, ctx, http)
+        self.backoff_base, self.backoff_cap = options.backoff_base, options.backoff_cap
+        self.attention_base, self.attention_cap = options.attention_backoff, options.attention_cap
         self._token: str | None = None
         self._expires_ms: int | None = None
         self._login_lock = asyncio.Lock()
@@ -231,45 +228,14 @@ class TencentConnector(Connector):
         self._hb_failures = 0
         self._last_hb = 0.0  # loop time the last trace heartbeat was sent
 
-    # ------------------------------------------------------------------ run loop
+    # ------------------------------------------------------------------ session
 
-    async def run(self) -> None:
-        opts = self.options
-        backoff = Backoff(opts.backoff_base, opts.backoff_cap)
-        while True:
-            try:
-                await self._session(backoff)
-                self.ctx.link(LinkState.BACKOFF, "connection closed")
-            except asyncio.CancelledError:
-                raise
-            except _Attention as exc:
-                self.ctx.link(LinkState.ATTENTION, exc.message, attention=True)
-            except VendorError as exc:
-                # An auth error that survived a fresh login (or hit a pre-issued token) will not
-                # heal by retrying: say so, and keep retrying slowly anyway.
-                attention = exc.code == "auth"
-                state = LinkState.ATTENTION if attention else LinkState.BACKOFF
-                self.ctx.link(state, f"{exc.vendor_code}: {exc.message}", attention=attention)
-            except wsclient.HandshakeRejected as exc:
-                self.ctx.link(LinkState.BACKOFF, f"WebSocket upgrade refused: {exc}")
-            except RemoteProtocolError as exc:
-                self.ctx.bad_input(f"unusable reply: {exc}", counter="bad_replies")
-                self.ctx.link(LinkState.BACKOFF, f"bad reply: {exc}")
-            except (OSError, aiohttp.ClientError, TimeoutError) as exc:
-                self.ctx.link(
-                    LinkState.BACKOFF, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                )
-            delay = backoff.next()
-            self.ctx.log.info("reconnecting in %.1fs", delay)
-            await asyncio.sleep(delay)
-
-    async def _session(self, backoff: Backoff) -> None:
-        self.ctx.link(LinkState.CONNECTING)
+    async def connect(self) -> None:
         self._hb_failures = 0
         await self._ensure_token()
         await self._list_devices()
         opts = self.options
-        conn = await wsclient.connect(
+        self._conn = conn = await wsclient.connect(
             opts.ws_url,
             open_timeout=opts.request_timeout,
             max_size=4 << 20,
@@ -278,21 +244,19 @@ class TencentConnector(Connector):
             flow=self.ctx,
             ping_interval=opts.ping_interval or None,
         )
-        self._conn = conn
-        try:
-            await self._subscribe()
-            await self._resync(self._subscribed)
-            self.ctx.link(LinkState.ONLINE, token_expires_ms=self._expires_ms)
-            backoff.reset()
-            await self._live(conn)
-        finally:
-            self._conn = None
-            if conn.closed is None:
-                await conn.close()
-            for fut in self._pending.values():
-                if not fut.done():
-                    fut.cancel()
-            self._pending.clear()
+        await self._subscribe()
+        await self._resync(self._subscribed)
+        self.mark_online(token_expires_ms=self._expires_ms)
+        await self._live(conn)
+
+    async def teardown(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and conn.closed is None:
+            await conn.close()
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.cancel()
+        self._pending.clear()
 
     def _poke(self) -> None:
         """Wake the idle ``_live`` loop (connection closed, refresh asked for)."""
@@ -404,7 +368,9 @@ class TencentConnector(Connector):
         except VendorError as exc:
             if api.is_token_error(exc):
                 if not self.options.can_login:
-                    raise _Attention("the pre-issued AccessToken was rejected") from None
+                    raise NeedsAttention(
+                        "the pre-issued AccessToken was rejected", "access_token"
+                    ) from None
                 await self._relogin(self._token)
                 await self._subscribe()
                 await self._resync(self._subscribed)
@@ -521,24 +487,27 @@ class TencentConnector(Connector):
                 raise VendorError("vendor", f"HTTP {resp.status}", message)
             return api.parse_response(raw)
 
-    async def _call(
-        self, action: str, params: Mapping[str, Any], *, retry: bool = True
-    ) -> dict[str, Any]:
+    async def _call(self, action: str, params: Mapping[str, Any]) -> dict[str, Any]:
         """A tokenapi call; an ``InvalidAccessToken`` answer logs in again once and retries once."""
-        await self._ensure_token()
-        token = self._token or ""
-        body = api.tokenapi_body(action, params, access_token=token, request_id=uuid.uuid4().hex)
-        if self.options.platform:
-            body["Platform"] = self.options.platform
-        try:
+        sent = ""
+
+        async def once() -> dict[str, Any]:
+            nonlocal sent
+            await self._ensure_token()
+            sent = self._token or ""
+            body = api.tokenapi_body(action, params, access_token=sent, request_id=uuid.uuid4().hex)
+            if self.options.platform:
+                body["Platform"] = self.options.platform
             return await self._post(api.TOKENAPI, body)
+
+        def rejected(exc: Exception) -> bool:
+            return self.options.can_login and _token_error(exc)
+
+        try:
+            return await self.with_reauth(once, lambda: self._relogin(sent), rejected)
         except VendorError as exc:
-            if not api.is_token_error(exc):
-                raise
-            if retry and self.options.can_login:
-                await self._relogin(token)
-                return await self._call(action, params, retry=False)
-            self._forget_token(token)
+            if api.is_token_error(exc):
+                self._forget_token(sent)
             raise
 
     # ------------------------------------------------------------------ token
@@ -549,15 +518,15 @@ class TencentConnector(Connector):
             and self._expires_ms - time.time() * 1000 < _TOKEN_MARGIN_MS
         )
 
-    def _identity(self) -> str:
+    def token_identity(self) -> str:
         return f"{self.options.app_key}/{self.options.wx_open_id or 'static'}"
 
     async def _ensure_token(self) -> None:
         if self._token and not (self._token_expiring() and self.options.can_login):
             return
         if not self._token:
-            stored = self.ctx.tokens.load() or {}
-            if stored.get("identity") == self._identity() and isinstance(stored.get("token"), str):
+            stored = self.load_tokens() or {}
+            if isinstance(stored.get("token"), str):
                 expires = stored.get("expires_ms")
                 self._token = stored["token"]
                 self._expires_ms = expires if isinstance(expires, int) else None
@@ -570,7 +539,7 @@ class TencentConnector(Connector):
         if not self.options.can_login:
             if self._token:
                 return  # a pre-issued token near its end: use it while the cloud accepts it
-            raise _Attention("no usable AccessToken and no login credentials")
+            raise NeedsAttention("no usable AccessToken and no login credentials", "access_token")
         await self._relogin(self._token)
 
     async def _relogin(self, stale: str | None) -> None:
@@ -589,22 +558,11 @@ class TencentConnector(Connector):
                 nonce=secrets.randbelow(2**31 - 1) + 1,
                 request_id=uuid.uuid4().hex,
             )
-            try:
-                token = api.parse_token(await self._post(api.APPAPI, body))
-            except VendorError as exc:
-                if exc.code == "auth":
-                    raise _Attention(
-                        f"login refused: {exc.vendor_code}: {exc.message}", str(exc.vendor_code)
-                    ) from None
-                raise
+            # A refused login is an ``auth`` VendorError: a command gets that reply, and the
+            # Session flags the account and names the credential keys.
+            token = api.parse_token(await self._post(api.APPAPI, body))
             self._token, self._expires_ms = token.token, token.expire_at_ms
-            self.ctx.tokens.save(
-                {
-                    "identity": self._identity(),
-                    "token": token.token,
-                    "expires_ms": token.expire_at_ms,
-                }
-            )
+            self.save_tokens({"token": token.token, "expires_ms": token.expire_at_ms})
             self.ctx.log.info("logged in (token valid until %s)", token.expire_at_ms)
             if self._conn is not None:
                 self.ctx.link(LinkState.ONLINE, token_expires_ms=token.expire_at_ms)
@@ -612,7 +570,7 @@ class TencentConnector(Connector):
     def _forget_token(self, token: str) -> None:
         if self._token == token:
             self._token, self._expires_ms = None, None
-            self.ctx.tokens.save(None)
+            self.save_tokens(None)
 
     # ------------------------------------------------------------------ devices and state
 
@@ -785,3 +743,7 @@ class TencentConnector(Connector):
             self._poke()
             return CommandResult.ok({"refreshing": True})
         return await super().request(command, payload)
+
+
+def _token_error(exc: Exception) -> bool:
+    return isinstance(exc, VendorError) and api.is_token_error(exc)

@@ -1,0 +1,264 @@
+"""``Session``: the run loop every connector shares; connectors write only their vendor's steps.
+
+Theory of operation
+-------------------
+One ``run()`` per account, one *session* per connection to the vendor::
+
+    CONNECTING ─▶ connect(): log in, list devices, open the push channel, resync, then
+        │          mark_online() and hold the channel until it ends
+        │                     │ returns or raises
+        ▼                     ▼
+      teardown() ─▶ classify the error ─▶ LinkState + delay ─▶ sleep ─▶ CONNECTING …
+
+A connector subclasses ``Session`` and implements ``connect()`` (and ``teardown()`` when it
+holds something to close). It raises the typed errors below, or lets the usual transport
+errors escape; ``Session`` maps each onto a ``LinkState`` and a delay, so every vendor backs
+off, flags and logs the same way:
+
+=======================  ==================  ==============================================
+raised                   link state          next attempt
+=======================  ==================  ==============================================
+``connect()`` returned   BACKOFF             ``backoff`` (capped exponential, full jitter)
+``LinkLost``, OSError,   BACKOFF             ``backoff``
+timeouts, HTTP errors,
+``VendorError``
+``HandshakeRejected``    BACKOFF             ``backoff`` (the WebSocket upgrade was refused)
+``RemoteProtocolError``  BACKOFF             ``backoff``; counted as ``bad_replies``
+``Throttled``            BACKOFF             ``max(backoff, retry_after)``
+``NeedsAttention``,      ATTENTION           the attention schedule: one for every vendor
+``VendorError("auth")``  (flagged)           (``attention_base`` doubling to
+                                             ``attention_cap``, at least half the base);
+                                             the log line names the config key to check
+=======================  ==================  ==============================================
+
+A successful ``mark_online()`` resets both schedules. The session's own helpers cover the rest
+of the plumbing every vendor had written for itself: the token slot bound to the configured
+identity (``load_tokens`` / ``save_tokens``) and "call, and on a rejected token re-authenticate
+once and call again" (``with_reauth``).
+
+Starting and stopping one account is the supervisor's (``Gateway.start_account`` /
+``stop_account``): cancelling ``run()`` runs ``teardown()``; ``close()`` says goodbye to the
+vendor afterwards.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar, TypeVar
+
+import aiohttp
+
+from protocols.model import ErrorCode, RemoteProtocolError, VendorError
+from protocols.websocket import HandshakeRejected
+
+from ..backoff import Backoff
+from ..link import LinkState
+from .base import Connector
+
+__all__ = ["LinkError", "LinkLost", "NeedsAttention", "Session", "Throttled"]
+
+T = TypeVar("T")
+
+#: One attention schedule for every vendor (seconds): credentials that were refused are tried
+#: again after 5, 10, 20 … minutes, at most hourly, never sooner than half the base.
+ATTENTION_BASE = 300.0
+ATTENTION_CAP = 3600.0
+
+
+class LinkError(Exception):
+    """Base of the errors a connector raises to end a session.
+
+    A command that runs into one is answered with its ``reply_code``.
+
+    Strategy: raise the most specific one; the ``Session`` decides the link state, the delay
+    and what is logged. ``str(exc)`` becomes the account's ``error`` on ``bridge/accounts``, so
+    it must say what happened in the user's terms and never carry a secret.
+    """
+
+    reply_code: ClassVar[ErrorCode] = "vendor"
+
+
+class LinkLost(LinkError):
+    """The connection ended or stopped answering; reconnect with the normal backoff."""
+
+    reply_code: ClassVar[ErrorCode] = "offline"
+
+
+class Throttled(LinkError):
+    """The vendor asked us to slow down; do not come back before ``retry_after`` seconds."""
+
+    reply_code: ClassVar[ErrorCode] = "throttled"
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class NeedsAttention(LinkError):
+    """A retry will not fix this by itself (credentials refused, session taken, bad config).
+
+    ``config_key`` names the account key a human should check (``app_secret``, ``password`` …).
+    ``retry_after`` overrides the attention schedule for this one wait (CoolKit's session-taken
+    rule has its own).
+    """
+
+    reply_code: ClassVar[ErrorCode] = "auth"
+
+    def __init__(
+        self, message: str, config_key: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.config_key = config_key
+        self.retry_after = retry_after
+
+
+_TRANSIENT = (OSError, TimeoutError, aiohttp.ClientError, LinkLost, VendorError)
+
+
+class Session(Connector):
+    """A connector with the shared run loop. Implement ``connect()``; see the module docstring.
+
+    Class attributes a vendor may override: ``backoff_base`` / ``backoff_cap`` (seconds, or
+    read from its options in ``__init__``), ``attention_base`` / ``attention_cap``, and
+    ``credential_keys`` (the config keys named when credentials are refused).
+    """
+
+    backoff_base: float = 1.0
+    backoff_cap: float = 60.0
+    attention_base: float = ATTENTION_BASE
+    attention_cap: float = ATTENTION_CAP
+    credential_keys: ClassVar[tuple[str, ...]] = ()
+
+    _backoff: Backoff | None = None
+    _attention: Backoff | None = None
+
+    # ------------------------------------------------------------------ vendor steps
+
+    @abc.abstractmethod
+    async def connect(self) -> None:
+        """One session: authenticate, list devices (``ctx.devices``), open the push channel,
+        resync the state, call ``mark_online()``, then hold the channel until it ends.
+
+        Return when the vendor closed it cleanly; raise a ``LinkError`` (or let a transport
+        error escape) otherwise. Never called twice at once.
+        """
+
+    async def teardown(self) -> None:
+        """Release what ``connect()`` held (sockets, pending replies). Runs after every
+        session, also on cancellation; must not raise."""
+
+    # ------------------------------------------------------------------ helpers for connect()
+
+    def mark_online(self, *, token_expires_ms: int | None = None) -> None:
+        """The channel is up and the state resynced: report ONLINE and reset the schedules."""
+        self.ctx.link(LinkState.ONLINE, token_expires_ms=token_expires_ms)
+        self.backoff.reset()
+        self.attention_backoff.reset()
+
+    @property
+    def backoff(self) -> Backoff:
+        if self._backoff is None:
+            self._backoff = Backoff(self.backoff_base, self.backoff_cap)
+        return self._backoff
+
+    @property
+    def attention_backoff(self) -> Backoff:
+        if self._attention is None:
+            self._attention = Backoff(
+                self.attention_base, self.attention_cap, floor=self.attention_base / 2
+            )
+        return self._attention
+
+    def token_identity(self) -> str:
+        """What stored tokens belong to; a change of credentials must not reuse another's.
+
+        Override with a fingerprint of the identifying options (never a secret in clear).
+        """
+        return self.vendor
+
+    def load_tokens(self) -> dict[str, Any] | None:
+        """The persisted tokens, if they belong to the configured identity."""
+        stored = self.ctx.tokens.load()
+        if stored and stored.get("identity") == self.token_identity():
+            return stored
+        return None
+
+    def save_tokens(self, tokens: dict[str, Any] | None) -> None:
+        """Persist ``tokens`` (``None`` forgets them) under the configured identity."""
+        self.ctx.tokens.save(
+            None if tokens is None else {**tokens, "identity": self.token_identity()}
+        )
+
+    async def with_reauth(
+        self,
+        call: Callable[[], Awaitable[T]],
+        reauthenticate: Callable[[], Awaitable[None]],
+        is_rejected: Callable[[Exception], bool],
+    ) -> T:
+        """``call()``; when it fails with an error ``is_rejected`` recognises as a rejected
+        token, ``reauthenticate()`` once and ``call()`` once more (as the official SDKs do)."""
+        try:
+            return await call()
+        except Exception as exc:
+            if not is_rejected(exc):
+                raise
+        await reauthenticate()
+        return await call()
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self) -> None:
+        while True:
+            self.ctx.link(LinkState.CONNECTING)
+            try:
+                await self.connect()
+                delay = self.backoff.next()
+                self.ctx.link(LinkState.BACKOFF, "connection closed")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                delay = self._failed(exc)
+            finally:
+                await self.teardown()
+            self.ctx.log.info("reconnecting in %.1fs", delay)
+            await asyncio.sleep(delay)
+
+    def _failed(self, exc: Exception) -> float:
+        """Map a session's end onto the link state; return the delay before the next one."""
+        if isinstance(exc, VendorError) and exc.code == "auth":
+            exc = NeedsAttention(f"credentials refused: {exc.vendor_code}: {exc.message}")
+        elif isinstance(exc, VendorError) and exc.code == "throttled":
+            exc = Throttled(f"{exc.vendor_code}: {exc.message}")
+        if isinstance(exc, NeedsAttention):
+            delay = exc.retry_after or self.attention_backoff.next()
+            keys = (exc.config_key,) if exc.config_key else self.credential_keys
+            hint = f"; check {', '.join(keys)} in this account's configuration" if keys else ""
+            self.ctx.link(LinkState.ATTENTION, str(exc), attention=True)
+            self.ctx.log.error("%s%s; next attempt in %.0fs", exc, hint, delay)
+            return delay
+        if isinstance(exc, Throttled):
+            delay = max(self.backoff.next(), exc.retry_after or 0.0)
+            self.ctx.link(LinkState.BACKOFF, f"throttled: {exc}")
+            return delay
+        if isinstance(exc, HandshakeRejected):
+            self.ctx.link(LinkState.BACKOFF, f"WebSocket upgrade refused: {exc}")
+            return self.backoff.next()
+        if isinstance(exc, RemoteProtocolError):
+            self.ctx.bad_input(f"unusable reply: {exc}", counter="bad_replies")
+            self.ctx.link(LinkState.BACKOFF, f"bad reply: {exc}")
+            return self.backoff.next()
+        if isinstance(exc, _TRANSIENT):
+            reason = _describe(exc)
+            self.ctx.link(LinkState.BACKOFF, reason)
+            self.ctx.log.warning("link lost: %s", reason)
+            return self.backoff.next()
+        raise exc  # a bug: the supervisor logs it with its traceback and restarts the account
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    if isinstance(exc, LinkError | VendorError):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
