@@ -164,13 +164,9 @@ async def start(
     running: list[Running] = []
 
     async def _start(cloud: TencentCloud, **overrides: Any) -> Running:
-        cfg = cloud.account_config(
-            "t",
-            **{
-                "heartbeat": 0.2, "backoff_base": 0.05, "backoff_cap": 0.2,
-                "attention_backoff": 0.05, "attention_cap": 0.2, **overrides,
-            },  # fmt: skip
-        )
+        fast = {"heartbeat": 0.2, "backoff_base": 0.05, "backoff_cap": 0.2}
+        fast.update(attention_backoff=0.05, attention_cap=0.2)
+        cfg = cloud.account_config("t", **{**fast, **overrides})
         for key in ("vendor", "name"):
             cfg.pop(key)
         options = TencentConnector.parse_options(cfg, "accounts[0]")

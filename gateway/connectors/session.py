@@ -120,16 +120,21 @@ _TRANSIENT = (OSError, TimeoutError, aiohttp.ClientError, LinkLost, VendorError)
 class Session(Connector):
     """A connector with the shared run loop. Implement ``connect()``; see the module docstring.
 
-    Class attributes a vendor may override: ``backoff_base`` / ``backoff_cap`` (seconds, or
-    read from its options in ``__init__``), ``attention_base`` / ``attention_cap``, and
-    ``credential_keys`` (the config keys named when credentials are refused).
+    Class attributes a vendor may override: ``backoff_base`` / ``backoff_cap`` /
+    ``backoff_floor`` (seconds, or read from its options in ``__init__``), ``attention_base`` /
+    ``attention_cap``, ``credential_keys`` (the config keys named when credentials are refused)
+    and ``retry_state``.
     """
 
     backoff_base: float = 1.0
     backoff_cap: float = 60.0
+    backoff_floor: float = 0.0
     attention_base: float = ATTENTION_BASE
     attention_cap: float = ATTENTION_CAP
     credential_keys: ClassVar[tuple[str, ...]] = ()
+    #: reported when a new session starts after a failed one; a polling vendor, which has no
+    #: connection to open, stays in BACKOFF until a poll succeeds (``None``)
+    retry_state: ClassVar[LinkState | None] = LinkState.CONNECTING
 
     _backoff: Backoff | None = None
     _attention: Backoff | None = None
@@ -160,7 +165,7 @@ class Session(Connector):
     @property
     def backoff(self) -> Backoff:
         if self._backoff is None:
-            self._backoff = Backoff(self.backoff_base, self.backoff_cap)
+            self._backoff = Backoff(self.backoff_base, self.backoff_cap, self.backoff_floor)
         return self._backoff
 
     @property
@@ -210,8 +215,11 @@ class Session(Connector):
     # ------------------------------------------------------------------ the loop
 
     async def run(self) -> None:
+        state: LinkState | None = LinkState.CONNECTING
         while True:
-            self.ctx.link(LinkState.CONNECTING)
+            if state is not None:
+                self.ctx.link(state)
+            state = self.retry_state
             try:
                 await self.connect()
                 delay = self.backoff.next()

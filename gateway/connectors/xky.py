@@ -49,7 +49,6 @@ from protocols.model import (
     CommandResult,
     RemoteProtocolError,
     StateChange,
-    VendorError,
 )
 from protocols.xky import api
 from protocols.xky.envelope import SessionInvalid, parse_response
@@ -65,10 +64,10 @@ from protocols.xky.records import (
     state_change,
 )
 
-from ..backoff import Backoff
 from ..link import LinkState
-from .base import AccountContext, Connector
+from .base import AccountContext
 from .options import OptionReader
+from .session import LinkLost, Session
 
 __all__ = ["XkyConnector", "XkyOptions"]
 
@@ -92,8 +91,10 @@ class XkyOptions:
     logout_on_close: bool = False
 
 
-class XkyConnector(Connector):
+class XkyConnector(Session):
     vendor: ClassVar[str] = "xky"
+    credential_keys: ClassVar[tuple[str, ...]] = ("account", "password", "subaccount", "key")
+    retry_state: ClassVar[LinkState | None] = None
     options: XkyOptions
 
     @classmethod
@@ -134,6 +135,8 @@ class XkyConnector(Connector):
         self, options: XkyOptions, ctx: AccountContext, http: aiohttp.ClientSession
     ) -> None:
         super().__init__(options, ctx, http)
+        self.backoff_base = self.backoff_floor = options.min_poll_interval
+        self.backoff_cap = options.backoff_cap
         self._session: str | None = None
         self._snapshot: dict[str, DeviceRecord] = {}
         self._resync = True
@@ -146,46 +149,26 @@ class XkyConnector(Connector):
 
     # ------------------------------------------------------------------ the loop
 
-    async def run(self) -> None:
-        opts = self.options
-        backoff = Backoff(opts.min_poll_interval, opts.backoff_cap, floor=opts.min_poll_interval)
+    async def connect(self) -> None:
+        """Poll until a poll fails; the Session then backs off and this starts again with a
+        full resync (a failed poll may have missed changes)."""
         self._resync = True
-        self.ctx.link(LinkState.CONNECTING)
         while True:
-            delay = self._next_interval()
             try:
                 async with self._lock:
                     await self._poll()
             except RemoteProtocolError as exc:
                 self.ctx.bad_input(f"malformed reply, poll skipped: {exc}")
-            except VendorError as exc:
-                delay = backoff.next()
-                self._failed(exc, f"{exc.vendor_code}: {exc.message}")
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                delay = backoff.next()
-                self._failed(exc, f"cloud unreachable: {type(exc).__name__}")
+            except SessionInvalid as exc:  # rejected again right after a fresh login
+                raise LinkLost(f"{exc.vendor_code}: {exc.message}") from None
             else:
-                backoff.reset()
-                self.ctx.link(LinkState.ONLINE)
-            await asyncio.sleep(delay)
+                self.mark_online()
+            await asyncio.sleep(self._next_interval())
 
     def _next_interval(self) -> float:
         opts = self.options
         spread = opts.poll_interval * opts.poll_jitter
         return max(opts.min_poll_interval, opts.poll_interval + self._rng.uniform(-spread, spread))
-
-    def _failed(self, exc: Exception, message: str) -> None:
-        self._resync = True
-        if (
-            isinstance(exc, VendorError)
-            and exc.code == "auth"
-            and not isinstance(exc, SessionInvalid)
-        ):
-            # The credentials themselves were refused: retrying will not help until a human acts.
-            self.ctx.link(LinkState.ATTENTION, message, attention=True)
-        else:
-            self.ctx.link(LinkState.BACKOFF, message)
-            self.ctx.log.warning("poll failed: %s", message)
 
     async def _pace(self) -> None:
         """Wait until ``min_poll_interval`` has passed since the last listing request."""
@@ -225,16 +208,13 @@ class XkyConnector(Connector):
 
     # ------------------------------------------------------------------ session
 
+    def token_identity(self) -> str:
+        o = self.options
+        return f"{o.account}|{o.subaccount}|{o.base_url}"
+
     def _load_session(self) -> None:
-        saved = self.ctx.tokens.load() or {}
-        opts = self.options
-        same = (saved.get("account"), saved.get("subaccount"), saved.get("base_url")) == (
-            opts.account,
-            opts.subaccount,
-            opts.base_url,
-        )
-        session = saved.get("session")
-        if same and isinstance(session, str) and session:
+        session = (self.load_tokens() or {}).get("session")
+        if isinstance(session, str) and session:
             self._session = session
 
     async def _login(self) -> str:
@@ -243,15 +223,10 @@ class XkyConnector(Connector):
             await self._send(api.login(opts.account, opts.password, opts.subaccount, opts.key))
         )
         self._session = result.session
-        self.ctx.tokens.save(
-            {
-                "session": result.session,
-                "uid": result.uid,
-                "account": opts.account,
-                "subaccount": opts.subaccount,
-                "base_url": opts.base_url,
-            }
-        )
+        self.save_tokens(
+            {"session": result.session, "uid": result.uid, "account": opts.account,
+             "subaccount": opts.subaccount, "base_url": opts.base_url}
+        )  # fmt: skip
         self.ctx.count("logins")
         self.ctx.log.info(
             "logged in%s", f" as sub-account {opts.subaccount}" if opts.subaccount else ""
@@ -351,6 +326,6 @@ class XkyConnector(Connector):
         if not self.options.logout_on_close or self._session is None:
             return
         session, self._session = self._session, None
-        self.ctx.tokens.save(None)
+        self.save_tokens(None)
         with contextlib.suppress(Exception):
             await self._send(api.logout(session))
