@@ -206,7 +206,9 @@ class AccountLink:
                 change.device,
                 ", ".join(flagged),
             )
-        _, stale = self.registry.apply_state(rec, props, change.ts_ms, change.prop_ts)
+        _, stale = self.registry.apply_state(
+            rec, props, change.ts_ms, change.prop_ts, change.precision_ms
+        )
         self.health.totals["state"] += 1
         if stale:
             self.health.count("stale_dropped", self.vendor, stale)

@@ -89,29 +89,44 @@ class Registry:
         props: Mapping[str, Any],
         ts: int,
         prop_ts: Mapping[str, int] | None,
+        precision_ms: int = 1,
     ) -> tuple[dict[str, Any], int]:
         """Merge newer values; emit ``StateChanged`` with what changed; return what changed
         and how many values were older than the stored ones (and so dropped)."""
-        changed, stale = self.merge_state(rec, props, ts, prop_ts)
+        changed, stale = self.merge_state(rec, props, ts, prop_ts, precision_ms)
         if changed:
             self.bus.emit(StateChanged(rec, changed, ts))
         return changed, stale
 
     @staticmethod
     def merge_state(
-        rec: DeviceRecord, props: Mapping[str, Any], ts: int, prop_ts: Mapping[str, int] | None
+        rec: DeviceRecord,
+        props: Mapping[str, Any],
+        ts: int,
+        prop_ts: Mapping[str, int] | None,
+        precision_ms: int = 1,
     ) -> tuple[dict[str, Any], int]:
-        """The merge rule alone (no event): newer-or-equal values win, older ones are dropped."""
+        """The merge rule alone (no event).
+
+        A value is dropped as stale when its time is older than the stored one, compared at
+        ``precision_ms`` (the resolution the vendor gives this update's times): a report stamped
+        with a whole second loses only to a value stored in an earlier second, and a tie goes to
+        the newcomer. The stored time only moves forward.
+        """
         changed: dict[str, Any] = {}
         stale = 0
         stored_ts = rec.prop_ts
         state = rec.state
+        p = precision_ms
         for key, value in props.items():
             t = prop_ts.get(key, ts) if prop_ts else ts
-            if t < stored_ts.get(key, 0):
-                stale += 1
-                continue
-            stored_ts[key] = t
+            stored = stored_ts.get(key, 0)
+            if t < stored:
+                if p == 1 or t // p < stored // p:
+                    stale += 1
+                    continue
+            else:
+                stored_ts[key] = t
             if key not in state or state[key] != value:
                 state[key] = value
                 changed[key] = value

@@ -222,6 +222,11 @@ class StateChange:
 
     ``prop_ts`` optionally gives a per-property timestamp (Aliyun items carry one each); the
     registry drops any property older than the one it holds.
+
+    ``precision_ms`` is the resolution of those times as the vendor gives them: a Tencent push
+    carries whole seconds (seed 002 ``Time``), a state read milliseconds. The registry compares
+    at the coarser of the two, and a tie goes to the newcomer, so a report in the same second
+    as a read is not taken for an older one.
     """
 
     device: str
@@ -229,6 +234,7 @@ class StateChange:
     ts_ms: int
     seq: int | None = None
     prop_ts: Mapping[str, int] | None = None
+    precision_ms: int = 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -279,7 +279,7 @@ def test_tencent_report_is_the_codec_rule(frame):
     push = ws.parse_frame(frame)
     decoded = ws.decode_device_change(ws.parse_device_change(push.params), now_ms=NOW)
     device, props, ts, seq = fast
-    assert decoded.events == [StateChange(device, props, ts, seq)]
+    assert decoded.events == [StateChange(device, props, ts, seq, precision_ms=1000)]
 
 
 def test_tencent_report_example():

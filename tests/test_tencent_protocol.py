@@ -88,7 +88,7 @@ def test_event_report() -> None:
 def test_property_report_nested_as_printed() -> None:
     decoded = _decode(PUSHES[2]["frame"])
     assert decoded.events == [
-        StateChange("WTJZX0MF2/device_property001", {"brightness": 59}, 1572403260000, 6)
+        StateChange("WTJZX0MF2/device_property001", {"brightness": 59}, 1572403260000, 6, precision_ms=1000)
     ]
 
 
@@ -152,7 +152,7 @@ def test_report_and_push_of_state_types(type_: str) -> None:
     }
     schema = _light_schema()
     (change,) = _decode(_frame(type_, "Report", report), schema).events
-    assert change == StateChange("P/d", {"power_switch": True, "brightness": 40}, TS, 9)
+    assert change == StateChange("P/d", {"power_switch": True, "brightness": 40}, TS, 9, precision_ms=1000)
     (control,) = _decode(
         _frame(type_, "Push", {"method": "control", "params": {"power_switch": 0}})
     ).events
@@ -167,7 +167,7 @@ def test_legacy_forms() -> None:
         "clientToken": "API-ControlDeviceData-1",
     }
     assert _decode(_frame("Shadow", "Report", update)).events == [
-        StateChange("P/d", {"brightness": 3}, TS, 9)
+        StateChange("P/d", {"brightness": 3}, TS, 9, precision_ms=1000)
     ]
     delta = {"type": "delta", "payload": {"state": {"brightness": 4}, "version": 0}}
     assert _decode(_frame("Shadow", "Push", delta)).events == [
@@ -215,7 +215,7 @@ def test_event_push_action_types_and_other_methods() -> None:
     assert ar == ActionReply("P/d", "blink", {}, TS, "ct", 1, "fail")
     status = {"method": "get_status_reply", "data": {"reported": {"brightness": 1}}}
     assert _decode(_frame("Template", "Report", status)).events == [
-        StateChange("P/d", {"brightness": 1}, TS, 9)
+        StateChange("P/d", {"brightness": 1}, TS, 9, precision_ms=1000)
     ]
 
 

@@ -470,7 +470,7 @@ def _report(
     if schema is not None:
         values, flagged = normalize(schema, props)
         out.flagged.extend(flagged)
-    out.events.append(StateChange(device, values, ts, seq))
+    out.events.append(StateChange(device, values, ts, seq, precision_ms=PUSH_PRECISION_MS))
 
 
 def _decode_body(
@@ -569,6 +569,11 @@ def _decode_body(
         out.events.append(DeviceEvent(device, method, "info", rest, ts))
 
 
+#: Seed 002 gives a pushed report's time in whole seconds (``Time``; a device ``timestamp`` in
+#: seconds, or 0), while ``AppGetDeviceData`` gives ``LastUpdate`` in milliseconds.
+PUSH_PRECISION_MS = 1000
+
+
 def decode_report(data: str | bytes, *, now_ms: int) -> StateChange | None:
     """The hot path: a whole ``DeviceChange`` frame that is a property report → its
     ``StateChange`` in one `_speedups` call (values not normalized: the gateway does that once).
@@ -580,7 +585,7 @@ def decode_report(data: str | bytes, *, now_ms: int) -> StateChange | None:
     hit = tencent_report(data, now_ms)
     if hit is None:
         return None
-    return StateChange(hit[0], hit[1], hit[2], hit[3])
+    return StateChange(hit[0], hit[1], hit[2], hit[3], None, PUSH_PRECISION_MS)
 
 
 def decode_device_change(
