@@ -1,17 +1,22 @@
 """MQTT commands → vendor calls → exactly one reply each.
 
 A command is validated against the device schema before any vendor call; an invalid one is
-answered with ``error``/``invalid`` at once. A valid one runs in its own task under the
-configured timeout. The reply goes to ``…/response/<kind>`` and, when the command carried an
-MQTT 5 Response Topic, there too with its Correlation Data.
+answered with ``error``/``invalid`` at once (and counted in ``bad_commands``). A valid one runs
+in its own task under the configured timeout. The reply goes to ``…/response/<kind>`` and,
+when the command carried an MQTT 5 Response Topic, there too with its Correlation Data.
+
+Every reply echoes the command's ``transaction`` when the payload named one, errors included.
+Whatever of the command is echoed back (ids, values in error messages) is clipped to
+``ECHO_LIMIT`` characters, and JSON nested deeper than ``MAX_DEPTH`` is refused, so a hostile
+command cannot make a huge reply, a huge log line or a ``RecursionError``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
@@ -19,25 +24,71 @@ from protocols.model import CommandError, CommandResult, VendorError
 from protocols.tsl import validate, validate_props
 
 from .connectors.session import LinkError
-from .topics import CommandTopic, Topics
+from .topics import BadCommandTopic, CommandTopic, Topics
 
 if TYPE_CHECKING:
     from .bridge import BridgeRequests
     from .connectors.base import Connector
     from .health import Health
     from .publisher import Publisher
-    from .registry import Registry
+    from .registry import DeviceRecord, Registry
 
-__all__ = ["CommandHandler"]
+__all__ = ["ECHO_LIMIT", "MAX_DEPTH", "CommandHandler", "clip"]
 
 log = logging.getLogger("cloud2mqtt.commands")
 
+#: at most this many characters of anything a command sent are echoed in a reply or a log line
+ECHO_LIMIT: Final = 200
+#: JSON nested deeper than this is refused (``invalid``)
+MAX_DEPTH: Final = 32
 
-def _parse_json(payload: bytes) -> Any:
+
+def clip(text: object, limit: int = ECHO_LIMIT) -> str:
+    """``text`` (or its ``str``) cut to ``limit`` characters, saying how much was left out."""
+    s = text if isinstance(text, str) else str(text)
+    if len(s) <= limit:
+        return s
+    return f"{s[:limit]}… ({len(s) - limit} more characters)"
+
+
+def _depth_ok(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests at most ``limit`` containers deep (iteratively: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return False
+        stack.extend((child, depth + 1) for child in children)
+    return True
+
+
+def _checked(value: Any) -> Any:
+    if not _depth_ok(value, MAX_DEPTH):
+        raise CommandError("invalid", f"payload nests deeper than {MAX_DEPTH} levels")
+    return value
+
+
+def _loads(payload: bytes) -> Any:
     try:
-        return orjson.loads(payload)
+        value = orjson.loads(payload)
     except orjson.JSONDecodeError:
         raise CommandError("invalid", "payload is not JSON") from None
+    return _checked(value)
+
+
+def _parse_object(payload: bytes) -> tuple[dict[str, Any], Any]:
+    """A JSON-object command: its fields without ``transaction``, and the ``transaction``."""
+    body = _loads(payload) if payload.strip() else {}
+    if not isinstance(body, dict):
+        raise CommandError("invalid", "payload must be a JSON object")
+    transaction = body.pop("transaction", None)
+    return body, transaction
 
 
 def _reply(result: CommandResult, transaction: Any) -> dict[str, Any]:
@@ -48,7 +99,7 @@ def _reply(result: CommandResult, transaction: Any) -> dict[str, Any]:
         out["error"] = {
             "code": result.code or ("timeout" if result.status == "timeout" else "vendor"),
             "vendor_code": result.vendor_code,
-            "message": result.message,
+            "message": clip(result.message) if result.message is not None else None,
         }
     return out
 
@@ -70,6 +121,7 @@ class CommandHandler:
         connector: Callable[[tuple[str, str]], Connector | None],
         bridge: BridgeRequests,
         timeout: float,
+        check_topic: Callable[[str], str | None] = lambda topic: None,
     ) -> None:
         self.topics = topics
         self.registry = registry
@@ -78,6 +130,7 @@ class CommandHandler:
         self.connector = connector
         self.bridge = bridge
         self.timeout = timeout
+        self.check_topic = check_topic
         self._tasks: set[asyncio.Task[None]] = set()
 
     def on_message(self, topic: str, payload: bytes, props: dict[str, Any]) -> None:
@@ -85,8 +138,11 @@ class CommandHandler:
         if target is None:
             return
         self.health.totals["commands"] += 1
+        coro: Coroutine[Any, Any, None]
         if isinstance(target, str):
             coro = self._bridge_request(target, payload, props)
+        elif isinstance(target, BadCommandTopic):
+            coro = self._bad_topic(target, payload, props)
         else:
             coro = self._device_command(target, payload, props)
         task = asyncio.get_running_loop().create_task(coro)
@@ -101,85 +157,125 @@ class CommandHandler:
 
     # ------------------------------------------------------------------ device commands
 
-    async def _device_command(self, target: CommandTopic, payload: bytes, props: dict[str, Any]) -> None:
+    async def _device_command(
+        self, target: CommandTopic, payload: bytes, props: dict[str, Any]
+    ) -> None:
         rec = self.registry.get(target.vendor, target.device)
         device_topic = rec.topic if rec else self.topics.device(target.vendor, target.device)
         transaction: Any = None
         try:
-            if rec is None:
-                raise CommandError("invalid", f"unknown device {target.vendor}/{target.device}")
-            connector = self.connector((rec.vendor, rec.account))
-            if connector is None:
-                raise CommandError("offline", f"account {rec.account} is not running")
-            body: Any
             if target.kind == "set" and target.prop is not None:
                 # A bare value; JSON if it parses (numbers, true), else the raw string.
                 try:
-                    body = orjson.loads(payload)
+                    body = _checked(orjson.loads(payload))
                 except orjson.JSONDecodeError:
                     body = payload.decode("utf-8", "replace")
-                request = {target.prop: body}
+                request: dict[str, Any] = {target.prop: body}
             else:
-                body = _parse_json(payload) if payload.strip() else {}
-                if not isinstance(body, dict):
-                    raise CommandError("invalid", "payload must be a JSON object")
-                transaction = body.get("transaction")
-                request = {k: v for k, v in body.items() if k != "transaction"}
-            schema = rec.info.schema
-            if target.kind == "set":
-                values = validate_props(schema, request)
-                if rec.online is False:
-                    raise CommandError("offline", f"device {rec.device} is offline")
-                call = connector.set(rec.device, values)
-            elif target.kind == "get":
-                wanted = request.get("props", [])
-                if not isinstance(wanted, list) or not all(isinstance(p, str) for p in wanted):
-                    raise CommandError("invalid", '"props" must be a list of property ids')
-                unknown = [p for p in wanted if schema.prop(p) is None]
-                if unknown and not schema.passthrough:
-                    raise CommandError("invalid", f"unknown property {unknown[0]!r}")
-                call = connector.get(rec.device, wanted)
-            else:
-                action = request.get("action")
-                params = request.get("params", {})
-                if not isinstance(action, str) or not action:
-                    raise CommandError("invalid", '"action" must name an action')
-                if not isinstance(params, dict):
-                    raise CommandError("invalid", '"params" must be an object')
-                spec = schema.action(action)
-                if spec is None and not schema.passthrough:
-                    raise CommandError("invalid", f"unknown action {action!r}")
-                if spec is not None:
-                    by_id = {p.id: p for p in spec.input}
-                    for key in params:
-                        if key not in by_id:
-                            raise CommandError("invalid", f"action {action!r} has no input {key!r}")
-                    params = {k: validate(by_id[k], v, writing=False) for k, v in params.items()}
-                if rec.online is False:
-                    raise CommandError("offline", f"device {rec.device} is offline")
-                call = connector.action(rec.device, action, params)
-            try:
-                result = await asyncio.wait_for(call, self.timeout)
-            except TimeoutError:
-                result = CommandResult(
-                    "timeout", code="timeout", message=f"no answer within {self.timeout:g}s"
+                request, transaction = _parse_object(payload)
+            self._check_response_topic(props)
+            if rec is None:
+                raise CommandError(
+                    "invalid", f"unknown device {target.vendor}/{clip(target.device)}"
                 )
+            result = await self._run(rec, target.kind, request)
         except CommandError as exc:
             if exc.code == "invalid":
                 self.health.count("bad_commands", target.vendor)
                 log.warning(
                     "[%s/%s] rejected %s command for device %s: %s",
-                    target.vendor, rec.account if rec else "-", target.kind, target.device, exc.message,
-                )
+                    target.vendor, rec.account if rec else "-", target.kind,
+                    clip(target.device), clip(exc.message),
+                )  # fmt: skip
             result = CommandResult.error(exc.code, exc.message, exc.vendor_code)
         except VendorError as exc:
             result = CommandResult.error(exc.code, exc.message, exc.vendor_code)
         except LinkError as exc:  # the account's link failed under the command
             result = CommandResult.error(exc.reply_code, str(exc))
         except Exception as exc:
-            log.exception("command %s on %s/%s failed", target.kind, target.vendor, target.device)
+            log.exception(
+                "command %s on %s/%s failed", target.kind, target.vendor, clip(target.device)
+            )
             result = CommandResult.error("vendor", f"internal error: {type(exc).__name__}")
-        self.send_reply(self.topics.response(device_topic, target.kind), _reply(result, transaction), props)
+        self.send_reply(
+            self.topics.response(device_topic, target.kind), _reply(result, transaction), props
+        )
+
+    async def _run(self, rec: DeviceRecord, kind: str, request: dict[str, Any]) -> CommandResult:
+        """Validate ``request`` against the device's schema, then call its connector."""
+        connector = self.connector((rec.vendor, rec.account))
+        if connector is None:
+            raise CommandError("offline", f"account {rec.account} is not running")
+        schema = rec.info.schema
+        call: Coroutine[Any, Any, CommandResult]
+        if kind == "set":
+            values = validate_props(schema, request)
+            if rec.online is False:
+                raise CommandError("offline", f"device {clip(rec.device)} is offline")
+            call = connector.set(rec.device, values)
+        elif kind == "get":
+            wanted = request.get("props", [])
+            if not isinstance(wanted, list) or not all(isinstance(p, str) for p in wanted):
+                raise CommandError("invalid", '"props" must be a list of property ids')
+            unknown = [p for p in wanted if schema.prop(p) is None]
+            if unknown and not schema.passthrough:
+                raise CommandError("invalid", f"unknown property {clip(unknown[0])!r}")
+            call = connector.get(rec.device, wanted)
+        else:
+            action = request.get("action")
+            params = request.get("params", {})
+            if not isinstance(action, str) or not action:
+                raise CommandError("invalid", '"action" must name an action')
+            if not isinstance(params, dict):
+                raise CommandError("invalid", '"params" must be an object')
+            spec = schema.action(action)
+            if spec is None and not schema.passthrough:
+                raise CommandError("invalid", f"unknown action {clip(action)!r}")
+            if spec is not None:
+                by_id = {p.id: p for p in spec.input}
+                for key in params:
+                    if key not in by_id:
+                        raise CommandError(
+                            "invalid", f"action {action!r} has no input {clip(key)!r}"
+                        )
+                params = {k: validate(by_id[k], v, writing=False) for k, v in params.items()}
+            if rec.online is False:
+                raise CommandError("offline", f"device {clip(rec.device)} is offline")
+            call = connector.action(rec.device, action, params)
+        try:
+            return await asyncio.wait_for(call, self.timeout)
+        except TimeoutError:
+            return CommandResult(
+                "timeout", code="timeout", message=f"no answer within {self.timeout:g}s"
+            )
+
+    async def _bad_topic(
+        self, target: BadCommandTopic, payload: bytes, props: dict[str, Any]
+    ) -> None:
+        """A command on a topic shape we do not serve: one ``invalid`` reply saying why."""
+        transaction: Any = None
+        try:
+            _, transaction = _parse_object(payload)
+        except CommandError:
+            pass
+        self.health.count("bad_commands", target.vendor)
+        log.warning("rejected command on %s: %s", clip(target.topic), target.reason)
+        result = CommandResult.error("invalid", target.reason)
+        self.send_reply(target.response_topic, _reply(result, transaction), props)
+
+    def _check_response_topic(self, props: dict[str, Any]) -> None:
+        """A Response Topic comes from outside: refuse one we must not publish to."""
+        response_topic = props.get("response_topic")
+        if response_topic is None:
+            return
+        reason = (
+            self.check_topic(response_topic)
+            if isinstance(response_topic, str)
+            else "not a string"
+        )
+        if reason is not None:
+            props.pop("response_topic", None)
+            raise CommandError("invalid", f"unusable MQTT 5 Response Topic: {reason}")
 
     def send_reply(self, topic: str, reply: dict[str, Any], props: dict[str, Any]) -> None:
         self.publisher.reply(topic, orjson.dumps(reply), props)
@@ -189,22 +285,21 @@ class CommandHandler:
     async def _bridge_request(self, command: str, payload: bytes, props: dict[str, Any]) -> None:
         transaction: Any = None
         try:
-            body = _parse_json(payload) if payload.strip() else {}
-            if not isinstance(body, dict):
-                raise CommandError("invalid", "payload must be a JSON object")
-            transaction = body.get("transaction")
-            request = {k: v for k, v in body.items() if k != "transaction"}
+            request, transaction = _parse_object(payload)
+            self._check_response_topic(props)
             result = await asyncio.wait_for(self.bridge.handle(command, request), self.timeout)
         except TimeoutError:
             result = CommandResult("timeout", code="timeout", message="no answer in time")
         except CommandError as exc:
             if exc.code == "invalid":
                 self.health.count("bad_commands", "bridge")
-                log.warning("rejected bridge request %s: %s", command, exc.message)
+                log.warning("rejected bridge request %s: %s", clip(command), clip(exc.message))
             result = CommandResult.error(exc.code, exc.message, exc.vendor_code)
         except VendorError as exc:
             result = CommandResult.error(exc.code, exc.message, exc.vendor_code)
+        except LinkError as exc:
+            result = CommandResult.error(exc.reply_code, str(exc))
         except Exception as exc:
-            log.exception("bridge request %s failed", command)
+            log.exception("bridge request %s failed", clip(command))
             result = CommandResult.error("vendor", f"internal error: {type(exc).__name__}")
         self.send_reply(self.topics.bridge_response(command), _reply(result, transaction), props)

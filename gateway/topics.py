@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["RESERVED", "CommandTopic", "Topics", "decode_id", "encode_id"]
+__all__ = ["RESERVED", "BadCommandTopic", "CommandTopic", "Topics", "decode_id", "encode_id"]
 
 RESERVED: Final = frozenset({"set", "get", "action", "event", "availability", "response"})
 COMMAND_KINDS: Final = frozenset({"set", "get", "action"})
@@ -55,6 +55,17 @@ class CommandTopic:
     device: str  # the raw (decoded) vendor id
     kind: str  # set | get | action
     prop: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BadCommandTopic:
+    """A command-like topic of a shape we do not serve (an id that is not percent-encoded):
+    answered once with ``reason`` on ``response_topic``, never ignored."""
+
+    vendor: str
+    topic: str
+    reason: str
+    response_topic: str
 
 
 class Topics:
@@ -106,10 +117,16 @@ class Topics:
             f"{b}/+/+/get",
             f"{b}/+/+/action",
             f"{b}/bridge/request/+",
+            # an id with one unencoded "/" (Tencent ProductId/DeviceName): answered with the
+            # encoded form instead of being ignored
+            f"{b}/+/+/+/set",
+            f"{b}/+/+/+/get",
+            f"{b}/+/+/+/action",
         ]
 
-    def parse(self, topic: str) -> CommandTopic | str | None:
-        """A device command, a bridge request name (``str``), or ``None`` if not ours."""
+    def parse(self, topic: str) -> CommandTopic | BadCommandTopic | str | None:
+        """A device command, a bridge request name (``str``), a command on a topic shape we
+        do not serve (``BadCommandTopic``), or ``None`` if not ours."""
         prefix = self.base + "/"
         if not topic.startswith(prefix):
             return None
@@ -125,4 +142,15 @@ class Topics:
             if prop.endswith("_") and prop[:-1] in RESERVED:
                 prop = prop[:-1]
             return CommandTopic(parts[0], decode_id(parts[1]), "set", decode_id(prop))
+        if len(parts) > 3 and parts[-1] in COMMAND_KINDS and parts[0]:
+            kind = parts[-1]
+            raw = "/".join(parts[1:-1])
+            encoded = self.device(parts[0], raw) if raw else f"{self.base}/{parts[0]}/<id>"
+            return BadCommandTopic(
+                parts[0],
+                topic,
+                "the device id must be percent-encoded (\"/\" as %2F): "
+                f"send to {encoded}/{kind}",
+                f"{prefix}{'/'.join(parts[:-1])}/response/{kind}",
+            )
         return None
