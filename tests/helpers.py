@@ -1,0 +1,174 @@
+"""What every test module shares: one ``eventually()`` and one typed recording context.
+
+``eventually`` waits for a condition by polling it on the running loop, and when time runs out
+fails with the condition's *name*, never a bare ``TimeoutError``: the failure says what did not
+happen. It is the only "wait until" in the suite; the timeout is a safety net, not a measure.
+
+``RecordingContext`` is an ``AccountContext`` (gateway/link.py) that records what a connector
+reports instead of feeding a registry: the connector unit tests drive a real connector against
+its emulator through it. mypy checks that it satisfies the contract (``_conforms`` below).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from gateway.link import LinkState
+from gateway.tokens import TokenSlot
+from protocols.model import Availability, DeviceEvent, DeviceInfo, Schema, StateChange
+
+if TYPE_CHECKING:
+    from gateway.link import AccountContext
+
+__all__ = ["RecordingContext", "eventually"]
+
+
+def _describe(predicate: Callable[[], Any]) -> str:
+    try:
+        source = inspect.getsource(predicate).strip()
+    except (OSError, TypeError):
+        return getattr(predicate, "__name__", repr(predicate))
+    return source if len(source) <= 300 else source[:300] + "…"
+
+
+async def eventually(
+    predicate: Callable[[], Any],
+    what: str | None = None,
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.01,
+) -> Any:
+    """Wait until ``predicate()`` is truthy and return its value.
+
+    On timeout fail with ``AssertionError`` naming ``what`` (or the predicate's source). A
+    predicate may also be a coroutine function.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = predicate()
+        if isinstance(value, Awaitable):
+            value = await value
+        if value:
+            return value
+        if loop.time() >= deadline:
+            raise AssertionError(
+                f"not within {timeout:g}s: {what or _describe(predicate)}"
+            ) from None
+        await asyncio.sleep(interval)
+
+
+class RecordingContext:
+    """An ``AccountContext`` that records every report, in order, for assertions.
+
+    ``calls`` holds ``(kind, value)`` for every report (``devices``, ``device``, ``state``,
+    ``availability``, ``event``); typed views (``states``, ``avail``, ``events``, ``links``,
+    ``bad``, ``counts``) make the common assertions short.
+    """
+
+    def __init__(self, vendor: str, account: str, tokens: TokenSlot) -> None:
+        self.vendor = vendor
+        self.account = account
+        self.log: logging.LoggerAdapter[logging.Logger] = logging.LoggerAdapter(
+            logging.getLogger(f"test.{vendor}"), {}
+        )
+        self.tokens = tokens
+        self.calls: list[tuple[str, Any]] = []
+        self.listings: list[list[DeviceInfo]] = []
+        self.infos: dict[str, DeviceInfo] = {}
+        self.states: list[StateChange] = []
+        self.avail: list[Availability] = []
+        self.events: list[DeviceEvent] = []
+        self.links: list[tuple[LinkState, str | None, bool]] = []
+        self.token_expiry: int | None = None
+        self.bad: list[tuple[str, str | None, str]] = []
+        self.counts: dict[str, int] = {}
+        self.drains = 0
+        self.congested = False  # set True to make the connector hold its reading
+
+    # ---------------------------------------------------------------- the contract
+
+    def devices(self, infos: Iterable[DeviceInfo]) -> None:
+        listing = list(infos)
+        self.listings.append(listing)
+        self.infos = {i.device: i for i in listing}
+        self.calls.append(("devices", sorted(i.device for i in listing)))
+
+    def device(self, info: DeviceInfo) -> None:
+        self.infos[info.device] = info
+        self.calls.append(("device", info))
+
+    def state(self, change: StateChange) -> None:
+        self.states.append(change)
+        self.calls.append(("state", change))
+
+    def availability(self, av: Availability) -> None:
+        self.avail.append(av)
+        self.calls.append(("availability", av))
+
+    def event(self, ev: DeviceEvent) -> None:
+        self.events.append(ev)
+        self.calls.append(("event", ev))
+
+    def link(
+        self,
+        state: LinkState,
+        error: str | None = None,
+        *,
+        token_expires_ms: int | None = None,
+        attention: bool = False,
+    ) -> None:
+        self.links.append((state, error, attention))
+        if token_expires_ms is not None:
+            self.token_expiry = token_expires_ms
+
+    def bad_input(self, reason: str, device: str | None = None, counter: str = "bad_frames") -> None:
+        self.bad.append((reason, device, counter))
+        self.count(counter)
+
+    def count(self, counter: str, n: int = 1) -> None:
+        self.counts[counter] = self.counts.get(counter, 0) + n
+
+    def schema(self, device: str) -> Schema | None:
+        info = self.infos.get(device)
+        return info.schema if info else None
+
+    def known_devices(self) -> Sequence[str]:
+        return list(self.infos)
+
+    async def drain(self) -> None:
+        self.drains += 1
+        while self.congested:
+            await asyncio.sleep(0.01)
+
+    # ---------------------------------------------------------------- for assertions
+
+    @property
+    def link_state(self) -> LinkState | None:
+        return self.links[-1][0] if self.links else None
+
+    def mark(self) -> int:
+        return len(self.calls)
+
+    def since(self, mark: int, kind: str | None = None) -> list[tuple[str, Any]]:
+        return [c for c in self.calls[mark:] if kind is None or c[0] == kind]
+
+    def latest(self, device: str) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for change in self.states:
+            if change.device == device:
+                merged.update(change.props)
+        return merged
+
+    async def until(self, predicate: Callable[[], Any], what: str | None = None, timeout: float = 10) -> Any:
+        return await eventually(predicate, what, timeout=timeout)
+
+
+if TYPE_CHECKING:
+
+    def _conforms(ctx: RecordingContext) -> AccountContext:
+        return ctx  # mypy proves the recorder satisfies the connectors' contract
