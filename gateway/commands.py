@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from protocols.model import CommandError, CommandResult, VendorError
-from protocols.tsl import validate, validate_props
+from protocols.model import CommandError, CommandResult, Schema, VendorError
+from protocols.tsl import normalize, validate, validate_props
 
 from .connectors.session import LinkError
 from .topics import BadCommandTopic, CommandTopic, Topics
@@ -220,7 +220,7 @@ class CommandHandler:
             unknown = [p for p in wanted if schema.prop(p) is None]
             if unknown and not schema.passthrough:
                 raise CommandError("invalid", f"unknown property {clip(unknown[0])!r}")
-            call = connector.get(rec.device, wanted)
+            call = self._normalized_get(connector.get(rec.device, wanted), schema, wanted)
         else:
             action = request.get("action")
             params = request.get("params", {})
@@ -242,12 +242,38 @@ class CommandHandler:
             if rec.online is False:
                 raise CommandError("offline", f"device {clip(rec.device)} is offline")
             call = connector.action(rec.device, action, params)
+            if spec is not None:
+                call = self._normalized_output(call, Schema(spec.output))
         try:
             return await asyncio.wait_for(call, self.timeout)
         except TimeoutError:
             return CommandResult(
                 "timeout", code="timeout", message=f"no answer within {self.timeout:g}s"
             )
+
+    @staticmethod
+    async def _normalized_get(
+        call: Coroutine[Any, Any, CommandResult], schema: Schema, wanted: list[str]
+    ) -> CommandResult:
+        """A ``get`` answers in the tree's terms: values normalized here, the one place for
+        replies as the link is for pushed state; only the asked-for properties."""
+        result = await call
+        if result.status == "ok" and isinstance(result.data, dict):
+            values, _ = normalize(schema, result.data)
+            if wanted:
+                values = {k: v for k, v in values.items() if k in wanted}
+            result = CommandResult.ok(values)
+        return result
+
+    @staticmethod
+    async def _normalized_output(
+        call: Coroutine[Any, Any, CommandResult], output: Schema
+    ) -> CommandResult:
+        result = await call
+        data = result.data
+        if result.status == "ok" and isinstance(data, dict) and isinstance(data.get("output"), dict):
+            result = CommandResult.ok({**data, "output": normalize(output, data["output"])[0]})
+        return result
 
     async def _bad_topic(
         self, target: BadCommandTopic, payload: bytes, props: dict[str, Any]

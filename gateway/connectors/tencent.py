@@ -66,7 +66,6 @@ from protocols.model import (
 )
 from protocols.tencent import api, ws
 from protocols.tencent.template import denormalize, schema_from_template
-from protocols.tsl import normalize
 
 from .. import wsclient
 from ..link import LinkState
@@ -690,15 +689,12 @@ class TencentConnector(Session):
         return CommandResult.ok()
 
     async def get(self, device: str, props: list[str]) -> CommandResult:
-        schema = self._schema_of(device)
+        """The device's values as read (the command handler normalizes and filters them)."""
+        self._schema_of(device)
         try:
-            values = await self._read_state(device)
+            return CommandResult.ok(await self._read_state(device))
         except RemoteProtocolError as exc:
             raise VendorError("vendor", "BadReply", str(exc)) from None
-        normalized, _ = normalize(schema, values)
-        if props:
-            normalized = {k: v for k, v in normalized.items() if k in props}
-        return CommandResult.ok(normalized)
 
     async def action(self, device: str, action: str, params: dict[str, Any]) -> CommandResult:
         schema = self._schema_of(device)
@@ -709,15 +705,15 @@ class TencentConnector(Session):
             )
         except LocalProtocolError as exc:
             raise CommandError("invalid", str(exc)) from None
-        output_schema = Schema(spec.output) if spec else EMPTY_SCHEMA
         if self.options.action_mode == "sync":
             result = api.parse_action_result(await self._call("AppCallDeviceActionSync", request))
             if not result.ok:
                 return CommandResult.error(
                     "rejected", f"action status {result.status}", result.status
                 )
-            output, _ = normalize(output_schema, result.output or {})
-            return CommandResult.ok({"output": output, "client_token": result.client_token})
+            return CommandResult.ok(
+                {"output": dict(result.output or {}), "client_token": result.client_token}
+            )
         sent = api.parse_action_result(await self._call("AppCallDeviceActionAsync", request))
         if not sent.ok:
             return CommandResult.error("rejected", f"action status {sent.status}", sent.status)
@@ -734,8 +730,7 @@ class TencentConnector(Session):
             return CommandResult.error(
                 "rejected", reply.message or f"action failed ({reply.code})", reply.code
             )
-        output, _ = normalize(output_schema, reply.output)
-        return CommandResult.ok({"output": output, "client_token": sent.client_token})
+        return CommandResult.ok({"output": dict(reply.output), "client_token": sent.client_token})
 
     async def request(self, command: str, payload: Mapping[str, Any]) -> CommandResult:
         if command == "refresh":

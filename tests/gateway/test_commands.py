@@ -38,7 +38,7 @@ class FakeConnector:
 
     async def get(self, device: str, props: list[str]) -> CommandResult:
         self.calls.append(("get", props))
-        return CommandResult.ok({"power": True})
+        return CommandResult.ok({"power": 1, "level": "7"})  # as the vendor gives them
 
     async def action(self, device: str, action: str, params: dict[str, Any]) -> CommandResult:
         self.calls.append(("action", (action, params)))
@@ -153,7 +153,16 @@ async def test_response_topic_with_a_wildcard_is_refused_and_never_published_to(
     assert reply["error"]["code"] == "invalid" and "Response Topic" in reply["error"]["message"]
     assert h.replies("x/#") == []
     await h.send(f"{DEV}/get", b"{}", {"response_topic": "ok/topic", "correlation_data": b"c"})
-    assert h.replies("ok/topic") == [{"status": "ok", "transaction": None, "data": {"power": True}}]
+    assert h.replies("ok/topic") == [
+        {"status": "ok", "transaction": None, "data": {"power": True, "level": 7}}
+    ]
+
+
+async def test_get_replies_are_normalized_and_filtered_to_the_asked_props(h: Harness) -> None:
+    await h.send(f"{DEV}/get", b'{"props": ["level"], "transaction": "g"}')
+    assert h.replies(f"{DEV}/response/get") == [
+        {"status": "ok", "transaction": "g", "data": {"level": 7}}
+    ]
 
 
 async def test_link_error_under_a_command_is_answered_with_its_code(h: Harness) -> None:
