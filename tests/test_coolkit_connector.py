@@ -31,6 +31,7 @@ from protocols.model import (
     StateChange,
 )
 from protocols.tsl import normalize
+from tests.helpers import eventually
 
 FAST_CLOUD: dict[str, Any] = {
     "rate_min_interval": 0.02, "rate_window": 5.0, "rate_max_calls": 300,
@@ -244,7 +245,9 @@ async def test_misfit_value_is_passed_raw_and_counted_once(cloud: CoolkitCloud, 
     ctx = r.ctx
     assert ctx.flagged == []  # the demo snapshot fits its schemas
     await cloud.push("1000000004", {"currentTemperature": "22.5", "currentHumidity": "unavailable"})
-    await until(lambda: ctx.last("1000000004").get("currentTemperature") == 22.5)
+    await eventually(
+        lambda: ctx.last("1000000004").get("currentTemperature") == 22.5, "the pushed reading arrives"
+    )
     # The connector hands the link the values as sent; the link (here: Ctx.state) normalizes
     # them and flags the misfit, once.
     raw = [s for s in ctx.raw if s.device == "1000000004" and "currentHumidity" in s.props][-1]
