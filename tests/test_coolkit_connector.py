@@ -7,6 +7,7 @@ connector's own decisions: tokens, redirects, resync, heartbeats, session rules,
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -29,6 +30,8 @@ from protocols.model import (
     Schema,
     StateChange,
 )
+from protocols.tsl import normalize
+from tests.helpers import eventually
 
 FAST_CLOUD: dict[str, Any] = {
     "rate_min_interval": 0.02, "rate_window": 5.0, "rate_max_calls": 300,
@@ -51,6 +54,8 @@ class Ctx:
         self.avail: list[Availability] = []
         self.links: list[tuple[str, str | None, bool]] = []
         self.bad: list[tuple[str, str | None, str]] = []
+        self.flagged: list[tuple[str, str]] = []
+        self.raw: list[StateChange] = []  # as the connector reported them
 
     def devices(self, infos: Iterable[DeviceInfo]) -> None:
         self.infos = {i.device: i for i in infos}
@@ -60,7 +65,12 @@ class Ctx:
         self.infos[info.device] = info
 
     def state(self, change: StateChange) -> None:
-        self.states.append(change)
+        # As the gateway's AccountLink does: raw vendor values in, normalized once here.
+        self.raw.append(change)
+        info = self.infos.get(change.device)
+        props, flagged = normalize(info.schema, change.props) if info else (dict(change.props), [])
+        self.flagged.extend((change.device, pid) for pid in flagged)
+        self.states.append(dataclasses.replace(change, props=props))
 
     def availability(self, av: Availability) -> None:
         self.avail.append(av)
@@ -228,6 +238,23 @@ async def test_push_set_get_and_errors(cloud: CoolkitCloud, start: Any) -> None:
     await cloud.push("1000000001", {"switch": "off"})
     await until(lambda: ctx.last("1000000001").get("switch") is False)
     assert any("unreadable frame" in b[0] for b in ctx.bad)
+
+
+async def test_misfit_value_is_passed_raw_and_counted_once(cloud: CoolkitCloud, start: Any) -> None:
+    r = await start(cloud.account_config())
+    ctx = r.ctx
+    assert ctx.flagged == []  # the demo snapshot fits its schemas
+    await cloud.push("1000000004", {"currentTemperature": "22.5", "currentHumidity": "unavailable"})
+    await eventually(
+        lambda: ctx.last("1000000004").get("currentTemperature") == 22.5, "the pushed reading arrives"
+    )
+    # The connector hands the link the values as sent; the link (here: Ctx.state) normalizes
+    # them and flags the misfit, once.
+    raw = [s for s in ctx.raw if s.device == "1000000004" and "currentHumidity" in s.props][-1]
+    assert raw.props == {"currentTemperature": "22.5", "currentHumidity": "unavailable"}
+    assert ctx.last("1000000004")["currentHumidity"] == "unavailable"  # kept as sent
+    assert ctx.flagged == [("1000000004", "currentHumidity")]
+    assert not [b for b in ctx.bad if b[2] == "bad_values"]
 
 
 async def test_pending_commands_fail_when_the_socket_drops(cloud: CoolkitCloud, start: Any) -> None:

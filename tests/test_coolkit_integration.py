@@ -75,6 +75,19 @@ async def test_login_redirect_snapshot_and_push(
     await probe.wait_for(f"{D}/1000000006/availability", lambda p: p and p["state"] == "online", start=mark)
 
 
+async def test_misfit_value_is_kept_and_counted_once(gateway_factory: Any, probe: Any, cloud: CoolkitCloud) -> None:
+    await start(gateway_factory, probe, cloud)
+    mark = probe.mark()
+    await cloud.push("1000000004", {"currentTemperature": "22.5", "currentHumidity": "unavailable"})
+    th = await probe.wait_for(f"{D}/1000000004", lambda p: isinstance(p, dict) and p.get("currentTemperature") == 22.5, start=mark)
+    assert th["currentHumidity"] == "unavailable"  # kept as sent
+    seen = probe.mark()  # a health snapshot taken after the state was applied
+    health = await probe.wait_for(f"{B}/bridge/health", lambda p: isinstance(p, dict), start=seen)
+    counters = health["counters"]
+    assert counters.get("flagged_values", {}).get("coolkit") == 1, counters
+    assert "bad_values" not in counters, counters
+
+
 async def test_set_round_trip_and_errors(gateway_factory: Any, probe: Any, cloud: CoolkitCloud) -> None:
     await start(gateway_factory, probe, cloud)
     mark = probe.mark()

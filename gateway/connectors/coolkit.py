@@ -1,20 +1,29 @@
 """CoolKit / eWeLink connector (API v2, seed 001, or v1, seed 003): the I/O around ``protocols.coolkit``.
 
-Theory of operation -- one account, one session, states as reported on ``bridge/accounts``::
+Theory of operation -- one account; ``Session`` (``session.py``) runs the loop and maps the
+errors raised here onto the states reported on ``bridge/accounts``; this module holds only the
+vendor's steps (``connect`` / ``teardown``)::
 
     connecting: tokens (stored → configured at/rt → login, region redirect) → family (v2)
                 → dispatch → WebSocket → userOnline → thing list + state (resync) → online
     online:     pushes (update, sysmsg) → registry; commands (update/query) matched by sequence;
-                ping every hbInterval×U(0.8,1); no traffic for hbInterval+15 s → dead socket
-    backoff:    any failure → pending commands fail, wait (capped exponential, full jitter) → connecting
+                ping every hbInterval×U(0.8,1); no traffic for hbInterval+15 s → ``LinkLost``
+    backoff:    any failure → pending commands fail, wait (capped exponential, full jitter) → connecting;
+                a per-IP rate refusal (``Throttled``) waits at least ``user_online_interval``
     attention:  session taken (REST 401, or WS 406 on a session that had worked) or an auth/config
-                error (406 on the very first attempt, login refused) → a long, jittered wait, then
-                one careful retry; never a tight re-login loop (it logs the user's phone app out)
+                error (406 on the very first attempt, login refused) → ``NeedsAttention``: the
+                Session's attention schedule, which for CoolKit is ``attention_backoff`` doubling
+                to ``attention_cap`` (never sooner than half the base), then one careful retry;
+                never a tight re-login loop (it logs the user's phone app out)
 
-Tokens persist in ``ctx.tokens`` (atomic, 0600) with the region and the user apikey, so a restart
+Tokens persist in the account's token slot (``Session.load_tokens``/``save_tokens``: atomic,
+0600, bound to ``CoolkitOptions.identity``) with the region and the user apikey, so a restart
 does not log in again; ``402`` refreshes them (the ``rt`` rotates, the new one is saved at once).
 Accounts created through OAuth (free developer APPIDs cannot call the login endpoint) are
 configured with ``at``/``rt`` and optionally ``apikey`` instead of a password.
+
+State values go to the link as the vendor sent them (multi-channel ``switches`` flattened into
+``switch_<n>``); the link normalizes them against the device schema and counts each misfit once.
 
 Every REST call and every ``userOnline`` takes a slot from the process-wide per-IP budget
 (``coolkit_rate``), so many accounts starting or reconnecting together stay within the seed's
@@ -27,11 +36,10 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import aiohttp
 
@@ -53,11 +61,11 @@ from protocols.model import (
 )
 
 from .. import wsclient
-from ..backoff import Backoff
-from ..link import LinkState
-from .base import AccountContext, Connector
+from ..link import LinkState, now_ms
+from .base import AccountContext
 from .coolkit_rate import PROGRESS, RateLimiter, RateRules, shared_limiter
 from .options import OptionReader
+from .session import LinkLost, NeedsAttention, Session, Throttled
 
 __all__ = ["CoolkitConnector", "CoolkitOptions"]
 
@@ -107,22 +115,6 @@ class CoolkitOptions:
         return f"v{self.api_version}|{self.app_id}|{who}"
 
 
-class _SessionTaken(Exception):
-    pass
-
-
-class _AuthConfig(Exception):
-    pass
-
-
-class _DeadSocket(Exception):
-    pass
-
-
-class _Throttled(Exception):
-    pass
-
-
 @dataclass(slots=True)
 class _Dev:
     thing: Thing
@@ -137,21 +129,31 @@ _GROUP_PROFILE = Profile(
 _GROUP_SCHEMA = Schema(_GROUP_PROFILE.props, passthrough=True)
 
 
-class CoolkitConnector(Connector):
+class CoolkitConnector(Session):
     vendor = "coolkit"
+    #: named when a refusal does not point at one key (the first 406, a stray auth code)
+    credential_keys: ClassVar[tuple[str, ...]] = (
+        "app_id", "app_secret", "region", "password", "at", "apikey",
+    )  # fmt: skip
 
     def __init__(
         self, options: CoolkitOptions, ctx: AccountContext, http: aiohttp.ClientSession
     ) -> None:
         super().__init__(options, ctx, http)
         self.opts = options
+        self.backoff_base, self.backoff_cap = options.backoff_base, options.backoff_cap
+        # CoolKit's own hard schedule (documented: 15 min doubling to 4 h) is this account's
+        # attention schedule: a session taken or a refused login waits on it.
+        self.attention_base, self.attention_cap = options.attention_backoff, options.attention_cap
         self.signer = Signer(options.app_secret)
         self.limiter: RateLimiter = shared_limiter(options.rules)
-        self._rng = random.Random()
         self._tokens: dict[str, Any] | None = None
+        self._tokens_loaded = False
+        self._taken = False  # the last session was taken over: its access token is dead
         self._devs: dict[str, _Dev] = {}
         self._ws: wsclient.WsConnection | None = None
         self._session: ckws.WsSession | None = None
+        self._pinger_task: asyncio.Task[None] | None = None
         self._pending: dict[str, asyncio.Future[ckws.CommandReply]] = {}
         self._worked = False  # a handshake succeeded at least once in this process
         self._last_command = 0.0
@@ -258,31 +260,26 @@ class CoolkitConnector(Connector):
 
     # ------------------------------------------------------------------ tokens
 
+    def token_identity(self) -> str:
+        return self.opts.identity
+
     def _load_tokens(self) -> None:
+        """The stored tokens, else the configured at/rt pair (saved at once), else none."""
         opts = self.opts
-        stored = self.ctx.tokens.load()
-        if (
-            stored
-            and stored.get("identity") == opts.identity
-            and stored.get("at")
-            and stored.get("rt")
-        ):
+        stored = self.load_tokens()
+        if stored and stored.get("at") and stored.get("rt"):
             self._tokens = stored
-            return
-        if opts.at and opts.rt:
-            self._tokens = {
-                "identity": opts.identity, "at": opts.at, "rt": opts.rt, "apikey": opts.apikey,
-                "region": opts.region, "issued_ms": None,
-            }  # fmt: skip
-            self.ctx.tokens.save(self._tokens)
+        elif opts.at and opts.rt:
+            self._save(
+                at=opts.at, rt=opts.rt, apikey=opts.apikey, region=opts.region, issued_ms=None
+            )
         else:
             self._tokens = None
 
     def _save(self, **changes: Any) -> dict[str, Any]:
-        tokens = dict(self._tokens or {"identity": self.opts.identity})
-        tokens.update(changes)
+        tokens = {**(self._tokens or {}), **changes}
         self._tokens = tokens
-        self.ctx.tokens.save(tokens)
+        self.save_tokens(tokens)
         return tokens
 
     @property
@@ -290,9 +287,31 @@ class CoolkitConnector(Connector):
         region = (self._tokens or {}).get("region")
         return region if isinstance(region, str) and region in REGIONS else self.opts.region
 
+    @property
+    def _account_key(self) -> str:
+        """The config key that names the CoolKit account."""
+        opts = self.opts
+        return "phone_number" if opts.phone_number else "email" if opts.email else "at"
+
     def _expiry(self) -> int | None:
         issued = (self._tokens or {}).get("issued_ms")
         return int(issued) + AT_LIFETIME_MS if isinstance(issued, int) else None
+
+    def _session_taken(self, why: str) -> NeedsAttention:
+        """Another login took the account's session over, which kills our access token.
+
+        Not fought: the Session waits on the attention schedule, and the next session logs in
+        once more (when a password is configured)."""
+        self._taken = True
+        return NeedsAttention(
+            f"session taken by another login: {why}; not fighting it. Hint: {DEDICATED_ACCOUNT_HINT}",
+            self._account_key,
+        )
+
+    def _throttled(self, why: str) -> Throttled:
+        return Throttled(
+            f"the cloud's per-IP rules: {why}", retry_after=self.opts.rules.user_online_interval
+        )
 
     # ------------------------------------------------------------------ HTTP
 
@@ -323,23 +342,27 @@ class CoolkitConnector(Connector):
         self, build: Callable[[str], HttpRequest], version: Literal[1, 2]
     ) -> tuple[int, bytes, Any]:
         """A Bearer call: ``402`` refreshes once and retries; ``401`` means the session was taken."""
-        for attempt in (0, 1):
+
+        async def once() -> tuple[int, bytes, Any]:
             tokens = await self._ensure_tokens()
             status, body = await self._send(build(str(tokens["at"])))
             try:
                 return status, body, rest.parse_envelope(status, body, version)
             except VendorError as exc:
-                if exc.vendor_code == 402 and attempt == 0:
-                    await self._refresh()
-                    continue
                 if exc.vendor_code == 401:
-                    raise _SessionTaken(f"access token rejected (401: {exc.message})") from None
+                    raise self._session_taken(
+                        f"access token rejected (401: {exc.message})"
+                    ) from None
                 if exc.vendor_code == RATE_LIMITED:
-                    raise _Throttled(exc.message) from None
+                    raise self._throttled(exc.message) from None
                 raise
-        raise AssertionError("unreachable")
+
+        return await self.with_reauth(once, self._refresh, _token_expired)
 
     async def _ensure_tokens(self) -> dict[str, Any]:
+        if not self._tokens_loaded:
+            self._tokens_loaded = True
+            self._load_tokens()
         if self._tokens is None:
             await self._login()
         assert self._tokens is not None
@@ -348,8 +371,9 @@ class CoolkitConnector(Connector):
     async def _login(self) -> None:
         opts = self.opts
         if not opts.password:
-            raise _AuthConfig(
-                "no valid tokens and no password: authorize again through OAuth and configure the new at/rt"
+            raise NeedsAttention(
+                "no valid tokens and no password: authorize again through OAuth and configure the new at/rt",
+                "at",
             )
         region = self.region
         for _ in range(3):
@@ -364,8 +388,8 @@ class CoolkitConnector(Connector):
                 )  # fmt: skip
             except RegionRedirect as redirect:
                 if redirect.region not in REGIONS or redirect.region == region:
-                    raise _AuthConfig(
-                        f"login redirected to an unknown region {redirect.region!r}"
+                    raise NeedsAttention(
+                        f"login redirected to an unknown region {redirect.region!r}", "region"
                     ) from None
                 self.ctx.log.info(
                     "account lives in region %s (not %s); logging in there", redirect.region, region
@@ -377,28 +401,30 @@ class CoolkitConnector(Connector):
             result = rest.parse_login(data)
             self._save(
                 at=result.at, rt=result.rt, apikey=result.apikey, region=result.region or region,
-                issued_ms=int(time.time() * 1000),
+                issued_ms=now_ms(),
             )  # fmt: skip
             self.ctx.log.info("logged in (region %s)", self.region)
             return
-        raise _AuthConfig("login kept redirecting between regions")
+        raise NeedsAttention("login kept redirecting between regions", "region")
 
     def _login_error(self, exc: VendorError) -> Exception:
         code = exc.vendor_code
         if code == RATE_LIMITED:
-            return _Throttled(exc.message)
+            return self._throttled(exc.message)
         v1 = self.opts.api_version == 1
         if code in ((401, 404) if v1 else (10001, 10003)):
-            return _AuthConfig(
-                f"login refused ({code}: {exc.message}): check email/phone_number and password"
+            return NeedsAttention(
+                f"login refused ({code}: {exc.message}): check email/phone_number and password",
+                "password" if code in (401, 10001) else self._account_key,
             )
         if code in (406, 407, 408) or (code == 400 and "sign" in exc.message.lower()):
-            return _AuthConfig(
+            return NeedsAttention(
                 f"login refused ({code}: {exc.message}): check app_id/app_secret; free developer "
-                "APPIDs may only use OAuth -- configure at/rt from the OAuth flow instead of a password"
+                "APPIDs may only use OAuth -- configure at/rt from the OAuth flow instead of a password",
+                "app_secret",
             )
         if code == 400:
-            return _AuthConfig(f"login refused ({code}: {exc.message}): incomplete parameters")
+            return NeedsAttention(f"login refused ({code}: {exc.message}): incomplete parameters")
         return exc
 
     async def _refresh(self) -> None:
@@ -417,58 +443,26 @@ class CoolkitConnector(Connector):
             at, new_rt = rest.parse_refresh(data)
         except (VendorError, RemoteProtocolError) as exc:
             if isinstance(exc, VendorError) and exc.vendor_code == RATE_LIMITED:
-                raise _Throttled(exc.message) from None
+                raise self._throttled(exc.message) from None
             self.ctx.log.warning("token refresh failed (%s)", getattr(exc, "vendor_code", exc))
             self._tokens = None
-            self.ctx.tokens.save(None)
-            await self._login()  # raises _AuthConfig for OAuth-only accounts
+            self.save_tokens(None)
+            await self._login()  # NeedsAttention for OAuth-only accounts
             return
-        self._save(at=at, rt=new_rt, issued_ms=int(time.time() * 1000))
+        self._save(at=at, rt=new_rt, issued_ms=now_ms())
         self.ctx.log.info("access token refreshed")
 
-    # ------------------------------------------------------------------ run loop
+    # ------------------------------------------------------------------ session
 
-    async def run(self) -> None:
-        self._load_tokens()
-        backoff = Backoff(self.opts.backoff_base, self.opts.backoff_cap, rng=self._rng)
-        hard = Backoff(self.opts.attention_backoff, self.opts.attention_cap,
-                       floor=self.opts.attention_backoff / 2, rng=self._rng)  # fmt: skip
-        while True:
-            self.ctx.link(LinkState.CONNECTING)
-            try:
-                await self._connect_once(backoff, hard)
-                delay = backoff.next()
-                self.ctx.link(LinkState.BACKOFF, "connection closed by the cloud")
-            except _SessionTaken as exc:
-                delay = hard.next()
-                self._tokens = None if self.opts.password else self._tokens
-                self.ctx.link(LinkState.ATTENTION, f"session taken by another login: {exc}", attention=True)
-                self.ctx.log.error(
-                    "session taken over (%s); not fighting it: next attempt in %.0fs. Hint: %s",
-                    exc, delay, DEDICATED_ACCOUNT_HINT,
-                )  # fmt: skip
-            except _AuthConfig as exc:
-                delay = hard.next()
-                self.ctx.link(LinkState.ATTENTION, f"auth/config error: {exc}", attention=True)
-                self.ctx.log.error("auth/config error: %s; next attempt in %.0fs", exc, delay)
-            except _Throttled as exc:
-                delay = max(backoff.next(), self.opts.rules.user_online_interval)
-                self.ctx.link(LinkState.BACKOFF, f"throttled by the cloud's per-IP rules: {exc}")
-            except (aiohttp.ClientError, OSError, TimeoutError, RemoteProtocolError, VendorError,
-                    _DeadSocket) as exc:  # fmt: skip
-                delay = backoff.next()
-                reason = _describe(exc)
-                self.ctx.link(LinkState.BACKOFF, reason)
-                self.ctx.log.warning("link lost: %s; reconnecting in %.1fs", reason, delay)
-            finally:
-                await self._teardown()
-            await asyncio.sleep(delay)
-
-    async def _connect_once(self, backoff: Backoff, hard: Backoff) -> None:
+    async def connect(self) -> None:
         opts = self.opts
+        if self._taken:
+            self._taken = False
+            if opts.password:
+                self._tokens = None  # taken over: the access token is dead, log in again (once)
         tokens = await self._ensure_tokens()
         issued = tokens.get("issued_ms")
-        if isinstance(issued, int) and time.time() * 1000 - issued > REFRESH_AFTER_MS:
+        if isinstance(issued, int) and now_ms() - issued > REFRESH_AFTER_MS:
             await self._refresh()
         families: tuple[str | None, ...] = (None,)
         if opts.api_version == 2:
@@ -479,7 +473,9 @@ class CoolkitConnector(Connector):
             families = family.family_ids or (None,)
         apikey = (self._tokens or {}).get("apikey")
         if not isinstance(apikey, str) or not apikey:
-            raise _AuthConfig("the user apikey is unknown: configure apikey with the at/rt pair")
+            raise NeedsAttention(
+                "the user apikey is unknown: configure apikey with the at/rt pair", "apikey"
+            )
         dispatch = rest.parse_dispatch(*await self._raw_bearer(
             lambda at: rest.dispatch_request(opts.hosts, opts.api_version, self.region, appid=opts.app_id,
                                              at=at, nonce=make_nonce(), ts=int(time.time()))))  # fmt: skip
@@ -487,28 +483,26 @@ class CoolkitConnector(Connector):
         await self.limiter.user_online(apikey)
         tokens = await self._ensure_tokens()
         # Our own client (gateway/wsclient.py); flow=ctx stops reading while MQTT is congested.
-        ws = await wsclient.connect(
+        self._ws = ws = await wsclient.connect(
             url, open_timeout=opts.handshake_timeout, max_size=4 << 20, flow=self.ctx
         )
-        self._ws = ws
-        session = ckws.WsSession(opts.api_version, opts.app_id, str(tokens["at"]), apikey)
-        self._session = session
-        ws.send(session.handshake(now_ms=int(time.time() * 1000), nonce=make_nonce()))
-        try:
-            raw = await asyncio.wait_for(ws.recv(), opts.handshake_timeout)
-        except TimeoutError:
-            raise _DeadSocket("no answer to userOnline") from None
-        event = session.receive(raw)
+        self._session = session = ckws.WsSession(
+            opts.api_version, opts.app_id, str(tokens["at"]), apikey
+        )
+        ws.send(session.handshake(now_ms=now_ms(), nonce=make_nonce()))
+        event = session.receive(await _recv(ws, opts.handshake_timeout, "no answer to userOnline"))
         if isinstance(event, ckws.HandshakeFailed):
             if event.error == 406:
                 if self._worked:
-                    raise _SessionTaken("userOnline refused with 406 on a session that had worked")
-                raise _AuthConfig(
+                    raise self._session_taken(
+                        "userOnline refused with 406 on a session that had worked"
+                    )
+                raise NeedsAttention(
                     "userOnline refused with 406 on the first attempt: wrong APPID, signature or "
                     "incomplete parameters (check app_id/app_secret, region, at/apikey)"
                 )
             if event.error == RATE_LIMITED:
-                raise _Throttled("userOnline refused: repeated too often")
+                raise self._throttled("userOnline refused: repeated too often")
             raise VendorError(
                 "vendor", event.error, f"userOnline refused: {event.reason or event.error}"
             )
@@ -518,28 +512,24 @@ class CoolkitConnector(Connector):
         hb = dataclasses.replace(event.heartbeat, grace=opts.heartbeat_grace)
         # Ping from the handshake on: the resync below may be paced by the rate budget for
         # longer than the server tolerates a silent socket.
-        pinger = asyncio.create_task(self._pinger(ws, hb))
-        try:
-            await self._sync(families, apikey)
-            PROGRESS.done(self._progress_key)
-            backoff.reset()
-            hard.reset()
-            self.ctx.link(LinkState.ONLINE, token_expires_ms=self._expiry())
-            await self._reader(ws, session, hb)
-        finally:
-            pinger.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await pinger
+        self._pinger_task = asyncio.create_task(self._pinger(ws, hb))
+        await self._sync(families, apikey)
+        PROGRESS.done(self._progress_key)
+        self.mark_online(token_expires_ms=self._expiry())
+        await self._reader(ws, session, hb)
 
     async def _raw_bearer(self, build: Callable[[str], HttpRequest]) -> tuple[int, bytes]:
         """Dispatch replies use their own envelope (the v1 one); 401/402 as every Bearer call."""
         status, body, _ = await self._bearer_reply(build, 1)
         return status, body
 
-    async def _teardown(self) -> None:
-        session, ws = self._session, self._ws
-        self._session = None
-        self._ws = None
+    async def teardown(self) -> None:
+        pinger, session, ws = self._pinger_task, self._session, self._ws
+        self._pinger_task = self._session = self._ws = None
+        if pinger is not None:
+            pinger.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pinger
         if session is not None:
             for seq in session.close():
                 fut = self._pending.pop(seq, None)
@@ -556,7 +546,7 @@ class CoolkitConnector(Connector):
 
     async def close(self) -> None:
         PROGRESS.unregister(self._progress_key)
-        await self._teardown()
+        await self.teardown()
 
     # ------------------------------------------------------------------ sync
 
@@ -606,32 +596,24 @@ class CoolkitConnector(Connector):
             infos.append(DeviceInfo(thing.id, thing.name, thing.model, schema, thing.online, extra))
         self._devs = devs
         self.ctx.devices(infos)
-        now = int(time.time() * 1000)
+        now = now_ms()
         for dev in devs.values():
             if dev.online is not None:
                 self.ctx.availability(Availability(dev.thing.id, dev.online, now))
             if dev.thing.params:
                 self._state(dev, dev.thing.params, now)
 
-    def _state(
-        self, dev: _Dev, params: Mapping[str, Any], ts: int, seq: int | None = None
-    ) -> dict[str, Any]:
-        values, flagged = profiles.decode_params(dev.profile, dev.schema, params)
-        for pid in flagged:
-            self.ctx.bad_input(
-                f"value of {pid!r} does not fit its schema: kept as sent",
-                dev.thing.id,
-                "bad_values",
-            )
-        if values:
-            self.ctx.state(StateChange(dev.thing.id, values, ts, seq))
-        return values
+    def _state(self, dev: _Dev, params: Mapping[str, Any], ts: int, seq: int | None = None) -> None:
+        """Report params as sent (channels flattened): the link normalizes and counts misfits."""
+        props = profiles.flatten(dev.profile, params)
+        if props:
+            self.ctx.state(StateChange(dev.thing.id, props, ts, seq))
 
     # ------------------------------------------------------------------ live socket
 
     async def _pinger(self, ws: wsclient.WsConnection, hb: ckws.Heartbeat) -> None:
         while True:
-            await asyncio.sleep(hb.ping_delay(self._rng))
+            await asyncio.sleep(hb.ping_delay())
             ws.send(ckws.PING)
 
     async def _reader(
@@ -641,12 +623,11 @@ class CoolkitConnector(Connector):
         last_rx = loop.time()
         while True:
             remaining = last_rx + hb.dead_after - loop.time()
-            try:
-                raw = await asyncio.wait_for(ws.recv(), max(remaining, 0.0))
-            except TimeoutError:
-                raise _DeadSocket(
-                    f"no traffic for {hb.dead_after:g}s (hbInterval {hb.interval:g}s + {hb.grace:g}s)"
-                ) from None
+            raw = await _recv(
+                ws,
+                max(remaining, 0.0),
+                f"no traffic for {hb.dead_after:g}s (hbInterval {hb.interval:g}s + {hb.grace:g}s)",
+            )
             last_rx = loop.time()
             try:
                 event = session.receive(raw)
@@ -660,7 +641,7 @@ class CoolkitConnector(Connector):
             await self.ctx.drain()
 
     def _on_event(self, event: ckws.WsEvent) -> None:
-        now = int(time.time() * 1000)
+        now = now_ms()
         if isinstance(event, ckws.CommandReply):
             fut = self._pending.pop(event.sequence, None)
             if fut is not None and not fut.done():
@@ -696,7 +677,9 @@ class CoolkitConnector(Connector):
                 self._state(dev, rest_params, now)
         elif isinstance(event, ckws.ServerError):
             if event.error == 406:
-                raise _SessionTaken(f"the cloud ended the session (406 {event.reason})".strip())
+                raise self._session_taken(
+                    f"the cloud ended the session (406 {event.reason})".strip()
+                )
             self.ctx.bad_input(f"unsolicited error frame {event.error} {event.reason}".strip())
 
     # ------------------------------------------------------------------ commands
@@ -721,7 +704,7 @@ class CoolkitConnector(Connector):
         if self._session is not session:
             raise CommandError("vendor", "the CoolKit connection was replaced; retry")
         seq, frame = session.command(
-            action, now_ms=int(time.time() * 1000), deviceid=dev.thing.id,
+            action, now_ms=now_ms(), deviceid=dev.thing.id,
             owner_apikey=dev.thing.owner_apikey, params=params,
         )  # fmt: skip
         fut: asyncio.Future[ckws.CommandReply] = loop.create_future()
@@ -753,13 +736,9 @@ class CoolkitConnector(Connector):
         params = profiles.encode_params(dev.profile, dev.schema, props)
         if dev.thing.kind == "group":
             gid = dev.thing.id[len(rest.GROUP_PREFIX) :]
-            try:
-                await self._bearer(lambda at: rest.group_status_request(
-                    self.opts.hosts, self.region, at=at, nonce=make_nonce(), group_id=gid, params=params), 2)  # fmt: skip
-            except (_SessionTaken, _Throttled) as exc:
-                raise CommandError(
-                    "auth" if isinstance(exc, _SessionTaken) else "throttled", str(exc)
-                ) from None
+            # A session taken (401) or a rate refusal is a LinkError: answered with its code.
+            await self._bearer(lambda at: rest.group_status_request(
+                self.opts.hosts, self.region, at=at, nonce=make_nonce(), group_id=gid, params=params), 2)  # fmt: skip
             return CommandResult.ok()
         if dev.online is False:
             raise CommandError("offline", "the device is offline (as the cloud last reported)")
@@ -779,18 +758,26 @@ class CoolkitConnector(Connector):
         reply = await self._command("query", dev, profiles.query_names(dev.profile, props))
         if reply.error != 0:
             raise self._reply_error(reply)
-        values = (
-            self._state(dev, reply.params or {}, int(time.time() * 1000)) if reply.params else {}
-        )
+        params = reply.params or {}
+        if params:
+            self._state(dev, params, now_ms())
+        # The reply carries normalized values; misfits are counted by the link, not here.
+        values, _ = profiles.decode_params(dev.profile, dev.schema, params)
         if props:
             values = {k: v for k, v in values.items() if k in props}
         return CommandResult.ok(values)
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, VendorError):
-        return f"CoolKit error {exc.vendor_code}: {exc.message}"
-    if isinstance(exc, wsclient.ConnectionClosed):
-        return f"WebSocket {exc}"
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+def _token_expired(exc: Exception) -> bool:
+    """``402``: the access token expired; refresh it and call once more."""
+    return isinstance(exc, VendorError) and exc.vendor_code == 402
+
+
+async def _recv(ws: wsclient.WsConnection, timeout: float, silent: str) -> str | bytes:
+    """The next message; ``LinkLost`` when none comes within ``timeout`` or the socket ends."""
+    try:
+        return await asyncio.wait_for(ws.recv(), timeout)
+    except TimeoutError:
+        raise LinkLost(silent) from None
+    except wsclient.ConnectionClosed as exc:
+        raise LinkLost(f"WebSocket {exc}") from None
