@@ -205,7 +205,9 @@ class Publisher:
     def _on_removed(self, ev: DeviceRemoved) -> None:
         """Clear the vanished device's retained topics and say so on ``bridge/event``."""
         rec = ev.record
-        for topic in (rec.topic, self.topics.availability(rec.topic), *rec.prop_topics.values()):
+        topics: list[str | bytes] = [rec.topic, self.topics.availability(rec.topic)]
+        topics.extend(rec.prop_topics.values())
+        for topic in topics:
             self.mqtt.publish(topic, b"", 1, True)
         self.bridge_event(
             "device_removed", vendor=rec.vendor, account=rec.account, device=rec.device,
