@@ -1,41 +1,71 @@
-"""Counters for ``bridge/health``: every dropped or rejected input is counted by vendor."""
+"""Counters for ``bridge/health``: every dropped or rejected input is counted by vendor.
+
+Rates come from fixed windows: ``totals`` are sampled at the window boundaries, and
+``snapshot()`` reports the rate over the last *completed* window, so asking for a snapshot
+(``bridge/request/health``, the periodic publish, a scrape) never changes what the next one
+says. Until the first window completes, the rate is over the time since start.
+"""
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["Health"]
 
 
 class Health:
-    __slots__ = ("_last", "_last_t", "counters", "started", "totals")
+    __slots__ = (
+        "_clock",
+        "_rates",
+        "_window",
+        "_window_start",
+        "_window_totals",
+        "counters",
+        "started",
+        "totals",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, window: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.counters: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         # totals that feed the rates; plain ints on the hot path
         self.totals = {"state": 0, "events": 0, "published": 0, "commands": 0}
         self.started = time.time()
-        self._last = dict(self.totals)
-        self._last_t = time.monotonic()
+        self._clock = clock
+        self._window = window
+        self._window_start = clock()
+        self._window_totals = dict(self.totals)
+        self._rates: dict[str, float] | None = None  # of the last completed window
 
     def count(self, counter: str, vendor: str, n: int = 1) -> None:
         self.counters[counter][vendor] += n
 
+    def rates(self) -> dict[str, float]:
+        """Per-second rates over the last completed window (or since start, before one)."""
+        now = self._clock()
+        elapsed = now - self._window_start
+        if elapsed >= self._window:
+            # close the window(s) that ended: the rate over them is the one reported
+            self._rates = {
+                name: (value - self._window_totals[name]) / elapsed
+                for name, value in self.totals.items()
+            }
+            self._window_start = now
+            self._window_totals = dict(self.totals)
+        if self._rates is not None:
+            rates = self._rates
+        else:
+            dt = max(elapsed, 1e-6)
+            rates = {n: (v - self._window_totals[n]) / dt for n, v in self.totals.items()}
+        return {f"{name}_per_s": round(value, 1) for name, value in rates.items()}
+
     def snapshot(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        now = time.monotonic()
-        dt = max(now - self._last_t, 1e-6)
-        rates = {
-            f"{name}_per_s": round((value - self._last[name]) / dt, 1)
-            for name, value in self.totals.items()
-        }
-        self._last = dict(self.totals)
-        self._last_t = now
         out: dict[str, Any] = {
             "ts": int(time.time() * 1000),
             "uptime_s": int(time.time() - self.started),
-            "rates": rates,
+            "rates": self.rates(),
             "totals": dict(self.totals),
             "counters": {name: dict(by_vendor) for name, by_vendor in self.counters.items()},
         }
