@@ -1,4 +1,4 @@
-"""The Tencent emulator (``gateway.simulators.tencent``) in its own process, driven for a bench.
+"""The Tencent emulator (``emulators.tencent``) in its own process, driven for a bench.
 
 ``python -m bench._emulator --users N --devices D`` starts the emulated cloud, prints one JSON
 line (``api_url``, ``ws_url``, ``app_key``, ``app_secret``) and then reads commands on stdin:
@@ -27,7 +27,7 @@ import sys
 import time
 from typing import Any
 
-from gateway.simulators.tencent import SimToken, TencentCloud
+from emulators.tencent import SimToken, TencentCloud
 
 from ._proc import raise_nofile, run
 

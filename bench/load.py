@@ -2,7 +2,7 @@
 
 ``python -m bench.load --vendor tencent --connections C --rate R --seconds S [--devices D]``
 
-Processes (each its own, as in production): the Tencent emulator (``gateway.simulators.tencent``
+Processes (each its own, as in production): the Tencent emulator (``emulators.tencent``
 via ``bench._emulator``) pushing ``Property``/``Report`` frames through real WebSockets at R msg/s
 in total over C accounts (one push connection each, D devices each); the gateway
 (``bench._gateway``: ``Gateway`` on uvloop) republishing to a private mosquitto; a subscriber

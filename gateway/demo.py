@@ -8,7 +8,6 @@ second and exits 0 after ``--duration`` (or on Ctrl-C).
 from __future__ import annotations
 
 import asyncio
-import importlib
 import tempfile
 import time
 from typing import Any
@@ -16,16 +15,16 @@ from typing import Any
 from .app import Gateway
 from .config import parse_config, parse_mqtt_url
 from .mosquitto import Mosquitto, port_open
-from .simulators import SIMULATORS
+from .vendors import VENDORS, emulator_module
 
 
 async def run_demo(
     vendors: str, broker: str, duration: float | None, devices: int, stop: asyncio.Event
 ) -> int:
-    wanted = list(SIMULATORS) if vendors == "all" else [v.strip() for v in vendors.split(",") if v.strip()]
-    unknown = [v for v in wanted if v not in SIMULATORS]
+    wanted = list(VENDORS) if vendors == "all" else [v.strip() for v in vendors.split(",") if v.strip()]
+    unknown = [v for v in wanted if v not in VENDORS]
     if unknown:
-        print(f"unknown vendor(s): {', '.join(unknown)} (known: {', '.join(SIMULATORS)})")
+        print(f"unknown vendor(s): {', '.join(unknown)} (known: {', '.join(VENDORS)})")
         return 2
     host, port, tls, _, _ = parse_mqtt_url(broker, "--broker")
     own: Mosquitto | None = None
@@ -40,7 +39,7 @@ async def run_demo(
     clouds: list[tuple[str, Any]] = []
     for vendor in wanted:
         try:
-            module = importlib.import_module(SIMULATORS[vendor])
+            module = emulator_module(vendor)
         except ImportError as exc:
             print(f"{vendor}: emulator unavailable ({exc}); skipped")
             continue

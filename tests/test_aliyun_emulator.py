@@ -18,7 +18,7 @@ import orjson
 import paho.mqtt.client as paho
 import pytest
 
-from gateway.simulators.aliyun import LIGHT_PK, AliyunCloud
+from emulators.aliyun import LIGHT_PK, AliyunCloud
 from protocols.aliyun import (
     build_bind,
     build_request,

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gateway.simulators.aliyun import LIGHT_PK, SENSOR_PK, AliyunCloud
+from emulators.aliyun import LIGHT_PK, SENSOR_PK, AliyunCloud
 
 FAST = {
     "reconnect_min": 0.05,

@@ -17,10 +17,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from emulators.coolkit import CoolkitCloud
 from gateway.connectors.coolkit import CoolkitConnector, CoolkitOptions
 from gateway.connectors.coolkit_rate import RateLimiter, RateRules
 from gateway.errors import ConfigError
-from gateway.simulators.coolkit import CoolkitCloud
 from gateway.tokens import TokenStore
 from protocols.model import (
     Availability,

@@ -14,7 +14,7 @@ import orjson
 import pytest
 import websockets
 
-from gateway.simulators.coolkit import CoolkitCloud
+from emulators.coolkit import CoolkitCloud
 from protocols.coolkit import rest
 from protocols.coolkit import ws as ckws
 from protocols.coolkit.sign import Signer

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gateway.simulators.coolkit import CoolkitCloud
+from emulators.coolkit import CoolkitCloud
 from tests.conftest import Probe
 
 B = "cloud2mqtt"

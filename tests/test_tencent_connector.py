@@ -15,9 +15,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from emulators.tencent import TencentCloud
 from gateway.connectors.tencent import TencentConnector, TencentOptions
 from gateway.errors import ConfigError
-from gateway.simulators.tencent import TencentCloud
 from gateway.tokens import TokenSlot, TokenStore
 from protocols.model import (
     Availability,

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gateway.simulators.tencent import TencentCloud
+from emulators.tencent import TencentCloud
 from gateway.topics import encode_id
 
 B = "cloud2mqtt"

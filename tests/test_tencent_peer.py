@@ -25,7 +25,7 @@ import aiohttp
 import orjson
 import pytest
 
-from gateway.simulators.tencent import TencentCloud
+from emulators.tencent import TencentCloud
 from protocols.tencent import api
 from tests.conftest import peer_unavailable
 from tests.test_tencent_simulator import Client

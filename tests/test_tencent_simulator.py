@@ -13,7 +13,7 @@ import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from gateway.simulators.tencent import LIGHT_PRODUCT, SENSOR_PRODUCT, TencentCloud
+from emulators.tencent import LIGHT_PRODUCT, SENSOR_PRODUCT, TencentCloud
 from protocols.model import VendorError
 from protocols.tencent import api, ws
 
@@ -380,8 +380,8 @@ async def test_sdk_envelope(cloud: TencentCloud, client: Client) -> None:
 
 async def test_cli_simulate_tencent(capsys: pytest.CaptureFixture[str]) -> None:
     """``cloud2mqtt simulate tencent --port 0 …`` through the CLI's parser, served in-process."""
+    from emulators.tencent import serve
     from gateway.cli import build_parser
-    from gateway.simulators.tencent import serve
 
     args = build_parser().parse_args(
         ["simulate", "tencent", "--port", "0", "--devices", "2", "--rate", "0"]

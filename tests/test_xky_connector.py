@@ -14,9 +14,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from emulators.xky import XkyCloud
 from gateway.connectors.xky import XkyConnector, XkyOptions
 from gateway.errors import ConfigError
-from gateway.simulators.xky import XkyCloud
 from gateway.tokens import TokenSlot, TokenStore
 from protocols.model import (
     Availability,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gateway.simulators.xky import XkyCloud
+from emulators.xky import XkyCloud
 
 B = "cloud2mqtt"
 

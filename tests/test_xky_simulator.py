@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 import pytest
 
-from gateway.simulators.xky import XkyCloud
+from emulators.xky import XkyCloud
 from protocols.model import RemoteProtocolError, VendorError
 from protocols.xky import api, records
 from protocols.xky.envelope import SessionInvalid, parse_response

@@ -70,7 +70,7 @@ from websockets.exceptions import ConnectionClosed
 from protocols.coolkit.rest import RATE_LIMITED
 from protocols.coolkit.sign import Signer, canonical_query
 
-from .base import SimulatedCloud, control_response, serve_forever
+from ..base import SimulatedCloud, add_common_arguments, control_response, serve_forever
 
 __all__ = ["CoolkitCloud", "add_arguments", "demo_cloud", "serve"]
 
@@ -878,6 +878,7 @@ def demo_cloud(devices: int = 8) -> CoolkitCloud:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8091, help="HTTP port (every region under /{region})")
     parser.add_argument("--ws-port", type=int, default=None, help="WebSocket port (default: --port + 1)")
@@ -903,4 +904,4 @@ async def serve(args: argparse.Namespace) -> None:
         rate_max_calls=args.rate_max_calls, user_online_interval=args.user_online_interval,
         push_interval=args.push_interval, extra_devices=args.devices, seed=args.seed,
     )  # fmt: skip
-    await serve_forever(cloud, cloud.account_config)
+    await serve_forever(cloud, cloud.account_config, args=args, ports=(args.port, ws_port))

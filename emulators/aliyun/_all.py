@@ -86,7 +86,7 @@ from protocols.aliyun import (
 )
 from protocols.model import RemoteProtocolError
 
-from .base import SimulatedCloud, control_response, serve_forever
+from ..base import SimulatedCloud, add_common_arguments, control_response, serve_forever
 
 __all__ = ["AliyunCloud", "add_arguments", "demo_cloud", "serve"]
 
@@ -901,6 +901,7 @@ def demo_cloud(devices: int = 4) -> AliyunCloud:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8091, help="HTTP API gateway port")
     parser.add_argument("--mqtt-port", type=int, default=0, help="MQTT front port (0: free port)")
@@ -928,4 +929,6 @@ async def serve(args: argparse.Namespace) -> None:
             "refresh_token": cloud.account.refresh_token,
             "identity_id": cloud.account.identity_id,
         },
+        args=args,
+        ports=(args.port, args.mqtt_port),
     )

@@ -46,7 +46,7 @@ from protocols.xky import api
 from protocols.xky.envelope import ASSUMED_ENVELOPE, encode_error, encode_ok
 from protocols.xky.records import DeviceRecord, encode_device
 
-from .base import SimulatedCloud, control_response, serve_forever
+from ..base import SimulatedCloud, add_common_arguments, control_response, serve_forever
 
 __all__ = ["XkyCloud", "add_arguments", "demo_cloud", "serve"]
 
@@ -632,6 +632,7 @@ def demo_cloud(devices: int = 4) -> XkyCloud:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--account", default="demo")
@@ -663,4 +664,4 @@ async def serve(args: argparse.Namespace) -> None:
         report_online=not args.no_online,
         seed=args.seed,
     )
-    await serve_forever(cloud, cloud.account_config)
+    await serve_forever(cloud, cloud.account_config, args=args, ports=(args.port,))

@@ -1,0 +1,173 @@
+"""What every emulator shares: the async-context lifecycle, the ``simulate`` serve loop (with
+``--print-config`` and a loud ``PortInUse``) and the ``/_control`` dispatcher."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import inspect
+import socket
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Self
+
+import orjson
+from aiohttp import web
+
+__all__ = [
+    "PortInUse",
+    "SimulatedCloud",
+    "add_common_arguments",
+    "control_response",
+    "serve_forever",
+    "toml_accounts_block",
+]
+
+
+class PortInUse(OSError):
+    """``serve`` could not listen: ``port`` on ``host`` is taken (or not ours to take).
+
+    An ``OSError`` (``errno`` ``EADDRINUSE``), so a caller that does not import the emulators
+    can still catch it as one. ``cloud2mqtt simulate`` prints ``str(exc)`` and exits non-zero.
+    """
+
+    def __init__(self, host: str, port: int, detail: str = "") -> None:
+        self.host = host
+        self.port = port
+        message = f"port {port} on {host} is already in use; pick free ports with --port"
+        if detail:
+            message += f" ({detail})"
+        super().__init__(errno.EADDRINUSE, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class SimulatedCloud:
+    """Base of the emulated clouds: ``async with Cloud(...) as cloud`` starts and stops it."""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every ``cloud2mqtt simulate <vendor>`` has (called by each ``add_arguments``)."""
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="also print a ready-to-paste TOML [[accounts]] block for this emulator",
+    )
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return orjson.dumps(value).decode()  # a JSON string is a TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def _toml_key(key: str) -> str:
+    bare = key and all(c.isascii() and (c.isalnum() or c in "-_") for c in key)
+    return key if bare else orjson.dumps(key).decode()
+
+
+def toml_accounts_block(account: Mapping[str, Any]) -> str:
+    """``account`` as a TOML ``[[accounts]]`` table (``None`` values left out: TOML has none)."""
+    lines = ["[[accounts]]"]
+    lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in account.items() if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+def _taken(host: str, ports: Iterable[int]) -> int | None:
+    """The first of ``ports`` that cannot be bound on ``host`` right now."""
+    for port in ports:
+        if not port:
+            continue
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            try:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((host, port))
+            except OSError:
+                return port
+    return None
+
+
+async def start_or_raise(cloud: SimulatedCloud, host: str, ports: Iterable[int]) -> None:
+    """``cloud.start()``; a failed bind becomes ``PortInUse`` naming the port (what was
+    already started is stopped first)."""
+    try:
+        await cloud.start()
+    except OSError as exc:
+        if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+            raise
+        await cloud.stop()
+        wanted = list(ports)
+        port = _taken(host, wanted)
+        raise PortInUse(host, port if port is not None else wanted[0], exc.strerror or "") from exc
+
+
+async def serve_forever(
+    cloud: SimulatedCloud,
+    account_config: Callable[[], dict[str, Any]],
+    *,
+    args: argparse.Namespace | None = None,
+    ports: Iterable[int] = (),
+) -> None:
+    """``cloud2mqtt simulate``: start, print the ``[[accounts]]`` table as one JSON line (tools
+    and tests read it) and, with ``--print-config``, as a TOML block; run until cancelled.
+
+    Raises ``PortInUse`` when one of ``ports`` (those ``args`` asked for) cannot be bound.
+    """
+    host = getattr(args, "host", "127.0.0.1") if args is not None else "127.0.0.1"
+    await start_or_raise(cloud, host, ports)
+    account = account_config()
+    print(orjson.dumps(account).decode(), flush=True)
+    if args is not None and getattr(args, "print_config", False):
+        print(toml_accounts_block(account), end="", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await cloud.stop()
+
+
+async def control_response(
+    request: web.Request, actions: Mapping[str, Callable[..., Any]]
+) -> web.Response:
+    """``POST /_control/<fault>`` of every emulator: the JSON object body becomes the keyword
+    arguments of ``actions[fault]`` (awaited when it returns an awaitable).
+
+    ``{"ok": true, "result": …}``; an unknown fault is 404, a body that is not a JSON object or
+    arguments the action refuses (``TypeError``/``ValueError``/``KeyError``) are 400, both with
+    ``{"ok": false, "error": …}``.
+    """
+    fault = request.match_info["fault"]
+    action = actions.get(fault)
+    if action is None:
+        return web.json_response({"ok": False, "error": f"unknown fault {fault!r}"}, status=404)
+    try:
+        params = orjson.loads(await request.read() or b"{}")
+        if not isinstance(params, dict):
+            raise ValueError("body must be a JSON object")
+        result = action(**params)
+        if inspect.isawaitable(result):
+            result = await result
+    except (TypeError, ValueError, KeyError) as exc:  # orjson.JSONDecodeError is a ValueError
+        return web.json_response({"ok": False, "error": str(exc)}, status=400)
+    return web.json_response({"ok": True, "result": result})

@@ -1,0 +1,101 @@
+"""The Tencent emulator's faults, in-process or by ``POST /_control/<fault>``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Final
+
+import orjson
+from aiohttp import web
+
+from ..base import control_response
+
+log = logging.getLogger("cloud2mqtt.sim.tencent")
+
+
+GARBAGE: Final = (
+    "{not json",
+    orjson.dumps(
+        {
+            "action": "DeviceChange",
+            "push": True,
+            "params": {
+                "Time": "2019-04-11T20:42:36+08:00",
+                "Type": "Event",
+                "SubType": "Report",
+                "Topic": "",
+                # the seed's Event example payload, as damaged by the document extraction
+                "Payload": "ewogICAgICAgICJtZXRob2QiOiAiZXZlbnRfcG9zdCIsciaGICAgICAgInZlcnPb24iOia"
+                "iMS4wIiwKICAgICAgICAiZXZlbnRJZCI6ICJsb3dfdm9sdGFnZSIsciaGICAgICAgInBhcmF",
+                "Seq": 1,
+                "DeviceId": "",
+            },
+        }
+    ).decode(),
+    b"\x00\xff\xfe garbage",
+    '{"push": true, "action": "DeviceChange"}',
+)
+
+
+class Faults:
+    """Misbehaviour on demand (mixed into ``TencentCloud``)."""
+
+    def drop_sockets(self) -> int:
+        """Abort every WebSocket without a close handshake."""
+        n = len(self.sockets)
+        for sock in list(self.sockets):
+            sock.conn.transport.abort()
+        self.stats["dropped"] += n
+        return n
+
+    def stall(self, seconds: float) -> None:
+        self._stall_until = asyncio.get_running_loop().time() + seconds
+
+    def garble(self, count: int = 1) -> None:
+        self._garble += count
+
+    def expire_tokens(self) -> int:
+        now = time.time()
+        for token in self.tokens.values():
+            token.expires = min(token.expires, now)
+        return len(self.tokens)
+
+    def refuse_logins(self, count: int = -1) -> None:
+        """Refuse the next ``count`` logins (``-1``: all of them until called with ``0``)."""
+        self._refuse_logins = count
+
+    def slow(self, seconds: float) -> None:
+        self._slow = max(0.0, seconds)
+
+    def heartbeat_errors(self, count: int = 1) -> None:
+        self._heartbeat_errors = count
+
+    async def _state(self, request: web.Request) -> web.Response:
+        state = {
+            "stats": dict(self.stats),
+            "sockets": len(self.sockets),
+            "subscribed": sorted({d for s in self.sockets for d in s.subscribed}),
+            "users": len(self.users),
+            "devices": {
+                d: {"online": v.online, "values": v.values} for d, v in self.devices.items()
+            },
+        }
+        return web.Response(body=orjson.dumps(state), content_type="application/json")
+
+    async def _control(self, request: web.Request) -> web.Response:
+        return await control_response(request, {
+            "drop": self.drop_sockets,
+            "stall": lambda seconds=5: self.stall(float(seconds)),
+            "garble": lambda count=1: self.garble(int(count)),
+            "expire_tokens": self.expire_tokens,
+            "refuse_logins": lambda count=-1: self.refuse_logins(int(count)),
+            "slow": lambda seconds=5: self.slow(float(seconds)),
+            "heartbeat_errors": lambda count=1: self.heartbeat_errors(int(count)),
+            "report": lambda device, props: self.report(str(device), dict(props)),
+            "event": lambda device, event, params=None: self.event(
+                str(device), str(event), dict(params or {})),
+            "online": lambda device: self.set_online(str(device), True),
+            "offline": lambda device: self.set_online(str(device), False),
+        })  # fmt: skip
