@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import time
 from collections.abc import AsyncIterator
@@ -403,3 +404,107 @@ async def test_cli_simulate_tencent(capsys: pytest.CaptureFixture[str]) -> None:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+# --------------------------------------------------------------------------------------------
+# seed-shaped quirks (issue 11 finding 6 and the real cloud's habits)
+
+
+def _device_message(change: ws.DeviceChange) -> bytes:
+    return base64.b64decode(change.payload)
+
+
+async def _control(client: Client, fault: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
+    base = client.cloud.api_url.split("/api/")[0]
+    async with client.http.post(f"{base}/_control/{fault}", json=body) as resp:
+        await resp.read()
+        return resp
+
+
+async def test_report_timestamps_are_seconds_by_default(cloud: TencentCloud, client: Client) -> None:
+    """Seed 002: a pushed report's ``timestamp`` is epoch seconds (or 0), while
+    ``AppGetDeviceData`` keeps ``LastUpdate`` in ms."""
+    token = await client.login()
+    light = cloud.device_ids()[0]
+    conn = await subscribe(cloud, token, [light])
+    try:
+        before = int(time.time())
+        cloud.report(light, {"brightness": 7})
+        cloud.event(light, "status_report", {"status": 0, "message": "ok"})
+        report = orjson.loads(_device_message(await recv_push(conn, type="Property")))
+        event = orjson.loads(_device_message(await recv_push(conn, type="Event")))
+        after = int(time.time())
+        for body in (report, event):
+            assert isinstance(body["timestamp"], int) and before <= body["timestamp"] <= after
+        reply = await client.call("AppGetDeviceData", api.device_data_params(light))
+        last_update = orjson.loads(reply["Data"])["brightness"]["LastUpdate"]
+        assert before * 1000 <= last_update < (after + 1) * 1000  # ms, as the seed gives it
+
+        assert (await _control(client, "report_timestamps", {"unit": "zero"})).status == 200
+        cloud.report(light, {"brightness": 8})
+        assert orjson.loads(_device_message(await recv_push(conn)))["timestamp"] == 0
+        assert (await _control(client, "report_timestamps", {"unit": "ms"})).status == 200
+        cloud.report(light, {"brightness": 9})
+        stamp = orjson.loads(_device_message(await recv_push(conn)))["timestamp"]
+        assert before * 1000 <= stamp <= (int(time.time()) + 1) * 1000
+        assert (await _control(client, "report_timestamps", {"unit": "us"})).status == 400
+    finally:
+        await conn.close()
+
+
+async def test_nul_padded_device_messages(cloud: TencentCloud, client: Client) -> None:
+    token = await client.login()
+    light = cloud.device_ids()[0]
+    conn = await subscribe(cloud, token, [light])
+    try:
+        assert (await _control(client, "nul_pad", {"count": 3})).status == 200
+        cloud.report(light, {"brightness": 11})
+        change = await recv_push(conn)
+        raw = _device_message(change)
+        assert raw.endswith(b"}\x00\x00\x00")
+        assert ws.decode_device_change(change, now_ms=0).events[0].props == {"brightness": 11}  # type: ignore[union-attr]
+        assert (await _control(client, "nul_pad", {"count": -1})).status == 400
+        assert (await _control(client, "nul_pad", {"count": 0})).status == 200
+        cloud.report(light, {"brightness": 12})
+        assert _device_message(await recv_push(conn)).endswith(b"}")
+    finally:
+        await conn.close()
+
+
+async def test_templates_as_objects_or_json_strings(cloud: TencentCloud, client: Client) -> None:
+    await client.login()
+
+    async def kinds() -> set[type]:
+        reply = await client.call("AppGetProducts", {"ProductIds": [LIGHT_PRODUCT, SENSOR_PRODUCT]})
+        return {type(p["DataTemplate"]) for p in reply["Products"]}
+
+    assert await kinds() == {dict, str}  # the default: one of each
+    assert (await _control(client, "templates", {"form": "string"})).status == 200
+    assert await kinds() == {str}
+    assert (await _control(client, "templates", {"form": "object"})).status == 200
+    assert await kinds() == {dict}
+    assert (await _control(client, "templates", {"form": "yaml"})).status == 400
+
+
+async def test_silence_stops_reading_and_sending(cloud: TencentCloud, client: Client) -> None:
+    """``silence``: the socket neither sends nor reads (no pong, no heartbeat reply) until it
+    ends — unlike ``stall``, which still answers WebSocket pings."""
+    token = await client.login()
+    light = cloud.device_ids()[0]
+    conn = await subscribe(cloud, token, [light])
+    try:
+        resp = await _control(client, "silence", {"seconds": 0.5})
+        assert resp.status == 200
+        (sock,) = cloud.sockets
+        assert not sock.conn.transport.is_reading()
+        cloud.report(light, {"brightness": 13})
+        pong = await conn.ping()
+        async with asyncio.timeout(10):
+            while not sock.conn.transport.is_reading():
+                await asyncio.sleep(0.02)
+        await asyncio.wait_for(pong, 10)
+        change = await recv_push(conn)  # held while silent, delivered after
+        assert ws.decode_device_change(change, now_ms=0).events[0].props == {"brightness": 13}  # type: ignore[union-attr]
+        assert cloud.stats["silenced"] == 1
+    finally:
+        await conn.close()

@@ -38,7 +38,7 @@ Devices: every user (created on first login by ``WxOpenID``) owns ``devices`` de
 ``light_blink``) and sensors (``temperature`` float r, ``humidity`` int r; event ``low_voltage``)
 alternately. At ``rate`` pushes per second per user they report properties, post events and go
 offline/online; ``max_rate`` sends reports as fast as each socket drains (``stamp`` adds a
-``sent_ts`` send time, epoch ms, to each report's params). A control changes the device, comes
+``sent_ts`` send time, epoch ms, to each report's params: the bench's latency probe). A control changes the device, comes
 back as a ``Property``/``Push`` ``control`` push and then a ``Property``/``Report`` push.
 
 Misbehaviour, in-process or by ``POST /_control/<fault>`` with a JSON body:
@@ -47,7 +47,14 @@ frames are garbage: bad JSON, a seed-damaged payload, binary, a push without par
 ``expire_tokens``, ``refuse_logins {"count"}`` (-1: until ``0``), ``slow {"seconds"}`` (HTTP
 replies), ``heartbeat_errors {"count"}`` (``error: "-1"`` replies), and device drivers ``report
 {"device","props"}``, ``event {"device","event","params"}``, ``online``/``offline {"device"}``;
-``GET /_control/state`` returns counters.
+``GET /_control/state`` returns counters. The real cloud's habits, each a knob (constructor,
+``simulate`` option and ``/_control``): ``silence {"seconds"}`` (send nothing *and* read nothing,
+so WebSocket pings go unanswered too — ``stall`` still answers them); ``report_timestamps
+{"unit"}`` — a device message's ``timestamp`` is epoch seconds by default, as in seed 002 (``Time``
+has second resolution too), ``"zero"`` (also in the seed) or ``"ms"``, while ``AppGetDeviceData``'s
+``LastUpdate`` stays in ms; ``nul_pad {"count"}`` (NUL bytes after each device message, before
+base64); ``templates {"form"}`` (``DataTemplate`` as ``"object"``, JSON ``"string"`` or
+``"mixed"``, the default).
 
 Layout: ``model`` (products, users, devices), ``http_api`` (appapi/tokenapi), ``push`` (the
 WebSocket and its pushes), ``faults`` (``/_control``), ``cloud`` (``TencentCloud`` assembled from

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from typing import Any
 
 from ..base import add_common_arguments, serve_forever
 from .cloud import TencentCloud
-
-log = logging.getLogger("cloud2mqtt.sim.tencent")
-
+from .model import REPORT_TIMESTAMPS, TEMPLATE_FORMS
 
 # ---------------------------------------------------------------------- demo and CLI
 
@@ -61,6 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--envelope", choices=["response", "sdk"], default="response",
                         help="HTTP reply envelope: the seed's Response or the JS SDK's code/msg/data")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--report-timestamps", choices=REPORT_TIMESTAMPS, default="s",
+                        help="device message timestamps: seconds (seed 002), 0, or ms")  # fmt: skip
+    parser.add_argument("--templates", choices=TEMPLATE_FORMS, default="mixed",
+                        help="DataTemplate as an object, a JSON string, or one of each")  # fmt: skip
+    parser.add_argument("--nul-pad", type=int, default=0,
+                        help="NUL bytes appended to every device message (0: none)")  # fmt: skip
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -82,5 +85,8 @@ async def serve(args: argparse.Namespace) -> None:
         latency=args.latency,
         envelope=args.envelope,
         seed=args.seed,
+        report_timestamps=args.report_timestamps,
+        templates=args.templates,
+        nul_pad=args.nul_pad,
     )
     await serve_forever(cloud, cloud.account_config, args=args, ports=(args.port, ws_port))

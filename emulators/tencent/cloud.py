@@ -53,6 +53,9 @@ class TencentCloud(DeviceModel, HttpApi, PushSocket, Faults, SimulatedCloud):
         latency: float = 0.02,
         envelope: str = "response",
         seed: int = 0,
+        report_timestamps: str = "s",
+        templates: str = "mixed",
+        nul_pad: int = 0,
     ) -> None:
         self.host = host
         self.port = port
@@ -87,6 +90,12 @@ class TencentCloud(DeviceModel, HttpApi, PushSocket, Faults, SimulatedCloud):
         self._refuse_logins = 0
         self._slow = 0.0
         self._heartbeat_errors = 0
+        self.report_timestamps = "s"
+        self.set_report_timestamps(report_timestamps)
+        self.templates = "mixed"
+        self.set_templates(templates)
+        self._nul_pad = 0
+        self.nul_pad(nul_pad)
         self._runner: web.AppRunner | None = None
         self._ws_server: Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()

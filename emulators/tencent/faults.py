@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from typing import Final
 
@@ -11,9 +10,7 @@ import orjson
 from aiohttp import web
 
 from ..base import control_response
-
-log = logging.getLogger("cloud2mqtt.sim.tencent")
-
+from .model import REPORT_TIMESTAMPS, TEMPLATE_FORMS
 
 GARBAGE: Final = (
     "{not json",
@@ -72,6 +69,44 @@ class Faults:
     def heartbeat_errors(self, count: int = 1) -> None:
         self._heartbeat_errors = count
 
+    def silence(self, seconds: float) -> int:
+        """Every open socket goes silent for ``seconds``: nothing is sent (as ``stall``) and
+        nothing is read, so neither WebSocket pings nor app heartbeats are answered. Returns
+        the number of sockets silenced."""
+        loop = asyncio.get_running_loop()
+        self.stall(seconds)
+        silenced = 0
+        for sock in list(self.sockets):
+            transport = sock.conn.transport
+            if transport.is_closing():
+                continue
+            transport.pause_reading()
+            loop.call_later(seconds, _resume_reading, transport)
+            silenced += 1
+        self.stats["silenced"] += silenced
+        return silenced
+
+    def set_report_timestamps(self, unit: str) -> None:
+        """The ``timestamp`` of device messages: ``"s"`` (seed 002, the default), ``"zero"``
+        (also seen in the seed) or ``"ms"``."""
+        if unit not in REPORT_TIMESTAMPS:
+            raise ValueError(f"unit must be one of {', '.join(REPORT_TIMESTAMPS)}")
+        self.report_timestamps = unit
+
+    def nul_pad(self, count: int = 4) -> None:
+        """Append ``count`` NUL bytes to every device message before base64 (0: off), as real
+        devices' fixed-size buffers do."""
+        if count < 0:
+            raise ValueError("count must be >= 0")
+        self._nul_pad = count
+
+    def set_templates(self, form: str) -> None:
+        """``AppGetProducts`` sends ``DataTemplate`` as an ``"object"``, a JSON ``"string"``, or
+        ``"mixed"`` (the default: the light as an object, the sensor as a string)."""
+        if form not in TEMPLATE_FORMS:
+            raise ValueError(f"form must be one of {', '.join(TEMPLATE_FORMS)}")
+        self.templates = form
+
     async def _state(self, request: web.Request) -> web.Response:
         state = {
             "stats": dict(self.stats),
@@ -93,9 +128,18 @@ class Faults:
             "refuse_logins": lambda count=-1: self.refuse_logins(int(count)),
             "slow": lambda seconds=5: self.slow(float(seconds)),
             "heartbeat_errors": lambda count=1: self.heartbeat_errors(int(count)),
+            "silence": lambda seconds=5: self.silence(float(seconds)),
+            "report_timestamps": lambda unit="s": self.set_report_timestamps(str(unit)),
+            "nul_pad": lambda count=4: self.nul_pad(int(count)),
+            "templates": lambda form="mixed": self.set_templates(str(form)),
             "report": lambda device, props: self.report(str(device), dict(props)),
             "event": lambda device, event, params=None: self.event(
                 str(device), str(event), dict(params or {})),
             "online": lambda device: self.set_online(str(device), True),
             "offline": lambda device: self.set_online(str(device), False),
         })  # fmt: skip
+
+
+def _resume_reading(transport: asyncio.Transport) -> None:
+    if not transport.is_closing():
+        transport.resume_reading()

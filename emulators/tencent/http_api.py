@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import math
 import secrets
 import time
@@ -43,8 +42,6 @@ from .model import (
     SimUser,
     now_ms,
 )
-
-log = logging.getLogger("cloud2mqtt.sim.tencent")
 
 
 class HttpApi:
@@ -244,6 +241,8 @@ class HttpApi:
             if pid not in PRODUCTS:
                 continue
             _, name, tpl, as_string = PRODUCTS[pid]
+            if self.templates != "mixed":
+                as_string = self.templates == "string"
             out.append({
                 "ProductId": pid, "Name": name, "Description": "", "State": "",
                 "DataTemplate": orjson.dumps(tpl).decode() if as_string else tpl,

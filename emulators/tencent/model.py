@@ -4,7 +4,6 @@ tokens, and the values a device reports (seed 002).
 
 from __future__ import annotations
 
-import logging
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -12,9 +11,6 @@ from typing import Any, Final
 
 from protocols.model import Schema
 from protocols.tencent.template import schema_from_template
-
-log = logging.getLogger("cloud2mqtt.sim.tencent")
-
 
 ERR_SIGNATURE: Final = "InvalidParameterValue.InvalidSignature"
 ERR_TIMESTAMP: Final = "InvalidParameterValue.TimestampExpired"
@@ -30,6 +26,12 @@ ERR_DEVICE: Final = "ResourceNotFound.DeviceNotExist"
 ERR_OFFLINE: Final = "FailedOperation.DeviceOffline"
 ERR_FAMILY: Final = "UnauthorizedOperation.NoPermissionToFamily"
 ERR_PRODUCT: Final = "UnauthorizedOperation.APPNoPermissionToStudioProduct"
+
+#: the ``timestamp`` of device messages: epoch seconds (seed 002), ``0`` (also in the seed), ms
+REPORT_TIMESTAMPS: Final = ("s", "zero", "ms")
+#: how ``AppGetProducts`` sends ``DataTemplate``: the seed's object, the SDK demo's JSON string,
+#: or one of each (light: object, sensor: string)
+TEMPLATE_FORMS: Final = ("mixed", "object", "string")
 
 LIGHT_PRODUCT: Final = "C2MLIGHT01"
 SENSOR_PRODUCT: Final = "C2MSENSOR1"

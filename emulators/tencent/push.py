@@ -11,6 +11,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -83,9 +84,21 @@ class PushSocket:
         *,
         topic: str = "",
     ) -> int:
-        frame = tws.device_change_frame(dev.device_id, type_, subtype, payload, seq=next(self._seq),
-                                        ts_ms=now_ms(), topic=topic)  # fmt: skip
+        frame = tws.device_change_frame(dev.device_id, type_, subtype, self._padded(payload),
+                                        seq=next(self._seq), ts_ms=now_ms(), topic=topic)  # fmt: skip
         return self._deliver(dev.device_id, frame)
+
+    def _padded(self, payload: Mapping[str, Any] | None) -> Mapping[str, Any] | bytes | None:
+        """The device message, with ``nul_pad`` NUL bytes after it when that quirk is on."""
+        if payload is None or not self._nul_pad:
+            return payload
+        return orjson.dumps(payload) + b"\x00" * self._nul_pad
+
+    def device_timestamp(self, ms: int) -> int:
+        """A device message's ``timestamp`` as seed 002 shows it: epoch seconds (``"s"``, the
+        default), ``0`` (``"zero"``, also in the seed) or epoch ms (``"ms"``, not the seed's)."""
+        unit = self.report_timestamps
+        return ms // 1000 if unit == "s" else 0 if unit == "zero" else ms
 
     def report(
         self, device: str, props: Mapping[str, Any], *, client_token: str | None = None
@@ -99,7 +112,7 @@ class PushSocket:
         body: dict[str, Any] = {
             "method": "report",
             "clientToken": client_token or f"report-{next(self._seq)}",
-            "timestamp": now,
+            "timestamp": self.device_timestamp(now),
             "params": dict(props),
         }
         return self._push(
@@ -116,7 +129,7 @@ class PushSocket:
             "version": "1.0",
             "eventId": event_id,
             "type": level or (spec.level if spec else "info"),
-            "timestamp": now_ms(),
+            "timestamp": self.device_timestamp(now_ms()),
             "params": dict(params),
             "clientToken": f"event-{next(self._seq)}",
         }
@@ -179,10 +192,11 @@ class PushSocket:
             body = {
                 "method": "report",
                 "clientToken": f"r{n}",
-                "timestamp": now // 1_000_000,
+                "timestamp": self.device_timestamp(now // 1_000_000),
                 "params": params,
             }
-            frame = tws.device_change_frame(dev.device_id, "Property", "Report", body, seq=next(self._seq),
+            frame = tws.device_change_frame(dev.device_id, "Property", "Report", self._padded(body),
+                                            seq=next(self._seq),
                                             ts_ms=now // 1_000_000)  # fmt: skip
             await sock.queue.put(frame)
             self.stats["pushes"] += 1
