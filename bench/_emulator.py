@@ -5,7 +5,8 @@ line (``api_url``, ``ws_url``, ``app_key``, ``app_secret``) and then reads comma
 
 - ``go RATE SECONDS``: property reports for every subscribed device, round-robin, paced to
   RATE msg/s in total for SECONDS; each report carries ``sent_us`` (epoch µs, taken when the
-  frame is built and queued for its socket). Prints ``{"sent", "dropped", ...}`` when done.
+  frame is built and queued for its socket). Prints ``{"offered", "sent", "dropped", ...}`` when
+  done: ``sent`` and ``dropped`` count what really happened (see ``pace``).
 - ``stats``: the emulator's counters, including ``late_heartbeats`` (trace heartbeats that
   arrived after ``--heartbeat-deadline`` seconds since the socket's previous one, or never).
 - ``reset``: start a measurement window (heartbeat gaps count only between two beats in it).
@@ -73,14 +74,30 @@ def _props(cloud: TencentCloud, device: str, i: int) -> dict[str, Any]:
     return {"humidity": 30 + i % 40, "sent_us": time.time_ns() // 1000}
 
 
+#: reports built per pacing tick (~2 ms) at most; a larger backlog is not carried over
+MAX_PER_TICK = 5000
+
+
 async def pace(cloud: TencentCloud, rate: float, seconds: float) -> dict[str, Any]:
+    """Offer ``rate`` reports/s for ``seconds`` and count what really happened to them.
+
+    ``offered``: what the rate asked for. ``sent``: reports that entered a socket's queue (they
+    leave unless the socket closes). ``dropped`` = ``offered - sent``, split into
+    ``dropped_backlog`` (the pacing loop fell behind: at most ``MAX_PER_TICK`` per tick are built,
+    the rest of a tick's backlog is skipped, not carried over), ``dropped_queue_full`` (a socket's
+    queue was full: the gateway's backpressure) and ``dropped_untraced`` (no socket took it).
+    ``cpu_s``: this process's CPU over the window (building and queueing; the writes to the
+    sockets continue after it, so ``bench.load`` measures the whole process too).
+    """
     devices = sorted(cloud._watchers)
     if not devices:
-        return {"sent": 0, "error": "no subscribed device"}
+        return {"sent": 0, "dropped": 0, "error": "no subscribed device"}
     loop = asyncio.get_running_loop()
-    dropped0 = cloud.stats["push_dropped_full"]
+    stats = cloud.stats
+    pushes0, full0, untraced0 = stats["pushes"], stats["push_dropped_full"], stats["push_untraced"]
+    cpu0 = time.process_time()
     start = loop.time()
-    sent = 0
+    offered = built = 0
     i = 0
     n = len(devices)
     report = cloud.report
@@ -88,17 +105,26 @@ async def pace(cloud: TencentCloud, rate: float, seconds: float) -> dict[str, An
         elapsed = loop.time() - start
         if elapsed >= seconds:
             break
-        due = int(elapsed * rate) - sent
-        for _ in range(min(due, 5000)):
+        due = int(elapsed * rate) - offered
+        batch = min(due, MAX_PER_TICK)
+        for _ in range(batch):
             device = devices[i % n]
             i += 1
             report(device, _props(cloud, device, i))
-        sent += due
+        offered += due
+        built += batch
         await asyncio.sleep(0.002)
+    full = stats["push_dropped_full"] - full0
+    sent = stats["pushes"] - pushes0 - full  # "pushes" counts queue attempts, full ones too
     return {
+        "offered": offered,
         "sent": sent,
-        "dropped": cloud.stats["push_dropped_full"] - dropped0,
+        "dropped": offered - sent,
+        "dropped_backlog": offered - built,
+        "dropped_queue_full": full,
+        "dropped_untraced": stats["push_untraced"] - untraced0,
         "seconds": round(loop.time() - start, 3),
+        "cpu_s": round(time.process_time() - cpu0, 2),
     }
 
 

@@ -9,7 +9,10 @@ in total over C accounts (one push connection each, D devices each); the gateway
 (``bench.counter``) measuring delivered msg/s and latency from the emulator's send timestamp
 (``sent_us`` in each report) to delivery. The gateway's CPU per delivered message comes from
 ``/proc/<pid>/stat`` (utime + stime), its memory from ``VmRSS`` sampled during the run (max) and
-``VmHWM``. Then the same load, with a fresh broker and emulator, through the naive stack
+``VmHWM``; the load generator's (the emulator process's) CPU is reported beside it
+(``emulator_cpu_s``: the 2 cores are shared, so a busy generator slows the gateway). The
+emulator reports what it really queued (``emulator_sent``) and what it did not
+(``emulator_dropped`` = ``emulator_offered - emulator_sent``, split by cause). Then the same load, with a fresh broker and emulator, through the naive stack
 (``bench.naive_bridge``: websockets + json + base64 + aiomqtt awaited per message, default loop,
 pure kernels) for ``ratio_cpu_per_msg_vs_naive``.
 
@@ -111,6 +114,7 @@ async def run_stack(stack: str, args: argparse.Namespace) -> dict[str, Any]:
             raise RuntimeError(f"{stack}: {ready}")
         await asyncio.sleep(1.0)  # let the start-up resync settle
         cpu0 = cpu_seconds(gw.pid)
+        emu_cpu0 = cpu_seconds(emu.pid)
         assert emu.stdin is not None
         emu.stdin.write(f"go {args.rate} {args.seconds}\n".encode())
         await emu.stdin.drain()
@@ -121,6 +125,8 @@ async def run_stack(stack: str, args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.wait([done], timeout=0.25)
         sent = json.loads(done.result())
         got = await counter.result(timeout=args.seconds + 600)
+        # after the subscriber went idle: the emulator has also written out its queues
+        emu_cpu = cpu_seconds(emu.pid) - emu_cpu0
         if os.environ.get("BENCH_DEBUG"):
             print(stack, sent, got, file=sys.stderr)
         cpu = cpu_seconds(gw.pid) - cpu0
@@ -144,9 +150,14 @@ async def run_stack(stack: str, args: argparse.Namespace) -> dict[str, Any]:
         "rss_mib": round(rss_max, 1),
         "rss_peak_mib": round(hwm, 1),
         "delivered": delivered,
+        "emulator_offered": sent.get("offered"),
         "emulator_sent": sent.get("sent"),
         "emulator_dropped": sent.get("dropped"),
+        "emulator_dropped_backlog": sent.get("dropped_backlog"),
+        "emulator_dropped_queue_full": sent.get("dropped_queue_full"),
         "gateway_cpu_s": round(cpu, 2),
+        "emulator_cpu_s": round(emu_cpu, 2),
+        "emulator_cpu_us_per_sent": round(emu_cpu / sent["sent"] * 1e6, 2) if sent.get("sent") else None,
         "late_heartbeats": sent.get("late_heartbeats"),
     }
 
