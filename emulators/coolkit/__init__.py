@@ -43,10 +43,15 @@ pushes), ``garble`` ``{"count":1}`` (send unparsable frames now), ``never_answer
 (commands get no reply), ``fail_504`` ``{"count":1}``, ``expire_tokens``, ``kick``
 ``{"email":…}`` (another login takes the session), ``push`` ``{"deviceid","params"}``,
 ``set_online`` ``{"deviceid","online"}``, ``reset``.
+
+Layout: ``model`` (users, devices, groups, sessions, the demo population), ``http_api`` (REST v2
+and v1, signatures, sessions, rate rules), ``push`` (the WebSocket), ``faults`` (``/_control``),
+``cloud`` (``CoolkitCloud`` assembled from them) and ``cli``.
 """
 
 from __future__ import annotations
 
-from ._all import CoolkitCloud, add_arguments, demo_cloud, serve
+from .cli import add_arguments, demo_cloud, serve
+from .cloud import CoolkitCloud
 
 __all__ = ["CoolkitCloud", "add_arguments", "demo_cloud", "serve"]
