@@ -46,10 +46,16 @@ Misbehaviour, in-process or by ``POST /_control/<fault>`` with a JSON body:
 
 ``GET /_control/stats`` returns the counters tests assert on (API calls per path, binds,
 CONNECTs accepted and refused, 429s).
+
+Layout: ``model`` (products, account, devices and their drivers), ``mqtt`` (the front, binds,
+pushes), ``http_api`` (the API gateway), ``faults`` (``/_control``), ``cloud`` (``AliyunCloud``
+assembled from them) and ``cli``.
 """
 
 from __future__ import annotations
 
-from ._all import LIGHT_PK, SENSOR_PK, AliyunCloud, add_arguments, demo_cloud, serve
+from .cli import add_arguments, demo_cloud, serve
+from .cloud import AliyunCloud
+from .model import LIGHT_PK, SENSOR_PK
 
 __all__ = ["LIGHT_PK", "SENSOR_PK", "AliyunCloud", "add_arguments", "demo_cloud", "serve"]

@@ -1,0 +1,182 @@
+"""``AliyunCloud``: the emulated Living platform, assembled from its concerns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import itertools
+import logging
+import random
+import ssl
+import uuid
+from collections import Counter, deque
+from typing import Any
+
+from aiohttp import web
+
+from gateway.mosquitto import Mosquitto
+from gateway.mqtt.client import MqttClient
+
+from ..base import SimulatedCloud
+from .faults import Faults
+from .http_api import HttpApi
+from .model import (
+    LIGHT_PK,
+    PRODUCTS,
+    SENSOR_PK,
+    DeviceModel,
+    SimAccount,
+    SimDevice,
+    now_ms,
+)
+from .mqtt import Front, MqttChannel
+
+log = logging.getLogger("cloud2mqtt.sim.aliyun")
+
+
+class AliyunCloud(DeviceModel, HttpApi, MqttChannel, Faults, SimulatedCloud):
+    """One emulated Living platform: an app (AppKey/AppSecret + its MQTT virtual device) and
+    one user account with devices."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        mqtt_port: int = 0,
+        mqtt_ssl: ssl.SSLContext | None = None,
+        app_key: str = "28365017",
+        app_secret: str = "emulator-app-secret",
+        app_product_key: str = "a1AppPk0001",
+        app_device_name: str = "appDevice0001",
+        app_device_secret: str = "emulator-device-secret",
+        identity_id: str = "50e0op0c2b1d6c8e5bd4a1f0e3b5d3c2",
+        devices: int = 3,
+        token_lifetime: float = 72000.0,
+        push_interval: float | None = None,
+        page_size_max: int = 100,
+        seed: int = 0,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.mqtt_port = mqtt_port
+        self.mqtt_ssl = mqtt_ssl  # TLS on the MQTT front (securemode 2), as the real endpoint
+        self.app_key = app_key
+        self.app_secret = app_secret
+        self.app_devices: dict[tuple[str, str], str] = {(app_product_key, app_device_name): app_device_secret}
+        self.app_product_key = app_product_key
+        self.app_device_name = app_device_name
+        self.app_device_secret = app_device_secret
+        self.token_lifetime = token_lifetime
+        self.push_interval = push_interval
+        self.page_size_max = page_size_max
+        self.rng = random.Random(seed)
+        self.products = copy.deepcopy(PRODUCTS)
+        self.account = SimAccount(
+            identity_id, self._new_token(), self._new_token(), now_ms() + int(token_lifetime * 1000)
+        )
+        self.devices: dict[str, SimDevice] = {}
+        self.binds: dict[tuple[str, str], str] = {}  # app (pk, dn) -> identityId
+        self.stats: Counter[str] = Counter()
+        # faults
+        self.throttle_count = 0
+        self.bind_code: int | None = None
+        self.garble_count = 0
+        self.refuse_all = False
+        self.tsl_as_string = False
+        self._nonces: deque[tuple[int, str]] = deque()
+        self._nonce_set: set[str] = set()
+        self._fronts: set[Front] = set()
+        self._seq = itertools.count(1)
+        self._runner: web.AppRunner | None = None
+        self._front_server: asyncio.Server | None = None
+        self.broker: Mosquitto | None = None
+        self.client: MqttClient | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        for i in range(devices):
+            self.add_device(LIGHT_PK if i % 2 == 0 else SENSOR_PK)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        self.broker = Mosquitto()
+        await self.broker.start()
+        self.client = MqttClient(
+            self.broker.host,
+            self.broker.port,
+            client_id=f"aliyun-emulator-{uuid.uuid4().hex[:8]}",
+            protocol=4,
+            keepalive=30,
+            on_message=self._on_up,
+            reconnect=True,
+        )
+        await self.client.connect()
+        await self.client.subscribe([("/sys/+/+/app/up/account/bind", 1), ("/sys/+/+/app/up/account/unbind", 1)])
+        self._front_server = await asyncio.start_server(
+            self._front, self.host, self.mqtt_port, ssl=self.mqtt_ssl
+        )
+        self.mqtt_port = self._front_server.sockets[0].getsockname()[1]
+        app = web.Application()
+        app.router.add_post("/_control/{fault}", self._control)
+        app.router.add_get("/_control/stats", self._stats)
+        app.router.add_route("*", "/{path:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        if self.port == 0:
+            self.port = self._runner.addresses[0][1]
+        if self.push_interval:
+            self._tasks.append(asyncio.create_task(self._drift(self.push_interval)))
+        log.info("aliyun emulator: API %s, MQTT %s:%s", self.url, self.host, self.mqtt_port)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._front_server is not None:
+            self._front_server.close()
+            for front in list(self._fronts):
+                front.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._front_server.wait_closed(), 2)
+            self._front_server = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self.client is not None:
+            await self.client.disconnect()
+            self.client = None
+        if self.broker is not None:
+            await self.broker.stop()
+            self.broker.cleanup()
+            self.broker = None
+
+    def account_config(self, name: str = "demo", **overrides: Any) -> dict[str, Any]:
+        """The ``[[accounts]]`` table that points a gateway at this emulator."""
+        cfg: dict[str, Any] = {
+            "vendor": "aliyun",
+            "name": name,
+            "api_url": self.url,
+            "app_key": self.app_key,
+            "app_secret": self.app_secret,
+            "iot_token": self.account.iot_token,
+            "mqtt_host": self.host,
+            "mqtt_port": self.mqtt_port,
+            "tls": self.mqtt_ssl is not None,
+            "product_key": self.app_product_key,
+            "device_name": self.app_device_name,
+            "device_secret": self.app_device_secret,
+        }
+        cfg.update(overrides)
+        return cfg
+

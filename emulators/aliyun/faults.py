@@ -1,0 +1,66 @@
+"""The Aliyun emulator's faults, in-process or by ``POST /_control/<fault>``.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..base import control_response
+
+
+class Faults:
+    """Misbehaviour on demand (mixed into ``AliyunCloud``)."""
+
+
+    def drop_mqtt(self) -> int:
+        n = len(self._fronts)
+        for front in list(self._fronts):
+            front.close()
+        return n
+
+    def throttle(self, count: int = 1) -> None:
+        self.throttle_count = count
+
+    def reject_token(self) -> None:
+        self.account.iot_token = self._new_token()
+
+    def set_bind_code(self, code: int | None = None) -> None:
+        self.bind_code = code
+
+    def garble(self, count: int = 1) -> None:
+        self.garble_count = count
+
+    def refuse_connect(self, on: bool = True) -> None:
+        self.refuse_all = on
+
+    def set_tsl_as_string(self, on: bool = True) -> None:
+        self.tsl_as_string = on
+
+    def reset(self) -> None:
+        self.throttle_count = 0
+        self.bind_code = None
+        self.garble_count = 0
+        self.refuse_all = False
+
+    async def _control(self, request: web.Request) -> web.Response:
+        return await control_response(request, {
+            "drop_mqtt": self.drop_mqtt,
+            "throttle": self.throttle,
+            "reject_token": self.reject_token,
+            "bind_code": self.set_bind_code,
+            "garble": self.garble,
+            "refuse_connect": self.refuse_connect,
+            "tsl_as_string": self.set_tsl_as_string,
+            "set_property": self.set_property,
+            "emit_event": self.emit_event,
+            "set_status": self.set_status,
+            "add_device": self.add_device,
+            "remove_device": self.remove_device,
+            "topo_add": self.topo_add,
+            "ota_progress": self.ota_progress,
+            "reset": self.reset,
+        })  # fmt: skip
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(dict(self.stats))
+
