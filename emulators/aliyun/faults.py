@@ -9,7 +9,14 @@ from ..base import control_response
 
 
 class Faults:
-    """Misbehaviour on demand (mixed into ``AliyunCloud``)."""
+    """Misbehaviour on demand (mixed into ``AliyunCloud``).
+
+    State it shares (set by ``AliyunCloud.__init__``): ``_fronts``, ``account``,
+    ``bind_code``, ``garble_count``, ``refuse_all``, ``stats``, ``throttle_count``,
+    ``tsl_as_string``. From the other concerns it calls ``_new_token``, ``add_device``,
+    ``emit_event``, ``ota_progress``, ``remove_device``, ``set_property``, ``set_status``,
+    ``topo_add``.
+    """
 
 
     def drop_mqtt(self) -> int:

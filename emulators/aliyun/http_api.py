@@ -30,7 +30,13 @@ from .model import (
 
 
 class HttpApi:
-    """The HTTP side of ``AliyunCloud``."""
+    """The HTTP side of ``AliyunCloud``.
+
+    State it shares (set by ``AliyunCloud.__init__``): ``_nonce_set``, ``_nonces``,
+    ``account``, ``app_key``, ``app_secret``, ``devices``, ``page_size_max``, ``products``,
+    ``stats``, ``throttle_count``, ``token_lifetime``, ``tsl_as_string``. From the other
+    concerns it calls ``_new_token``, ``set_property``.
+    """
 
 
     def _gateway_error(self, status: int, message: str, code: str = "") -> web.Response:

@@ -157,7 +157,11 @@ class SimAccount:
 
 
 class DeviceModel:
-    """The account's devices (mixed into ``AliyunCloud``); changes go out through ``_push``."""
+    """The account's devices (mixed into ``AliyunCloud``); changes go out through ``_push``.
+
+    State it shares (set by ``AliyunCloud.__init__``): ``_seq``, ``account``, ``devices``.
+    From the other concerns it calls ``_push``.
+    """
 
 
     @staticmethod

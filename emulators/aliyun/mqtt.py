@@ -63,7 +63,13 @@ def subscribe_filters(body: bytes, protocol: int) -> list[str]:
 
 
 class MqttChannel:
-    """The MQTT side of ``AliyunCloud``."""
+    """The MQTT side of ``AliyunCloud``.
+
+    State it shares (set by ``AliyunCloud.__init__``): ``_fronts``, ``_seq``, ``account``,
+    ``app_devices``, ``bind_code``, ``binds``, ``broker``, ``client``, ``devices``,
+    ``garble_count``, ``refuse_all``, ``rng``, ``stats``. From the other concerns it calls
+    ``set_property``.
+    """
 
 
     def _push(self, dev: SimDevice, suffix: str, method: str, params: dict[str, Any], key: str = "params") -> None:

@@ -12,7 +12,12 @@ from ..base import control_response
 
 
 class Faults:
-    """Misbehaviour on demand (mixed into ``CoolkitCloud``)."""
+    """Misbehaviour on demand (mixed into ``CoolkitCloud``).
+
+    State it shares (set by ``CoolkitCloud.__init__``): ``_fail_504``, ``_never_answer``,
+    ``appid``, ``conns``, ``sessions``, ``users``. From the other concerns it calls
+    ``_new_session``, ``_take_over``, ``push``, ``set_online``.
+    """
 
 
     def drop(self) -> None:

@@ -30,7 +30,14 @@ from .model import (
 
 
 class HttpApi:
-    """The HTTP side of ``CoolkitCloud``."""
+    """The HTTP side of ``CoolkitCloud``.
+
+    State it shares (set by ``CoolkitCloud.__init__``): ``_by_at``, ``_by_rt``,
+    ``_last_call``, ``_window``, ``apps``, ``at_ttl``, ``calls``, ``conns``, ``devices``,
+    ``groups``, ``host``, ``logins``, ``rate_max_calls``, ``rate_min_interval``,
+    ``rate_window``, ``rt_ttl``, ``sessions``, ``users``, ``violations``, ``ws_port``. From
+    the other concerns it calls ``push``.
+    """
 
 
     def _new_session(self, user: SimUser, appid: str, version: Version) -> SimSession:

@@ -86,7 +86,11 @@ class Conn:
 
 
 class Population:
-    """Users, devices and groups (mixed into ``CoolkitCloud``; no I/O of its own)."""
+    """Users, devices and groups (mixed into ``CoolkitCloud``; no I/O of its own).
+
+    State it shares (set by ``CoolkitCloud.__init__``): ``devices``, ``groups``, ``users``.
+    From the other concerns it calls ````.
+    """
 
 
     def add_user(self, email: str, password: str, region: str = "eu", country_code: str = "+1",

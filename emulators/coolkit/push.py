@@ -26,7 +26,13 @@ log = logging.getLogger("cloud2mqtt.sim.coolkit")
 
 
 class PushSocket:
-    """The WebSocket side of ``CoolkitCloud``."""
+    """The WebSocket side of ``CoolkitCloud``.
+
+    State it shares (set by ``CoolkitCloud.__init__``): ``_by_at``, ``_fail_504``,
+    ``_last_online``, ``_never_answer``, ``apps``, ``commands``, ``conns``, ``devices``,
+    ``handshakes``, ``hb_grace``, ``hb_interval``, ``rng``, ``sessions``,
+    ``user_online_interval``, ``violations``. From the other concerns it calls ````.
+    """
 
 
     async def push(self, deviceid: str, params: dict[str, Any]) -> None:

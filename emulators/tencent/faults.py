@@ -37,7 +37,13 @@ GARBAGE: Final = (
 
 
 class Faults:
-    """Misbehaviour on demand (mixed into ``TencentCloud``)."""
+    """Misbehaviour on demand (mixed into ``TencentCloud``).
+
+    State it shares (set by ``TencentCloud.__init__``): ``_garble``, ``_heartbeat_errors``,
+    ``_nul_pad``, ``_refuse_logins``, ``_slow``, ``_stall_until``, ``devices``,
+    ``report_timestamps``, ``sockets``, ``stats``, ``templates``, ``tokens``, ``users``.
+    From the other concerns it calls ``event``, ``report``, ``set_online``.
+    """
 
     def drop_sockets(self) -> int:
         """Abort every WebSocket without a close handshake."""

@@ -45,7 +45,14 @@ from .model import (
 
 
 class HttpApi:
-    """The HTTP side of ``TencentCloud``."""
+    """The HTTP side of ``TencentCloud``.
+
+    State it shares (set by ``TencentCloud.__init__``): ``_nonces``, ``_refuse_logins``,
+    ``_seq``, ``_slow``, ``_stopping``, ``app_key``, ``app_secret``, ``calls``, ``devices``,
+    ``envelope``, ``latency``, ``stats``, ``templates``, ``timestamp_window``,
+    ``token_lifetime``, ``tokens``, ``users``. From the other concerns it calls ``_push``,
+    ``_spawn``, ``report``, ``user_for``.
+    """
 
     async def _watchdog(self) -> None:
         """Forget replayed-nonce entries that left the timestamp window."""

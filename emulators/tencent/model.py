@@ -140,7 +140,12 @@ class SimToken:
 
 
 class DeviceModel:
-    """Users and their devices (mixed into ``TencentCloud``; no I/O of its own)."""
+    """Users and their devices (mixed into ``TencentCloud``; no I/O of its own).
+
+    State it shares (set by ``TencentCloud.__init__``): ``_uids``, ``_watchers``,
+    ``devices``, ``devices_per_user``, ``open_id``, ``rng``, ``users``, ``users_by_openid``.
+    From the other concerns it calls ``_push_to_user``.
+    """
 
     def user_for(self, open_id: str, nick: str = "") -> SimUser:
         user = self.users_by_openid.get(open_id)

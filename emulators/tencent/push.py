@@ -44,7 +44,14 @@ class SimSocket:
 
 
 class PushSocket:
-    """The WebSocket side of ``TencentCloud``."""
+    """The WebSocket side of ``TencentCloud``.
+
+    State it shares (set by ``TencentCloud.__init__``): ``_garble``, ``_heartbeat_errors``,
+    ``_nul_pad``, ``_seq``, ``_stall_until``, ``_watchers``, ``calls``, ``devices``,
+    ``idle_timeout``, ``max_rate``, ``rate``, ``report_timestamps``, ``rng``, ``sockets``,
+    ``stamp``, ``stats``, ``trace_timeout``, ``users``. From the other concerns it calls
+    ``_random_values``, ``_spawn``, ``_tokenapi``, ``_user_of``.
+    """
 
     def _push_to_user(self, user: SimUser, dev: SimDevice, subtype: str) -> None:
         frame = tws.device_change_frame(
