@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import logging
 import signal
 import sys
@@ -78,8 +77,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 async def _cmd_simulate(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level or "info")
-    module = importlib.import_module(f"gateway.simulators.{args.vendor}")
-    serve = module.serve(args)
+    from .vendors import emulator_module
+
+    serve = emulator_module(args.vendor).serve(args)
     task = asyncio.ensure_future(serve)
     stop = _stop_event()
     stopper = asyncio.ensure_future(stop.wait())
@@ -87,7 +87,13 @@ async def _cmd_simulate(args: argparse.Namespace) -> int:
     if not task.done():
         task.cancel()
     stopper.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    except OSError as exc:  # emulators.base.PortInUse names the port
+        print(f"simulate {args.vendor}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -99,7 +105,7 @@ async def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .simulators import SIMULATORS
+    from .vendors import VENDORS, emulator_module
 
     parser = argparse.ArgumentParser(prog="cloud2mqtt", description=__doc__)
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -114,10 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="run a vendor cloud emulator")
     vendors = p.add_subparsers(dest="vendor", required=True)
-    for vendor, path in SIMULATORS.items():
+    for vendor in VENDORS:
         vp = vendors.add_parser(vendor, help=f"emulate the {vendor} cloud")
         try:
-            importlib.import_module(path).add_arguments(vp)
+            emulator_module(vendor).add_arguments(vp)
         except ImportError as exc:  # a vendor emulator that is not installed
             vp.set_defaults(_unavailable=str(exc))
 
