@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from _speedups import decode_payload
+from protocols.tencent.push import decode_payload
 from protocols.model import (
     ActionReply,
     Availability,
