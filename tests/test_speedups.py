@@ -751,7 +751,7 @@ def test_report_and_payload_same_for_every_spelling():
     and inside a base64 Payload: the compiled and pure kernels agree on all of them."""
     for value in SPELLINGS:
         text = _number_text(value)
-        body = ('{"method":"report","timestamp":%s,"params":{"p":%s}}' % (text, text)).encode()
+        body = ('{"method":"report","timestamp":' + text + ',"params":{"p":' + text + "}}").encode()
         payload = base64.b64encode(body).decode()
         assert _outcome(_tencent.decode_payload, payload) == _outcome(push.decode_payload_py, payload), value
         frames_ = [
