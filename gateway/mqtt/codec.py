@@ -202,43 +202,45 @@ def encode_props(props: dict[str, Any] | None) -> bytes:
     return encode_varint(len(out)) + bytes(out)
 
 
+_FIXED: Final = {"b": struct.Struct("!B"), "h": struct.Struct("!H"), "i": struct.Struct("!I")}
+
+
 def decode_props(buf: bytes, pos: int) -> tuple[dict[str, Any], int]:
+    """v5 properties at ``pos`` → ``(props, end)``. Raises only ``MqttProtocolError``: every read
+    stays inside the property block (issue 11 finding 3: a truncated one raised ``IndexError`` /
+    ``struct.error``)."""
     length, pos = _read_varint(buf, pos)
     end = pos + length
     if end > len(buf):
         raise MqttProtocolError("truncated properties")
+    block = bytes(buf[:end])  # reads past the block then fail as "truncated", never succeed
     props: dict[str, Any] = {}
     while pos < end:
-        pid = buf[pos]
+        pid = block[pos]
         pos += 1
         try:
             name, kind = _PROPS[pid]
         except KeyError:
             raise MqttProtocolError(f"unknown property id {pid:#x}") from None
         value: Any
-        if kind == "b":
-            value = buf[pos]
-            pos += 1
-        elif kind == "h":
-            (value,) = struct.unpack_from("!H", buf, pos)
-            pos += 2
-        elif kind == "i":
-            (value,) = struct.unpack_from("!I", buf, pos)
-            pos += 4
+        fixed = _FIXED.get(kind)
+        if fixed is not None:
+            if pos + fixed.size > end:
+                raise MqttProtocolError(f"truncated property {name}")
+            (value,) = fixed.unpack_from(block, pos)
+            pos += fixed.size
         elif kind == "v":
-            value, pos = _read_varint(buf, pos)
+            value, pos = _read_varint(block, pos)
         elif kind == "s":
-            value, pos = _read_str(buf, pos)
+            value, pos = _read_str(block, pos)
         elif kind == "d":
-            value, pos = _read_bin(buf, pos)
+            value, pos = _read_bin(block, pos)
         else:
-            k, pos = _read_str(buf, pos)
-            v, pos = _read_str(buf, pos)
+            k, pos = _read_str(block, pos)
+            v, pos = _read_str(block, pos)
             props.setdefault(name, []).append((k, v))
             continue
         props[name] = value
-    if pos != end:
-        raise MqttProtocolError("property overruns its length")
     return props, end
 
 
