@@ -126,7 +126,7 @@ def encode_varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _read_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
+def _read_varint(buf: bytes | bytearray | memoryview, pos: int) -> tuple[int, int]:
     value = 0
     shift = 0
     while True:

@@ -24,7 +24,7 @@ INSTRUMENTED = ("protocols", "gateway.mqtt", "_speedups", "orjson")
 
 def _load(name: str) -> tuple[ModuleType, str]:
     try:
-        import atheris
+        import atheris  # type: ignore[import-untyped]
     except ImportError:
         return importlib.import_module(f"tests.fuzz.fuzz_{name}"), "random"
     with atheris.instrument_imports(include=[p for p in INSTRUMENTED if p != "orjson"]):

@@ -68,15 +68,15 @@ SEEDS = [
 
 def _normalize(doc: Any) -> None:
     if isinstance(doc, dict):
-        _same(tsl.normalize_reference, _tsl and _tsl.normalize, SCHEMA, doc)
+        _same(tsl.normalize_reference, _tsl.normalize if _tsl else None, SCHEMA, doc)
         import types
 
-        _same(tsl.normalize_reference, _tsl and _tsl.normalize, SCHEMA, types.MappingProxyType(doc))
+        _same(tsl.normalize_reference, _tsl.normalize if _tsl else None, SCHEMA, types.MappingProxyType(doc))
     # every value of the document, as each property's value
     values = list(doc.values()) if isinstance(doc, dict) else doc if isinstance(doc, list) else [doc]
     for value in values[:8]:
         props = {p.id: value for p in SCHEMA.properties}
-        _same(tsl.normalize_reference, _tsl and _tsl.normalize, SCHEMA, props)
+        _same(tsl.normalize_reference, _tsl.normalize if _tsl else None, SCHEMA, props)
 
 
 def one_input(data: bytes) -> None:
@@ -86,10 +86,10 @@ def one_input(data: bytes) -> None:
     t = _tencent
     if pick == 0:
         for frame in (rest, rest.decode("latin-1")):
-            _same(push.tencent_report_py, t and t.tencent_report, frame, NOW_MS)
+            _same(push.tencent_report_py, t.tencent_report if t else None, frame, NOW_MS)
     elif pick == 1:
         for payload in (rest, rest.decode("latin-1")):
-            _same(push.decode_payload_py, t and t.decode_payload, payload,
+            _same(push.decode_payload_py, t.decode_payload if t else None, payload,
                   declared=(push.PayloadError,))
     elif pick == 2:
         try:
@@ -107,9 +107,9 @@ def one_input(data: bytes) -> None:
         for value in values:
             if isinstance(value, (dict, list)):
                 continue
-            _same(push.tencent_time_ms_py, t and t.tencent_time_ms, value)
+            _same(push.tencent_time_ms_py, t.tencent_time_ms if t else None, value)
             for fallback in (NOW_MS, 0):
-                _same(push.device_ts_py, t and t.device_ts, {"timestamp": value}, fallback)
+                _same(push.device_ts_py, t.device_ts if t else None, {"timestamp": value}, fallback)
     else:
         if len(rest) < 3:
             return
@@ -119,4 +119,4 @@ def one_input(data: bytes) -> None:
         args = (topic.decode("latin-1") if retain_dup & 8 else topic, payload, qos,
                 bool(retain_dup & 1), int.from_bytes(rest[:2], "big") if qos else 0, props,
                 bool(retain_dup & 2))
-        _same(codec.encode_publish_py, _mqtt and _mqtt.encode_publish, *args)
+        _same(codec.encode_publish_py, _mqtt.encode_publish if _mqtt else None, *args)

@@ -6,6 +6,8 @@ Oracle: only ``MqttProtocolError``; and a PUBLISH that decodes re-encodes to the
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from gateway.mqtt import codec
 
 SEEDS = [
@@ -19,7 +21,7 @@ SEEDS = [
                                                  props={"session_expiry": 5})),
 ]
 
-_DECODERS = {
+_DECODERS: dict[int, Callable[[int, bytes, int], object]] = {
     codec.CONNACK: lambda flags, body, proto: codec.decode_connack(body, proto),
     codec.SUBACK: lambda flags, body, proto: codec.decode_suback(body, proto),
     codec.CONNECT: lambda flags, body, proto: codec.decode_connect(body),

@@ -6,11 +6,14 @@ Oracle: only declared errors, and a list parsed twice diffs to nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from protocols.xky import envelope, records
 from tests.fuzz._common import DECLARED, NOW_MS, json_of
 
 _STATUSES = (200, 200, 401, 429, 500, 502)
-_PARSERS = (
+_PARSERS: tuple[Callable[[Any], Any], ...] = (
     records.parse_device_list, records.parse_device, records.parse_login, records.parse_temp_session,
     records.parse_user, records.parse_node_list, records.parse_subaccount_list,
     records.parse_subaccount, records.parse_multi_device,
