@@ -7,14 +7,10 @@ compiled twin from here (yarl's ``_quoting.py`` pattern)::
     if twin is not None:
         normalize = twin.configure(...)    # the owner passes its own constants and rules
 
-========================  ===================================  ========================
-owner (the rule)          kernels                              compiled twin
-========================  ===================================  ========================
-``protocols.tsl``         ``normalize``                        ``_speedups._tsl``
-``protocols.tencent.push````decode_payload``, ``tencent_report``, ``_speedups._tencent``
-                          ``tencent_time_ms``, ``device_ts``
-``gateway.mqtt.codec``    ``encode_publish``                   ``_speedups._mqtt``
-========================  ===================================  ========================
+- ``_speedups._tsl``: ``normalize``, owned by ``protocols.tsl``;
+- ``_speedups._tencent``: ``decode_payload``, ``tencent_report``, ``tencent_time_ms``,
+  ``device_ts``, owned by ``protocols.tencent.push``;
+- ``_speedups._mqtt``: ``encode_publish``, owned by ``gateway.mqtt.codec``.
 
 A twin never imports its owner (nothing here imports ``protocols`` or ``gateway``): the owner
 calls the twin's ``configure(...)`` once at import with the constants and the pure functions the
