@@ -8,6 +8,7 @@ the largest two-byte field) and gets the kernel back.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.long cimport PyLong_AsLongAndOverflow
 from libc.string cimport memcpy
 
 
@@ -50,10 +51,13 @@ def encode_publish(topic, payload, qos=0, retain=False, packet_id=0, props=None,
         return _encode_publish_ref(topic, payload, qos, retain, packet_id, props, dup)
     cdef int q = qos
     cdef long pid = 0
+    cdef int overflow = 0
     if q:
-        if type(packet_id) is not int or not (0 <= packet_id <= _MAX_FIELD):
+        if type(packet_id) is not int:
             return _encode_publish_ref(topic, payload, qos, retain, packet_id, props, dup)
-        pid = packet_id
+        pid = PyLong_AsLongAndOverflow(packet_id, &overflow)  # compared in C, not as objects
+        if overflow or not (0 <= pid <= _MAX_FIELD):
+            return _encode_publish_ref(topic, payload, qos, retain, packet_id, props, dup)
     cdef Py_ssize_t tlen = PyBytes_GET_SIZE(tb)
     if tlen > _MAX_FIELD:
         return _encode_publish_ref(topic, payload, qos, retain, packet_id, props, dup)
