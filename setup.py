@@ -1,14 +1,15 @@
 """Declares the optional Cython extension; all metadata lives in pyproject.toml.
 
-The extension is optional on purpose: without a compiler (or with
-``CLOUD2MQTT_NO_EXTENSIONS=1``) the build falls back to the pure-Python reference
-in ``_speedups/_reference.py``, which has the same API.
+The extensions are optional on purpose: without a compiler (or with
+``CLOUD2MQTT_NO_EXTENSIONS=1``) each owner module uses its own pure-Python rule, which has the
+same API (``_speedups/__init__.py`` lists the owners and their compiled twins).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
@@ -40,8 +41,14 @@ def extensions() -> list:  # type: ignore[type-arg]
         return []
     from setuptools import Extension
 
+    # One extension per compiled twin: every _speedups/*.pyx (tests check this equals
+    # _speedups.TWINS, the list the switch loads).
+    twins = sorted(Path(__file__).parent.joinpath("_speedups").glob("*.pyx"))
     return cythonize(
-        [Extension("_speedups._cspeedups", ["_speedups/_cspeedups.pyx"], extra_compile_args=["-O2"])],
+        [
+            Extension(f"_speedups.{p.stem}", [f"_speedups/{p.name}"], extra_compile_args=["-O2"])
+            for p in twins
+        ],
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
         quiet=True,
     )

@@ -13,15 +13,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from _speedups import _reference
-from protocols.tencent import ws
+import _speedups
+from gateway.mqtt import codec
+from protocols.tencent import push, ws
 from protocols.tencent.template import schema_from_template
 from protocols.tsl import normalize_reference
 
-try:
-    from _speedups import _cspeedups
-except ImportError:  # pragma: no cover - no compiler
-    _cspeedups = None  # type: ignore[assignment]
+# The compiled twins, configured by their owners (imported above); None in a pure build.
+_tencent = _speedups.twin("_tencent")
+_tsl = _speedups.twin("_tsl")
+_mqtt = _speedups.twin("_mqtt")
 
 NOW_MS = 1_700_000_000_000
 DEVICE = "C2MLIGHT01/light_0001"
@@ -75,36 +76,36 @@ def _ws_general(impl: str) -> Callable[[], Any]:
 
 def kernel_pairs() -> dict[str, tuple[Callable[[], Any], Callable[[], Any] | None]]:
     """name → (pure callable, compiled callable or None when not built)."""
-    r = _reference
-    c = _cspeedups
+    p, t, m = push, _tencent, _mqtt
+    n = _tsl
     pairs: dict[str, tuple[Callable[[], Any], Callable[[], Any] | None]] = {
         "decode_payload": (
-            lambda: r.decode_payload(PAYLOAD_B64),
-            (lambda: c.decode_payload(PAYLOAD_B64)) if c else None,
+            lambda: p.decode_payload_py(PAYLOAD_B64),
+            (lambda: t.decode_payload(PAYLOAD_B64)) if t else None,
         ),
         "tencent_time_ms": (
-            lambda: r.tencent_time_ms(TIME),
-            (lambda: c.tencent_time_ms(TIME)) if c else None,
+            lambda: p.tencent_time_ms_py(TIME),
+            (lambda: t.tencent_time_ms(TIME)) if t else None,
         ),
         "tencent_report": (
-            lambda: r.tencent_report(FRAME, NOW_MS),
-            (lambda: c.tencent_report(FRAME, NOW_MS)) if c else None,
+            lambda: p.tencent_report_py(FRAME, NOW_MS),
+            (lambda: t.tencent_report(FRAME, NOW_MS)) if t else None,
         ),
         "normalize": (
             lambda: normalize_reference(SCHEMA, PROPS),
-            (lambda: c.normalize(SCHEMA, PROPS)) if c else None,
+            (lambda: n.normalize(SCHEMA, PROPS)) if n else None,
         ),
         "decode_normalize_pipeline": (
-            _pipeline(r.tencent_report, normalize_reference),
-            _pipeline(c.tencent_report, c.normalize) if c else None,
+            _pipeline(p.tencent_report_py, normalize_reference),
+            _pipeline(t.tencent_report, n.normalize) if t and n else None,
         ),
         "encode_publish_qos0": (
-            lambda: r.encode_publish(TOPIC, STATE, 0, True, 0, V5_PROPS),
-            (lambda: c.encode_publish(TOPIC, STATE, 0, True, 0, V5_PROPS)) if c else None,
+            lambda: codec.encode_publish_py(TOPIC, STATE, 0, True, 0, V5_PROPS),
+            (lambda: m.encode_publish(TOPIC, STATE, 0, True, 0, V5_PROPS)) if m else None,
         ),
         "encode_publish_qos1": (
-            lambda: r.encode_publish(TOPIC, STATE, 1, True, 4242, V5_PROPS),
-            (lambda: c.encode_publish(TOPIC, STATE, 1, True, 4242, V5_PROPS)) if c else None,
+            lambda: codec.encode_publish_py(TOPIC, STATE, 1, True, 4242, V5_PROPS),
+            (lambda: m.encode_publish(TOPIC, STATE, 1, True, 4242, V5_PROPS)) if m else None,
         ),
     }
     return pairs

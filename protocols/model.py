@@ -17,6 +17,7 @@ from typing import Any, Final, Literal
 
 __all__ = [
     "ACCESS",
+    "EPOCH_MS_FROM",
     "PROP_TYPES",
     "ActionReply",
     "ActionSpec",
@@ -41,6 +42,9 @@ PROP_TYPES: Final = frozenset(
     {"bool", "int", "float", "enum", "string", "timestamp", "struct", "array"}
 )
 ACCESS: Final = frozenset({"r", "rw"})
+EPOCH_MS_FROM: Final = 100_000_000_000
+"""Vendors send epoch times in seconds or in milliseconds: a positive number below this is
+seconds (100e9 s is the year 5138), from it on milliseconds (100e9 ms is March 1973)."""
 
 ErrorCode = Literal["offline", "rejected", "invalid", "auth", "throttled", "vendor", "timeout"]
 

@@ -17,15 +17,26 @@ codec's job, after validation.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable, Mapping
+from typing import Any, Final
 
-from .model import CommandError, Property, Schema
+import _speedups
 
-__all__ = ["NOT_COERCIBLE", "coerce", "normalize", "normalize_reference", "validate", "validate_props"]
+from .model import EPOCH_MS_FROM, CommandError, Property, Schema
 
-_TRUE: Final = frozenset({"1", "true", "on", "yes", "open"})
-_FALSE: Final = frozenset({"0", "false", "off", "no", "close", "closed"})
+__all__ = [
+    "FALSE_WORDS",
+    "NOT_COERCIBLE",
+    "TRUE_WORDS",
+    "coerce",
+    "normalize",
+    "normalize_reference",
+    "validate",
+    "validate_props",
+]
+
+TRUE_WORDS: Final = frozenset({"1", "true", "on", "yes", "open"})
+FALSE_WORDS: Final = frozenset({"0", "false", "off", "no", "close", "closed"})
 
 
 class _NotCoercible:
@@ -78,9 +89,9 @@ def coerce(prop: Property, value: Any) -> Any:
             return NOT_COERCIBLE
         if isinstance(value, str):
             low = value.strip().lower()
-            if low in _TRUE:
+            if low in TRUE_WORDS:
                 return True
-            if low in _FALSE:
+            if low in FALSE_WORDS:
                 return False
         return NOT_COERCIBLE
     if kind == "int":
@@ -94,7 +105,7 @@ def coerce(prop: Property, value: Any) -> Any:
             number = int(number)
         elif not isinstance(number, int):
             return NOT_COERCIBLE
-        return number * 1000 if 0 < number < 100_000_000_000 else number
+        return number * 1000 if 0 < number < EPOCH_MS_FROM else number
     if kind == "enum":
         if prop.enum is None:
             return value
@@ -147,7 +158,9 @@ def coerce(prop: Property, value: Any) -> Any:
     return value
 
 
-def normalize(schema: Schema, props: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def normalize_reference(
+    schema: Schema, props: Mapping[str, Any]
+) -> tuple[dict[str, Any], list[str]]:
     """Coerce every described property; return the values and the ids that did not fit."""
     out: dict[str, Any] = {}
     flagged: list[str] = []
@@ -166,16 +179,21 @@ def normalize(schema: Schema, props: Mapping[str, Any]) -> tuple[dict[str, Any],
     return out, flagged
 
 
-normalize_reference: Final = normalize
-"""The pure ``normalize``. ``_speedups`` compiles the same rules; when the compiled module is
-loaded ``normalize`` below is that kernel (tests/test_speedups.py proves equal results,
-``bench/RESULTS.md`` the gain)."""
+normalize: Callable[[Schema, Mapping[str, Any]], tuple[dict[str, Any], list[str]]]
+normalize = normalize_reference
+"""``normalize_reference``, or its compiled twin ``_speedups._tsl`` when that loaded, bound here
+to this module's ``coerce`` and constants (tests/test_speedups.py proves equal results for every
+schema type and value spelling, ``bench/RESULTS.md`` the gain)."""
 
-if not TYPE_CHECKING:
-    import _speedups
-
-    if _speedups.IMPLEMENTATION == "cython":
-        normalize = _speedups.normalize
+_twin = _speedups.twin("_tsl")
+if _twin is not None:
+    normalize = _twin.configure(
+        coerce=coerce,
+        not_coercible=NOT_COERCIBLE,
+        true_words=TRUE_WORDS,
+        false_words=FALSE_WORDS,
+        ms_from=EPOCH_MS_FROM,
+    )
 
 
 def validate(prop: Property, value: Any, *, writing: bool = True) -> Any:

@@ -161,9 +161,12 @@ class WebSocketClientCore:
         del buf[: end + 4]
         status_line, *header_lines = head.split("\r\n")
         parts = status_line.split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        # A status is three ASCII digits: str.isdigit() alone also takes "¹01" (latin-1 0xB9),
+        # which int() then rejects with a ValueError (found by tests/fuzz/fuzz_websocket.py).
+        code = parts[1] if len(parts) >= 2 else ""
+        if not parts[0].startswith("HTTP/1.") or not (len(code) == 3 and code.isascii() and code.isdigit()):
             raise HandshakeRejected(f"not an HTTP response: {status_line[:80]!r}")
-        status = int(parts[1])
+        status = int(code)
         if status != 101:
             raise HandshakeRejected(f"server rejected WebSocket connection: HTTP {status}", status)
         headers: dict[str, str] = {}

@@ -1,4 +1,8 @@
-"""Both `_speedups` implementations: same API, same results, and CI cannot miss the compiled one."""
+"""Both builds of every kernel: same API, same results, and CI cannot miss the compiled one.
+
+Each kernel's pure rule lives in its owner (``protocols.tsl``, ``protocols.tencent.push``,
+``gateway.mqtt.codec``); its compiled twin is ``_speedups.twin(name)``, configured by the owner.
+"""
 
 from __future__ import annotations
 
@@ -13,22 +17,93 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 import _speedups
-from _speedups import _reference
+from gateway.mqtt import codec
+from protocols import tsl
+from protocols.tencent import push
 
-try:
-    from _speedups import _cspeedups
-except ImportError:  # pragma: no cover - exercised where no compiler is present
-    _cspeedups = None
+# The compiled twins, configured by their owners (imported above); None in a pure build.
+_tencent = _speedups.twin("_tencent")
+_tsl = _speedups.twin("_tsl")
+_mqtt = _speedups.twin("_mqtt")
+_cspeedups = _tencent  # "is the build compiled": all twins load or none does
 
-IMPLS = [pytest.param(_reference.decode_payload, id="python")]
-if _cspeedups is not None:
-    IMPLS.append(pytest.param(_cspeedups.decode_payload, id="cython"))
+IMPLS = [pytest.param(push.decode_payload_py, id="python")]
+if _tencent is not None:
+    IMPLS.append(pytest.param(_tencent.decode_payload, id="cython"))
 
 
 def test_extension_loaded_when_required():
     if os.environ.get("CLOUD2MQTT_REQUIRE_COMPILED") == "1":
         assert _speedups.IMPLEMENTATION == "cython"
-        assert _cspeedups is not None
+        assert None not in (_tencent, _tsl, _mqtt)
+
+
+def test_all_or_nothing():
+    twins = [_speedups.twin(name) for name in _speedups.TWINS]
+    if _speedups.IMPLEMENTATION == "cython":
+        assert None not in twins
+    else:
+        assert twins == [None] * len(twins)
+
+
+def test_twins_are_every_pyx():
+    """setup.py builds every _speedups/*.pyx; the switch loads _speedups.TWINS: the same set."""
+    src = Path(_speedups.__file__).parent
+    assert sorted(p.stem for p in src.glob("*.pyx")) == sorted(_speedups.TWINS)
+    assert sorted(p.stem for p in src.glob("*.pyi")) == sorted(_speedups.TWINS)
+
+
+def test_speedups_imports_nothing_upward():
+    """_speedups is below protocols and gateway: importing it (and every twin) loads neither."""
+    code = (
+        "import sys, _speedups\n"
+        "[_speedups.twin(n) for n in _speedups.TWINS]\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('protocols', 'gateway'))\n"
+        "assert not bad, bad\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.skipif(_cspeedups is None, reason="compiled module not built")
+def test_twin_unusable_before_its_owner_configures_it():
+    code = (
+        "import _speedups\n"
+        "for name, call in [('_tsl', lambda m: m.normalize(None, {})),\n"
+        "                   ('_tencent', lambda m: m.decode_payload('e30=')),\n"
+        "                   ('_mqtt', lambda m: m.encode_publish('t', b''))]:\n"
+        "    try:\n"
+        "        call(_speedups.twin(name))\n"
+        "    except RuntimeError as exc:\n"
+        "        assert 'configured' in str(exc), exc\n"
+        "    else:\n"
+        "        raise AssertionError(name + ' ran unconfigured')\n"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CLOUD2MQTT_")}
+    out = subprocess.run([sys.executable, "-c", code], env=clean, capture_output=True, text=True,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.skipif(_cspeedups is None, reason="compiled module not built")
+def test_twins_get_the_owners_constants():
+    """No constant is copied into a twin: each holds the very objects its owner passed."""
+    from protocols.model import EPOCH_MS_FROM
+
+    c = _tsl.configuration()
+    assert c["true_words"] == tsl.TRUE_WORDS and c["false_words"] == tsl.FALSE_WORDS
+    assert c["coerce"] is tsl.coerce and c["not_coercible"] is tsl.NOT_COERCIBLE
+    assert c["ms_from"] == EPOCH_MS_FROM
+    c = _tencent.configuration()
+    assert c["payload_error"] is push.PayloadError and c["day_ms"] == push.DAY_MS
+    assert c["ms_from"] == EPOCH_MS_FROM
+    assert c["not_report_types"] == push.NOT_REPORT_TYPES
+    assert c["report_subtypes"] == push.REPORT_SUBTYPES
+    assert c["time_ms_py"] is push.tencent_time_ms_py and c["device_ts_py"] is push.device_ts_py
+    assert c["report_py"] is push.tencent_report_py
+    c = _mqtt.configuration()
+    assert c["encode_publish_py"] is codec.encode_publish_py
+    assert c["max_remaining"] == codec.MAX_PACKET and c["max_field"] == codec.MAX_FIELD
 
 
 def _import_impl(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -49,8 +124,7 @@ def test_required_but_missing_is_an_import_error(tmp_path):
     pkg = tmp_path / "_speedups"
     pkg.mkdir()
     src = os.path.dirname(_speedups.__file__)
-    for name in ("__init__.py", "_reference.py"):
-        (pkg / name).write_text(Path(src, name).read_text())
+    (pkg / "__init__.py").write_text(Path(src, "__init__.py").read_text())
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CLOUD2MQTT_")}
     code = (
         f"import sys; sys.path.insert(0, {str(tmp_path)!r}); "
@@ -77,25 +151,25 @@ def test_required_but_missing_is_an_import_error(tmp_path):
     ],
 )
 def test_decode_examples(decode, encoded):
-    assert decode(encoded) == _reference.decode_payload(encoded)
+    assert decode(encoded) == push.decode_payload_py(encoded)
     assert decode(encoded.encode()) == decode(encoded)
 
 
 @pytest.mark.parametrize("decode", IMPLS)
 @pytest.mark.parametrize("bad", ["", "YQ", "not base64!", "Y", "e30=e30=", "é", 12, None, b"\xff"])
 def test_decode_rejects(decode, bad):
-    with pytest.raises(_speedups.PayloadError):
+    with pytest.raises(push.PayloadError):
         decode(bad)
 
 
 def _same(data):
     try:
-        expected = ("ok", _reference.decode_payload(data))
-    except _speedups.PayloadError:
+        expected = ("ok", push.decode_payload_py(data))
+    except push.PayloadError:
         expected = ("error", None)
     try:
-        got = ("ok", _cspeedups.decode_payload(data))
-    except _speedups.PayloadError:
+        got = ("ok", _tencent.decode_payload(data))
+    except push.PayloadError:
         got = ("error", None)
     assert got == expected, data
 
@@ -123,7 +197,7 @@ def test_same_on_encoded_json(value, urlsafe, unpadded, nuls):
     if unpadded:
         enc = enc.rstrip("=")
     _same(enc)
-    assert _cspeedups.decode_payload(enc) == value
+    assert _tencent.decode_payload(enc) == value
 
 
 # ------------------------------------------------------------------------------------------
@@ -148,19 +222,19 @@ def _outcome(fn, *args):
         return ("raise", type(exc))
 
 
-def test_selector_exports_every_kernel():
-    for name in ("decode_payload", "tencent_report", "tencent_time_ms", "normalize", "encode_publish"):
-        assert callable(getattr(_speedups, name))
+def test_owners_pick_their_twins():
+    pairs = [
+        (push, "decode_payload", _tencent), (push, "tencent_report", _tencent),
+        (push, "tencent_time_ms", _tencent), (push, "device_ts", _tencent),
+        (tsl, "normalize", _tsl), (codec, "encode_publish", _mqtt),
+    ]
+    for owner, name, twin in pairs:
+        picked = getattr(owner, name)
         if _speedups.IMPLEMENTATION == "cython":
-            assert getattr(_speedups, name) is getattr(_cspeedups, name)
-
-
-@needs_compiled
-def test_bool_words_match_tsl():
-    from protocols import tsl
-
-    assert _cspeedups.TRUE_WORDS == tsl._TRUE
-    assert _cspeedups.FALSE_WORDS == tsl._FALSE
+            assert picked is getattr(twin, name), name
+        else:
+            pure = getattr(owner, "normalize_reference" if name == "normalize" else name + "_py")
+            assert picked is pure, name
 
 
 # -- tencent_time_ms
@@ -186,16 +260,16 @@ time_values = (
 @needs_compiled
 @given(time_values)
 def test_tencent_time_same(value):
-    assert _outcome(_cspeedups.tencent_time_ms, value) == _outcome(_reference.tencent_time_ms, value)
+    assert _outcome(_tencent.tencent_time_ms, value) == _outcome(push.tencent_time_ms_py, value)
 
 
 @given(time_values)
 def test_tencent_time_is_the_codec_rule(value):
-    assert _outcome(_reference.tencent_time_ms, value) == _outcome(ws._parse_time, value)
+    assert _outcome(push.tencent_time_ms_py, value) == _outcome(ws._parse_time, value)
 
 
 def test_tencent_time_examples():
-    for impl in [_reference.tencent_time_ms] + ([_cspeedups.tencent_time_ms] if _cspeedups else []):
+    for impl in [push.tencent_time_ms_py] + ([_tencent.tencent_time_ms] if _cspeedups else []):
         assert impl("1970-01-01T08:00:00+08:00") == 0
         assert impl("2024-02-29T23:59:59-00:30") == 1709251199000 + 1800_000
         assert impl("2023-02-29T00:00:00+08:00") is None
@@ -267,17 +341,17 @@ NOW = 1_700_000_000_000
 @needs_compiled
 @given(frames() | st.binary(max_size=40) | st.text(max_size=40))
 def test_tencent_report_same(frame):
-    assert _outcome(_cspeedups.tencent_report, frame, NOW) == _outcome(_reference.tencent_report, frame, NOW)
+    assert _outcome(_tencent.tencent_report, frame, NOW) == _outcome(push.tencent_report_py, frame, NOW)
 
 
 @given(frames())
 def test_tencent_report_is_the_codec_rule(frame):
     """Where the kernel answers, protocols.tencent.ws's general path gives that very StateChange."""
-    fast = _reference.tencent_report(frame, NOW)
+    fast = push.tencent_report_py(frame, NOW)
     if fast is None:
         return
-    push = ws.parse_frame(frame)
-    decoded = ws.decode_device_change(ws.parse_device_change(push.params), now_ms=NOW)
+    parsed = ws.parse_frame(frame)
+    decoded = ws.decode_device_change(ws.parse_device_change(parsed.params), now_ms=NOW)
     device, props, ts, seq = fast
     assert decoded.events == [StateChange(device, props, ts, seq, precision_ms=1000)]
 
@@ -285,7 +359,7 @@ def test_tencent_report_is_the_codec_rule(frame):
 def test_tencent_report_example():
     body = {"method": "report", "timestamp": NOW // 1000 + 5, "params": {"power_switch": 1}}
     frame = ws.device_change_frame(DEVICE, "Property", "Report", body, seq=9, ts_ms=NOW)
-    for impl in [_reference.tencent_report] + ([_cspeedups.tencent_report] if _cspeedups else []):
+    for impl in [push.tencent_report_py] + ([_tencent.tencent_report] if _cspeedups else []):
         assert impl(frame, 0) == (DEVICE, {"power_switch": 1}, NOW + 5000, 9)
         assert impl(frame.encode(), 0) == (DEVICE, {"power_switch": 1}, NOW + 5000, 9)
         assert impl(ws.device_change_frame(DEVICE, "StatusChange", "Online", None, seq=1, ts_ms=NOW), 0) is None
@@ -440,10 +514,10 @@ def raw_frames(draw):
 @settings(max_examples=600)
 @given(raw_frames())
 def test_tencent_report_scanner_same(frame):
-    got = _cspeedups.tencent_report(frame, NOW)
-    event("scanned" if _cspeedups._scanner_accepts(frame) else "declined")
+    got = _tencent.tencent_report(frame, NOW)
+    event("scanned" if _tencent._scanner_accepts(frame) else "declined")
     event("report" if got is not None else "none")
-    assert _outcome(_cspeedups.tencent_report, frame, NOW) == _outcome(_reference.tencent_report, frame, NOW)
+    assert _outcome(_tencent.tencent_report, frame, NOW) == _outcome(push.tencent_report_py, frame, NOW)
 
 
 _HEAD = '{"push":true,"action":"DeviceChange","params":{"Type":"Property","SubType":"Report",'
@@ -480,10 +554,10 @@ _HEAD = '{"push":true,"action":"DeviceChange","params":{"Type":"Property","SubTy
 def test_tencent_report_scanner_examples(frame, report, scanned):
     frame = frame % _payload({"method": "report", "params": {"p": 1}})
     for data in (frame, frame.encode()):
-        got = _cspeedups.tencent_report(data, NOW)
-        assert got == _reference.tencent_report(data, NOW)
+        got = _tencent.tencent_report(data, NOW)
+        assert got == push.tencent_report_py(data, NOW)
         assert (got is not None) == report
-        assert _cspeedups._scanner_accepts(data) == scanned
+        assert _tencent._scanner_accepts(data) == scanned
 
 
 # -- normalize
@@ -520,7 +594,7 @@ schemas = st.lists(_props(2), max_size=4).map(lambda ps: Schema(tuple(ps)))
 @needs_compiled
 @given(schemas, st.dictionaries(st.sampled_from(["a", "b", "c", "d"]), values, max_size=4))
 def test_normalize_same(schema, props):
-    assert _outcome(_cspeedups.normalize, schema, props) == _outcome(normalize_reference, schema, props)
+    assert _outcome(_tsl.normalize, schema, props) == _outcome(normalize_reference, schema, props)
 
 
 @needs_compiled
@@ -537,7 +611,7 @@ def test_normalize_same_any_mapping(schema, props, kind):
             pass
 
         props = Items(props)
-    assert _outcome(_cspeedups.normalize, schema, props) == _outcome(normalize_reference, schema, props)
+    assert _outcome(_tsl.normalize, schema, props) == _outcome(normalize_reference, schema, props)
 
 
 @needs_compiled
@@ -547,12 +621,12 @@ def test_normalize_plan_cache_follows_new_schemas():
         kind = ("int", "bool", "string")[i % 3]
         schema = Schema((Property("p", type=kind),))
         props = {"p": "1"}
-        assert _cspeedups.normalize(schema, props) == normalize_reference(schema, props)
+        assert _tsl.normalize(schema, props) == normalize_reference(schema, props)
 
 
 def test_normalize_never_raises_on_unhashable_enum_value():
     schema = Schema((Property("e", type="enum", enum={0: "a"}),))
-    for impl in [normalize_reference] + ([_cspeedups.normalize] if _cspeedups else []):
+    for impl in [normalize_reference] + ([_tsl.normalize] if _cspeedups else []):
         assert impl(schema, {"e": [0]}) == ({"e": [0]}, ["e"])
 
 
@@ -571,13 +645,127 @@ def test_normalize_never_raises_on_unhashable_enum_value():
 )
 def test_encode_publish_same(topic, payload, qos, retain, packet_id, props, dup):
     args = (topic, payload, qos, retain, packet_id, props, dup)
-    assert _outcome(_cspeedups.encode_publish, *args) == _outcome(_reference.encode_publish, *args)
+    assert _outcome(_mqtt.encode_publish, *args) == _outcome(codec.encode_publish_py, *args)
 
 
 @needs_compiled
 @pytest.mark.parametrize("size", [0, 100, 127 - 9, 16_383, 16_384, 2_097_151, 2_097_152])
 def test_encode_publish_lengths(size):
     payload = b"p" * size
-    assert _cspeedups.encode_publish("t/x", payload, 1, True, 7, b"\x00") == _reference.encode_publish(
+    assert _mqtt.encode_publish("t/x", payload, 1, True, 7, b"\x00") == codec.encode_publish_py(
         "t/x", payload, 1, True, 7, b"\x00"
     )
+
+
+# ------------------------------------------------------------------------------------------
+# Every kernel over every number spelling (issue 11 finding 2: a fractional timestamp gave
+# seconds compiled and milliseconds pure, and random examples never drew one). Exhaustive, not
+# sampled: each spelling against each schema type, and through each kernel that reads numbers.
+
+SPELLINGS = [
+    # ints: small, bool-ish, seconds, ms, the s/ms bound, huge, negative
+    0, 1, -1, 2, 5, 1_700_000_000, 1_700_000_000_000, 99_999_999_999, 100_000_000_000,
+    2**31, 2**63 - 1, 2**63, 2**64 + 1, 2**70, -(2**63), -(2**70),
+    # floats: integral, fractional, huge, negative, non-finite
+    0.0, -0.0, 1.0, 0.5, 2.5, -2.5, 1.5, 1_700_000_000.5, 1_700_000_000_000.25, 99_999_999_999.9,
+    1e20, 1e300, -1e20, float("nan"), float("inf"), float("-inf"),
+    # strings of numbers
+    "0", "1", "-1", "2", "2.5", "-2.5", "1700000000", "1700000000.5", "1700000000000",
+    "1700000000000.5", " 7 ", "+7", "007", "-0", "1e3", "1E3", "1e400", "-1e400", "1_000", "0x10",
+    "١٢", "99999999999999999999", "123456789012345678", "1234567890123456789", "nan", "NaN",
+    "inf", "-inf", "Infinity", "-Infinity", "", " ", "abc", ".5", "5.",
+    # bool-ish and others
+    True, False, None, "true", "false", "on", " OFF ", "yes", "no", "open", "closed", "1.0",
+    [1], [], {"a": 1}, {}, (1,), b"1",
+]
+_SCALAR_TYPES = ["bool", "int", "float", "timestamp", "string"]
+_SCHEMA_PROPS = [
+    *(Property("p", type=t) for t in _SCALAR_TYPES),
+    Property("p", type="enum", enum={0: "a", 1: "b", 2: "c"}),
+    Property("p", type="enum", enum={"0": "a", "1": "b", "1700000000": "c"}),
+    Property("p", type="enum", enum=None),
+    Property("p", type="struct", fields=tuple(Property(t, type=t) for t in _SCALAR_TYPES)),
+    *(Property("p", type="array", item=Property("i", type=t)) for t in _SCALAR_TYPES),
+    Property("p", type="array"),
+    Property("p", type="weird"),
+]
+
+
+def _spelled(prop):
+    """Every spelling as the property's value (a struct gets it in each field, and in all)."""
+    if prop.type == "struct":
+        out = [{f.id: v} for v in SPELLINGS for f in prop.fields]
+        return out + [{f.id: v for f in prop.fields} for v in SPELLINGS]
+    if prop.type == "array":
+        return [[v] for v in SPELLINGS] + [[1, v] for v in SPELLINGS] + SPELLINGS
+    return SPELLINGS
+
+
+@needs_compiled
+@pytest.mark.parametrize("prop", _SCHEMA_PROPS, ids=lambda p: f"{p.type}-{len(p.enum or ())}-{p.item and p.item.type}")
+def test_normalize_same_for_every_spelling(prop):
+    schema = Schema((prop,))
+    for value in _spelled(prop):
+        for props in ({"p": value}, {"p": value, "q": value}):
+            assert _outcome(_tsl.normalize, schema, props) == _outcome(normalize_reference, schema, props), value
+        import types
+
+        proxy = types.MappingProxyType({"p": value})
+        assert _outcome(_tsl.normalize, schema, proxy) == _outcome(normalize_reference, schema, proxy), value
+
+
+@pytest.mark.parametrize("value", [1_700_000_000.5, "1700000000.5", 2.5, 1_700_000_000, "1700000000", 1_700_000_000_000])
+def test_fractional_timestamps_are_milliseconds(value):
+    """Issue 11 finding 2: seconds (fractional or not) become ms in both builds."""
+    schema = Schema((Property("t", type="timestamp"),))
+    expected = {1_700_000_000.5: 1_700_000_000_000, "1700000000.5": 1_700_000_000_000, 2.5: 2000,
+                1_700_000_000: 1_700_000_000_000, "1700000000": 1_700_000_000_000,
+                1_700_000_000_000: 1_700_000_000_000}[value]
+    for impl in [normalize_reference] + ([_tsl.normalize] if _cspeedups else []):
+        assert impl(schema, {"t": value}) == ({"t": expected}, [])
+
+
+@needs_compiled
+def test_time_and_device_ts_same_for_every_spelling():
+    for value in SPELLINGS:
+        assert _outcome(_tencent.tencent_time_ms, value) == _outcome(push.tencent_time_ms_py, value), value
+        for fallback in (NOW, 0, 2**70):
+            body = {"timestamp": value}
+            assert _outcome(_tencent.device_ts, body, fallback) == _outcome(push.device_ts_py, body, fallback), value
+
+
+def _number_text(value):
+    """``value`` as it would sit in a JSON frame (floats by repr, nan/inf as orjson cannot)."""
+    if isinstance(value, float) and value != value:
+        return "NaN"
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        return "Infinity" if value > 0 else "-Infinity"
+    if isinstance(value, (bytes, tuple)):
+        return '"x"'
+    return orjson.dumps(value).decode() if not isinstance(value, int) or isinstance(value, bool) else str(value)
+
+
+@needs_compiled
+def test_report_and_payload_same_for_every_spelling():
+    """Each spelling as the device timestamp, the Seq, the Time and a property value of a frame,
+    and inside a base64 Payload: the compiled and pure kernels agree on all of them."""
+    for value in SPELLINGS:
+        text = _number_text(value)
+        body = ('{"method":"report","timestamp":' + text + ',"params":{"p":' + text + "}}").encode()
+        payload = base64.b64encode(body).decode()
+        assert _outcome(_tencent.decode_payload, payload) == _outcome(push.decode_payload_py, payload), value
+        frames_ = [
+            _HEAD + f'"DeviceId":"P/d","Payload":"{payload}","Seq":3,"Time":"2023-11-15T06:13:20+08:00"}}}}',
+            _HEAD + f'"DeviceId":"P/d","Payload":"{_payload({"method": "report", "params": {}})}","Seq":{text},"Time":{text}}}}}',
+        ]
+        for frame in frames_:
+            for data in (frame, frame.encode()):
+                assert _outcome(_tencent.tencent_report, data, NOW) == _outcome(push.tencent_report_py, data, NOW), data
+
+
+@needs_compiled
+def test_encode_publish_same_for_every_spelling():
+    for value in SPELLINGS:
+        for args in (("t", b"x", value), ("t", b"x", 1, False, value), ("t", b"x", 0, value),
+                     ("t", b"x", 1, True, 1, None, value)):
+            assert _outcome(_mqtt.encode_publish, *args) == _outcome(codec.encode_publish_py, *args), args

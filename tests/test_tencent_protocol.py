@@ -9,7 +9,6 @@ from typing import Any
 import orjson
 import pytest
 
-from _speedups import decode_payload
 from protocols.model import (
     ActionReply,
     Availability,
@@ -22,6 +21,7 @@ from protocols.model import (
     VendorError,
 )
 from protocols.tencent import api, template, ws
+from protocols.tencent.push import decode_payload
 from protocols.tsl import validate_props
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tencent"

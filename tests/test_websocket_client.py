@@ -88,6 +88,11 @@ def test_handshake_request_is_a_valid_upgrade() -> None:
         (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
          b"Sec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n", 101),
         (b"garbage\r\n\r\n", None),
+        # a status of non-ASCII digits (latin-1 0xB9 is "¹", which isdigit() accepts and int()
+        # rejects): once a ValueError out of receive(), found by tests/fuzz/fuzz_websocket.py
+        (b"HTTP/1.1 \xb901 Switching Protocols\r\n\r\n", None),
+        (b"HTTP/1.1 1010 Switching Protocols\r\n\r\n", None),
+        (b"HTTP/1.1\r\n\r\n", None),
     ],
 )  # fmt: skip
 def test_handshake_rejections(response: bytes, status: int | None) -> None:

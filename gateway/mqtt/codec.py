@@ -14,10 +14,11 @@ DISCONNECT. QoS 2 is never requested by us (we subscribe with maximum QoS 1), so
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from _speedups import encode_publish
+import _speedups
 
 __all__ = [
     "CONNACK",
@@ -45,6 +46,7 @@ __all__ = [
     "encode_props",
     "encode_puback",
     "encode_publish",
+    "encode_publish_py",
     "encode_subscribe",
 ]
 
@@ -66,7 +68,8 @@ AUTH: Final = 15
 
 PINGREQ_BYTES: Final = b"\xc0\x00"
 PINGRESP_BYTES: Final = b"\xd0\x00"
-MAX_PACKET: Final = 268_435_455
+MAX_PACKET: Final = 268_435_455  # the largest remaining length a variable byte integer holds
+MAX_FIELD: Final = 65_535  # the largest two-byte integer: string/binary lengths, packet ids
 
 # v5 property id -> (name, kind); kind: b=byte, h=uint16, i=uint32, v=varint, s=utf8, d=binary, p=pair
 _PROPS: Final[dict[int, tuple[str, str]]] = {
@@ -123,7 +126,7 @@ def encode_varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _read_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
+def _read_varint(buf: bytes | bytearray | memoryview, pos: int) -> tuple[int, int]:
     value = 0
     shift = 0
     while True:
@@ -199,43 +202,45 @@ def encode_props(props: dict[str, Any] | None) -> bytes:
     return encode_varint(len(out)) + bytes(out)
 
 
+_FIXED: Final = {"b": struct.Struct("!B"), "h": struct.Struct("!H"), "i": struct.Struct("!I")}
+
+
 def decode_props(buf: bytes, pos: int) -> tuple[dict[str, Any], int]:
+    """v5 properties at ``pos`` → ``(props, end)``. Raises only ``MqttProtocolError``: every read
+    stays inside the property block (issue 11 finding 3: a truncated one raised ``IndexError`` /
+    ``struct.error``)."""
     length, pos = _read_varint(buf, pos)
     end = pos + length
     if end > len(buf):
         raise MqttProtocolError("truncated properties")
+    block = bytes(buf[:end])  # reads past the block then fail as "truncated", never succeed
     props: dict[str, Any] = {}
     while pos < end:
-        pid = buf[pos]
+        pid = block[pos]
         pos += 1
         try:
             name, kind = _PROPS[pid]
         except KeyError:
             raise MqttProtocolError(f"unknown property id {pid:#x}") from None
         value: Any
-        if kind == "b":
-            value = buf[pos]
-            pos += 1
-        elif kind == "h":
-            (value,) = struct.unpack_from("!H", buf, pos)
-            pos += 2
-        elif kind == "i":
-            (value,) = struct.unpack_from("!I", buf, pos)
-            pos += 4
+        fixed = _FIXED.get(kind)
+        if fixed is not None:
+            if pos + fixed.size > end:
+                raise MqttProtocolError(f"truncated property {name}")
+            (value,) = fixed.unpack_from(block, pos)
+            pos += fixed.size
         elif kind == "v":
-            value, pos = _read_varint(buf, pos)
+            value, pos = _read_varint(block, pos)
         elif kind == "s":
-            value, pos = _read_str(buf, pos)
+            value, pos = _read_str(block, pos)
         elif kind == "d":
-            value, pos = _read_bin(buf, pos)
+            value, pos = _read_bin(block, pos)
         else:
-            k, pos = _read_str(buf, pos)
-            v, pos = _read_str(buf, pos)
+            k, pos = _read_str(block, pos)
+            v, pos = _read_str(block, pos)
             props.setdefault(name, []).append((k, v))
             continue
         props[name] = value
-    if pos != end:
-        raise MqttProtocolError("property overruns its length")
     return props, end
 
 
@@ -357,10 +362,39 @@ class Publish:
     props: dict[str, Any]
 
 
-# encode_publish(topic, payload, qos=0, retain=False, packet_id=0, props=None, dup=False) -> bytes:
-# one PUBLISH packet; ``props`` is the *encoded* v5 property block (``None`` for v3.1.1), so a
-# caller that sends the same properties on every message encodes them once. It is a `_speedups`
-# kernel (compiled: one allocation, ~10x the pure version; imported at the top of this module).
+def encode_publish_py(
+    topic: str | bytes,
+    payload: bytes,
+    qos: int = 0,
+    retain: bool = False,
+    packet_id: int = 0,
+    props: bytes | None = None,
+    dup: bool = False,
+) -> bytes:
+    """One PUBLISH packet. ``props`` is the *encoded* v5 property block (``None`` for v3.1.1),
+    so a caller that sends the same properties on every message encodes them once."""
+    tb = topic.encode("utf-8") if isinstance(topic, str) else topic
+    if qos:
+        head = struct.pack("!H", len(tb)) + tb + struct.pack("!H", packet_id)
+    else:
+        head = struct.pack("!H", len(tb)) + tb
+    if props is not None:
+        head += props
+    n = len(head) + len(payload)
+    first = 0x30 | (qos << 1) | (1 if retain else 0) | (8 if dup else 0)
+    if n < 128:
+        return bytes((first, n)) + head + payload
+    return bytes((first,)) + encode_varint(n) + head + payload
+
+
+# ``encode_publish_py``, or its compiled twin ``_speedups._mqtt`` when that loaded (one
+# allocation, ~10x the pure version; bound here to the pure function and this module's limits).
+encode_publish: Callable[..., bytes] = encode_publish_py
+_twin = _speedups.twin("_mqtt")
+if _twin is not None:
+    encode_publish = _twin.configure(
+        encode_publish_py=encode_publish_py, max_remaining=MAX_PACKET, max_field=MAX_FIELD
+    )
 
 
 def decode_publish(flags: int, body: bytes, protocol: int) -> Publish:

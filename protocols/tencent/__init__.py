@@ -3,6 +3,8 @@
 - ``sign``: the ``appapi`` HMAC-SHA1 signature;
 - ``api``: ``appapi``/``tokenapi`` request bodies and response parsers, error mapping;
 - ``ws``: the long connection's frames (``ActivePush``, trace heartbeat, ``DeviceChange`` pushes);
+- ``push``: the hot rules of a push (``Payload`` decode, ``Time``, the report fast path), each
+  with its compiled twin in ``_speedups._tencent``;
 - ``template``: data templates (物模型) → ``Schema``, and command values back to Tencent's form.
 
 The connector (``gateway.connectors.tencent``) and the emulator (``gateway.simulators.tencent``)

@@ -13,7 +13,7 @@ Client → server, JSON text frames ``{"action", "reqId", "params"}``:
 
 Replies carry the request's ``reqId``. Pushes carry ``"push": true``, ``"action": "DeviceChange"``
 and ``params = {Time, Type, SubType, Topic, Payload, Seq, DeviceId}``; ``Payload`` is base64 of
-the device's JSON message (``_speedups.decode_payload``: lenient base64, NULs stripped).
+the device's JSON message (``push.decode_payload``: lenient base64, NULs stripped).
 
 Decoding a ``DeviceChange`` (Type × SubType, seed Type/SubType 类型说明):
 
@@ -42,13 +42,9 @@ import binascii
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from functools import lru_cache
 from typing import Any, Final
 
 import orjson
-
-from _speedups import PayloadError, decode_payload, tencent_report, tencent_time_ms
-from _speedups._reference import device_ts as _device_ts  # the fast path's rule, not a copy
 
 from ..model import (
     ActionReply,
@@ -62,6 +58,8 @@ from ..model import (
 )
 from ..tsl import normalize
 from .api import vendor_error
+from .push import PayloadError, decode_payload, tencent_report, tencent_time_ms
+from .push import device_ts as _device_ts  # the fast path's rule, not a copy
 
 __all__ = [
     "DEFAULT_WS_URL",
@@ -366,17 +364,8 @@ class DeviceChange:
     time_ms: int | None
 
 
-@lru_cache(maxsize=64)
-def _parse_iso(value: str) -> int | None:
-    # Pushes of the same second share their Time string: parse each one once.
-    try:
-        return int(datetime.fromisoformat(value).timestamp() * 1000)
-    except ValueError:
-        return None
-
-
 # ``Time``: ISO 8601 (the seed prints ``+08:00``) or epoch s/ms → epoch ms, else None. A
-# `_speedups` kernel: the seed's layout is parsed in C when compiled (``datetime`` otherwise).
+# kernel of ``push``: the seed's layout is parsed in C when compiled (``datetime`` otherwise).
 _parse_time: Final = tencent_time_ms
 
 
@@ -576,7 +565,7 @@ PUSH_PRECISION_MS = 1000
 
 def decode_report(data: str | bytes, *, now_ms: int) -> StateChange | None:
     """The hot path: a whole ``DeviceChange`` frame that is a property report → its
-    ``StateChange`` in one `_speedups` call (values not normalized: the gateway does that once).
+    ``StateChange`` in one ``push.tencent_report`` call (values not normalized: the gateway does that once).
 
     ``None`` for every other frame (replies, other pushes, anything malformed): the caller then
     takes ``parse_frame`` → ``parse_device_change`` → ``decode_device_change``, which yields the

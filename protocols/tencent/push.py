@@ -1,42 +1,47 @@
-"""Pure-Python reference of every kernel. The compiled module must match it exactly.
+"""The hot rules of a Tencent ``DeviceChange`` push (seed 002, 设备状态推送), and their compiled twin.
 
-Kernels (the hot path of one vendor push, frame in → MQTT packet out):
+Each rule is written here once, in pure Python (``*_py``); the public names are the compiled twin
+``_speedups._tencent`` when it loaded (configured at import with this module's constants and
+pure rules, which it declines to on anything unusual), else the pure functions. tests/
+test_speedups.py holds both equal; ``bench/RESULTS.md`` has what the twin gains.
 
-- ``decode_payload``: base64 → NULs removed → JSON (the Tencent ``Payload``);
-- ``tencent_report``: a whole Tencent ``DeviceChange`` frame → the fields of a ``StateChange``
-  in one call, or ``None`` when the frame is anything but a property report (the caller then
-  takes ``protocols.tencent.ws``'s general path, which also words the errors);
+- ``decode_payload``: base64 → NULs removed → JSON (the push's ``Payload``). The official
+  mini-program SDK decodes with a lenient base64 (URL-safe alphabet accepted, padding optional)
+  and strips NUL bytes before ``JSON.parse``; we do the same.
 - ``tencent_time_ms``: the push's ``Time`` (ISO 8601 with offset, or epoch s/ms) → epoch ms;
-- ``normalize``: TSL normalization of a property dict through a ``Schema``; its reference is
-  ``protocols.tsl.normalize_reference`` (one source for the rules, imported lazily because
-  ``protocols.tsl`` itself picks the compiled kernel from here);
-- ``encode_publish``: one MQTT PUBLISH packet (topic + properties + payload).
-
-``decode_payload`` is the Tencent push decode (seed 002, 设备状态推送: ``Payload`` is base64 of
-the device's JSON message). The official mini-program SDK decodes with a lenient base64 (URL-safe
-alphabet accepted, padding optional) and strips NUL bytes before ``JSON.parse``; we do the same.
+- ``device_ts``: the device's own ``timestamp`` when it is plausible, else the push's time;
+- ``tencent_report``: a whole ``DeviceChange`` frame → the fields of a ``StateChange`` in one
+  call, or ``None`` when the frame is anything but a property report (``ws.decode_report``'s
+  caller then takes ``ws``'s general path, which also words the errors).
 """
 
 from __future__ import annotations
 
 import binascii
-import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import orjson
 
-if TYPE_CHECKING:
-    from protocols.model import Schema
+import _speedups
+
+from ..model import EPOCH_MS_FROM
 
 __all__ = [
+    "DAY_MS",
+    "NOT_REPORT_TYPES",
+    "REPORT_SUBTYPES",
     "PayloadError",
+    "TencentReport",
     "decode_payload",
-    "encode_publish",
-    "normalize",
+    "decode_payload_py",
+    "device_ts",
+    "device_ts_py",
     "tencent_report",
+    "tencent_report_py",
     "tencent_time_ms",
+    "tencent_time_ms_py",
 ]
 
 _URLSAFE: Final = bytes.maketrans(b"-_", b"+/")
@@ -49,7 +54,7 @@ class PayloadError(ValueError):
     """The payload is not base64 of JSON."""
 
 
-def decode_payload(data: bytes | str) -> Any:
+def decode_payload_py(data: bytes | str) -> Any:
     """base64 (standard or URL-safe, padding optional) → NUL bytes removed → JSON."""
     if isinstance(data, str):
         try:
@@ -79,14 +84,18 @@ def decode_payload(data: bytes | str) -> Any:
 # --------------------------------------------------------------------------------------------
 # Tencent DeviceChange → StateChange fields (seed 002, 设备状态推送)
 
-_DAY_MS: Final = 86_400_000
-_NOT_REPORT: Final = frozenset({"StatusChange", "UserDefined"})
+DAY_MS: Final = 86_400_000
+"""A device's own ``timestamp`` is used when within this of the push's ``Time``."""
+NOT_REPORT_TYPES: Final = frozenset({"StatusChange", "UserDefined"})
+"""``Type``s whose pushes are never property reports (whatever their SubType)."""
+REPORT_SUBTYPES: Final = ("Report", "Push")
+"""``SubType``s a property report comes with."""
 _fromisoformat: Final = datetime.fromisoformat
 
 TencentReport = tuple[str, dict[str, Any], int, int | None]
 
 
-def tencent_time_ms(value: object) -> int | None:
+def tencent_time_ms_py(value: object) -> int | None:
     """``Time`` of a push: ISO 8601 (the seed prints ``+08:00``) or epoch seconds/ms; else None."""
     if isinstance(value, str) and value:
         try:
@@ -94,21 +103,21 @@ def tencent_time_ms(value: object) -> int | None:
         except ValueError:
             return None
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-        return int(value * 1000) if value < 100_000_000_000 else int(value)
+        return int(value * 1000) if value < EPOCH_MS_FROM else int(value)
     return None
 
 
-def device_ts(body: Mapping[str, Any], fallback: int) -> int:
+def device_ts_py(body: Mapping[str, Any], fallback: int) -> int:
     """The device's own ``timestamp`` (s or ms) when within a day of the push time, else the push's."""
     raw = body.get("timestamp")
     if isinstance(raw, (int, float)) and not isinstance(raw, bool) and raw > 0:
-        ms = int(raw * 1000) if raw < 100_000_000_000 else int(raw)
-        if abs(ms - fallback) <= _DAY_MS:
+        ms = int(raw * 1000) if raw < EPOCH_MS_FROM else int(raw)
+        if abs(ms - fallback) <= DAY_MS:
             return ms
     return fallback
 
 
-def tencent_report(frame: bytes | str, now_ms: int) -> TencentReport | None:
+def tencent_report_py(frame: bytes | str, now_ms: int) -> TencentReport | None:
     """``(device, props, ts_ms, seq)`` of a ``DeviceChange`` property report, else ``None``.
 
     A report is a push (``"push": true``, ``action`` ``DeviceChange``) whose ``SubType`` is
@@ -116,7 +125,7 @@ def tencent_report(frame: bytes | str, now_ms: int) -> TencentReport | None:
     ``DeviceId`` of the form ``ProductId/DeviceName`` and a ``Payload`` that decodes to
     ``{"method": "report", "params": {…}}`` (also the seed's nested form), ``get_status_reply``'s
     ``data.reported``, or the legacy ``{"type": "update", "state": {"reported": …}}``. The rules
-    are ``protocols.tencent.ws.decode_device_change``'s, which yields the same ``StateChange``.
+    are ``ws.decode_device_change``'s, which yields the same ``StateChange``.
     """
     try:
         obj = _loads(frame)
@@ -131,8 +140,8 @@ def tencent_report(frame: bytes | str, now_ms: int) -> TencentReport | None:
     subtype = params.get("SubType")
     if (
         not isinstance(type_, str)
-        or type_ in _NOT_REPORT
-        or (subtype != "Report" and subtype != "Push")
+        or type_ in NOT_REPORT_TYPES
+        or subtype not in REPORT_SUBTYPES
     ):
         return None
     device = params.get("DeviceId")
@@ -140,7 +149,7 @@ def tencent_report(frame: bytes | str, now_ms: int) -> TencentReport | None:
     if not isinstance(device, str) or "/" not in device or not isinstance(payload, str) or not payload:
         return None
     try:
-        body = decode_payload(payload)
+        body = decode_payload_py(payload)
     except PayloadError:
         return None
     if type(body) is not dict:
@@ -148,7 +157,7 @@ def tencent_report(frame: bytes | str, now_ms: int) -> TencentReport | None:
     seq = params.get("Seq")
     if not isinstance(seq, int) or isinstance(seq, bool):
         seq = None
-    ts = tencent_time_ms(params.get("Time")) or now_ms
+    ts = tencent_time_ms_py(params.get("Time")) or now_ms
     method = body.get("method")
     if method == "report":
         props = body.get("params")
@@ -164,53 +173,26 @@ def tencent_report(frame: bytes | str, now_ms: int) -> TencentReport | None:
         return None
     if type(props) is not dict:
         return None
-    return device, props, device_ts(body, ts), seq
+    return device, props, device_ts_py(body, ts), seq
 
 
 # --------------------------------------------------------------------------------------------
-# TSL normalization
+# The compiled twin
 
+decode_payload: Callable[[bytes | str], Any] = decode_payload_py
+tencent_time_ms: Callable[[object], int | None] = tencent_time_ms_py
+device_ts: Callable[[Mapping[str, Any], int], int] = device_ts_py
+tencent_report: Callable[[bytes | str, int], TencentReport | None] = tencent_report_py
 
-def normalize(schema: Schema, props: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """``protocols.tsl.normalize_reference``: coerce every described property, flag misfits."""
-    from protocols.tsl import normalize_reference
-
-    return normalize_reference(schema, props)
-
-
-# --------------------------------------------------------------------------------------------
-# MQTT PUBLISH
-
-
-def encode_publish(
-    topic: str | bytes,
-    payload: bytes,
-    qos: int = 0,
-    retain: bool = False,
-    packet_id: int = 0,
-    props: bytes | None = None,
-    dup: bool = False,
-) -> bytes:
-    """One PUBLISH packet. ``props`` is the *encoded* v5 property block (``None`` for v3.1.1),
-    so a caller that sends the same properties on every message encodes them once."""
-    tb = topic.encode("utf-8") if isinstance(topic, str) else topic
-    if qos:
-        head = struct.pack("!H", len(tb)) + tb + struct.pack("!H", packet_id)
-    else:
-        head = struct.pack("!H", len(tb)) + tb
-    if props is not None:
-        head += props
-    n = len(head) + len(payload)
-    first = 0x30 | (qos << 1) | (1 if retain else 0) | (8 if dup else 0)
-    if n < 128:
-        return bytes((first, n)) + head + payload
-    out = bytearray((first,))
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            break
-    return bytes(out) + head + payload
+_twin = _speedups.twin("_tencent")
+if _twin is not None:
+    decode_payload, tencent_time_ms, device_ts, tencent_report = _twin.configure(
+        payload_error=PayloadError,
+        time_ms_py=tencent_time_ms_py,
+        device_ts_py=device_ts_py,
+        report_py=tencent_report_py,
+        day_ms=DAY_MS,
+        ms_from=EPOCH_MS_FROM,
+        not_report_types=NOT_REPORT_TYPES,
+        report_subtypes=REPORT_SUBTYPES,
+    )

@@ -1,28 +1,23 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Compiled kernels. Same API and same results as ``_reference.py`` (tested by hypothesis).
+"""Compiled twin of ``protocols.tencent.push`` (the owner picks it; see ``_speedups``).
 
 ``decode_payload`` does base64 (both alphabets, optional padding) and NUL removal in one pass
-over the input into one output buffer, instead of the reference's strip → translate → pad →
+over the input into one output buffer, instead of the pure rule's strip → translate → pad →
 decode → replace chain of five temporary objects; orjson then parses the buffer.
 
 ``tencent_report`` is the whole Tencent push decode in one call. The outer frame is read by a
 strict scanner over its bytes that finds the six ``params`` values and the two top-level ones
 without building the frame's dicts and strings; anything outside the subset of JSON it reads
-(escapes, non-ASCII, floats, nesting, a needed key twice, …) makes it decline, and orjson parses
-the frame instead, so the answer is always the reference's. Then the base64 pass above straight
-from the frame's bytes, orjson for the device's message, and a C parser for the seed's ``Time``
-layout (``YYYY-MM-DDTHH:MM:SS±HH:MM``; anything else goes to ``datetime.fromisoformat`` exactly
-as the reference does).
+(escapes, non-ASCII, floats, nesting, a needed key twice, …) makes it decline, and the owner's
+pure ``tencent_report`` answers instead, so the answer is always the rule's. Then the base64 pass
+above straight from the frame's bytes, orjson for the device's message, and a C parser for the
+seed's ``Time`` layout (``YYYY-MM-DDTHH:MM:SS±HH:MM``; anything else goes to the owner's pure
+``tencent_time_ms``).
 
-``normalize`` is ``protocols.tsl.normalize_reference`` compiled: the same branches, but the
-type dispatch and ``isinstance`` checks are C comparisons instead of bytecode, a per-schema plan
-holds each property's kind as a C int, and for a plain dict the result is a copy of the input
-with only the changed values replaced. It must not import ``protocols`` (``protocols.tsl``
-imports this module), so the bool spellings are copied here and a test checks they equal
-``protocols.tsl``'s.
-
-``encode_publish`` builds the packet in one allocation; unusual argument types fall back to the
-reference so errors are the reference's.
+It imports nothing of ``protocols``: ``protocols.tencent.push`` calls ``configure(...)`` at import
+with its error class, its pure rules (declined cases go there) and its constants (the day bound of
+device timestamps, the seconds/ms bound, the Types and SubTypes of a report), and gets the four
+kernels back. Hypothesis tests hold them equal to the pure rules.
 """
 
 cimport cython
@@ -36,12 +31,8 @@ from libc.math cimport floor, isfinite
 from libc.stdlib cimport free, malloc
 from libc.string cimport memchr, memcmp, memcpy, memset
 
-from collections.abc import Mapping as _Mapping
-
 import orjson
 
-from . import _reference
-from ._reference import PayloadError
 
 cdef object _loads = orjson.loads
 cdef object _JSONDecodeError = orjson.JSONDecodeError
@@ -78,7 +69,7 @@ cdef extern from "Python.h":
 
 cdef object _b64_decode(const unsigned char* src, Py_ssize_t size):
     """base64 (either alphabet, padding optional, surrounding whitespace ignored) → bytes with
-    NULs removed, or PayloadError with the reference's messages. Four characters per step into a
+    NULs removed, or PayloadError with the pure rule's messages. Four characters per step into a
     stack buffer (heap for big payloads), one bytes object at the end."""
     cdef Py_ssize_t start = 0
     cdef Py_ssize_t end = size
@@ -146,7 +137,7 @@ cdef object _b64_decode(const unsigned char* src, Py_ssize_t size):
 
 
 cdef object _b64_nul_stripped(object data):
-    """``data`` (str or bytes-like) → decoded bytes; PayloadError like the reference."""
+    """``data`` (str or bytes-like) → decoded bytes; PayloadError like the pure rule."""
     cdef bytes raw
     if type(data) is str and PyUnicode_IS_COMPACT_ASCII(data):
         return _b64_decode(<const unsigned char*>PyUnicode_DATA(data), PyUnicode_GET_LENGTH(data))
@@ -167,6 +158,7 @@ cdef object _b64_nul_stripped(object data):
 
 
 def decode_payload(data):
+    _check()
     buf = _b64_nul_stripped(data)
     try:
         return _loads(buf)
@@ -178,11 +170,53 @@ def decode_payload(data):
 # Tencent DeviceChange
 
 
-cdef long long _DAY_MS = 86_400_000
+# Set by configure(): the owner's error class, pure rules and constants.
+cdef bint _configured = False
+cdef object PayloadError = None
+cdef object _fallback_time = None     # push.tencent_time_ms_py
+cdef object _device_ts_py = None      # push.device_ts_py
+cdef object _report_general = None    # push.tencent_report_py: frames the scanner declines
+cdef long long _DAY_MS = 0
+cdef long long _MS_FROM = 0           # below: seconds; from here on: already milliseconds
+cdef tuple _NOT_REPORT = ()           # ASCII bytes of push.NOT_REPORT_TYPES
+cdef tuple _SUBTYPES = ()             # ASCII bytes of push.REPORT_SUBTYPES
+cdef frozenset _NOT_REPORT_STR = frozenset()
+cdef tuple _SUBTYPES_STR = ()
 # C-typed, so the comparisons below stay in C (a bare literal this big is a Python int to Cython).
 cdef long long _TS_BOUND = 4_000_000_000_000_000_000  # no overflow in ms * 1000 or ms - fallback
-cdef long long _MS_FROM = 100_000_000_000  # below: seconds; from here on: already milliseconds
-cdef object _fallback_time = _reference.tencent_time_ms
+
+
+def configure(*, payload_error, time_ms_py, device_ts_py, report_py, day_ms, ms_from,
+              not_report_types, report_subtypes):
+    """Bind the owner's rules and constants; returns ``(decode_payload, tencent_time_ms,
+    device_ts, tencent_report)``. Called by ``protocols.tencent.push``."""
+    global _configured, PayloadError, _fallback_time, _device_ts_py, _report_general
+    global _DAY_MS, _MS_FROM, _NOT_REPORT, _SUBTYPES, _NOT_REPORT_STR, _SUBTYPES_STR
+    PayloadError = payload_error
+    _fallback_time = time_ms_py
+    _device_ts_py = device_ts_py
+    _report_general = report_py
+    _DAY_MS = day_ms
+    _MS_FROM = ms_from
+    _NOT_REPORT_STR = frozenset(not_report_types)
+    _SUBTYPES_STR = tuple(report_subtypes)
+    _NOT_REPORT = tuple(t.encode("ascii") for t in _NOT_REPORT_STR)
+    _SUBTYPES = tuple(t.encode("ascii") for t in _SUBTYPES_STR)
+    _configured = True
+    return decode_payload, tencent_time_ms, device_ts, tencent_report
+
+
+def configuration():
+    """What ``configure`` bound (a test hook: the constants are the owner's, not copies)."""
+    return {"payload_error": PayloadError, "time_ms_py": _fallback_time,
+            "device_ts_py": _device_ts_py, "report_py": _report_general, "day_ms": _DAY_MS, "ms_from": _MS_FROM,
+            "not_report_types": _NOT_REPORT_STR, "report_subtypes": _SUBTYPES_STR}
+
+
+cdef inline int _check() except -1:
+    if not _configured:
+        raise RuntimeError("_speedups._tencent used before protocols.tencent.push configured it")
+    return 0
 
 
 cdef inline int _digits(const unsigned char* s, int n):
@@ -218,7 +252,7 @@ cdef long long _NO_TIME = LLONG_MIN
 
 cdef long long _iso_ms(const unsigned char* s) noexcept:
     """The 25 characters at ``s`` as ``YYYY-MM-DDTHH:MM:SS±HH:MM`` → epoch ms, or ``_NO_TIME``
-    when they are not that layout or not a valid date (the caller then asks the reference)."""
+    when they are not that layout or not a valid date (the caller then asks the pure rule)."""
     cdef int year, month, day, hh, mm, ss, oh, om, mdays
     cdef long long secs
     if (s[4] == 45 and s[7] == 45 and s[10] == 84 and s[13] == 58 and s[16] == 58
@@ -257,6 +291,7 @@ cdef object _time_ms(object value):
 
 
 def tencent_time_ms(value):
+    _check()
     return _time_ms(value)
 
 
@@ -273,25 +308,24 @@ cdef object _device_ts(dict body, object fallback):
             if r <= 0:
                 return fallback
             if r > _TS_BOUND or not (-_TS_BOUND < fb < _TS_BOUND):
-                return _device_ts_py(raw, fallback)
+                return _device_ts_py(body, fallback)
             ms = r * 1000 if r < _MS_FROM else r
             diff = ms - fb
             if -_DAY_MS <= diff <= _DAY_MS:
                 return ms
             return fallback
-    return _device_ts_py(raw, fallback)
+    return _device_ts_py(body, fallback)
 
 
-cdef object _device_ts_py(object raw, object fallback):
-    if (isinstance(raw, (int, float)) and not isinstance(raw, bool)) and raw > 0:
-        ms = int(raw * 1000) if raw < 100_000_000_000 else int(raw)
-        if abs(ms - fallback) <= _DAY_MS:
-            return ms
-    return fallback
+def device_ts(body, fallback):
+    _check()
+    if type(body) is dict:
+        return _device_ts(<dict>body, fallback)
+    return _device_ts_py(body, fallback)
 
 
 cdef object _from_body(dict bd, object device, object seq, object ts):
-    """The reference's tail: the decoded device message → ``(device, props, ts_ms, seq)`` or None."""
+    """The pure rule's tail: the decoded device message → ``(device, props, ts_ms, seq)`` or None."""
     method = bd.get("method")
     if method == "report":
         props = bd.get("params")
@@ -313,46 +347,6 @@ cdef object _from_body(dict bd, object device, object seq, object ts):
     return (device, props, _device_ts(bd, ts), seq)
 
 
-cdef object _report_general(object frame, object now_ms):
-    """The reference's steps with orjson for the frame: any frame the scanner below declines."""
-    try:
-        obj = _loads(frame)
-    except _JSONDecodeError:
-        return None
-    if type(obj) is not dict:
-        return None
-    cdef dict o = <dict>obj
-    if not o.get("push") or o.get("action") != "DeviceChange":
-        return None
-    params = o.get("params")
-    if type(params) is not dict:
-        return None
-    cdef dict p = <dict>params
-    type_ = p.get("Type")
-    subtype = p.get("SubType")
-    if not isinstance(type_, str) or type_ == "StatusChange" or type_ == "UserDefined":
-        return None
-    if subtype != "Report" and subtype != "Push":
-        return None
-    device = p.get("DeviceId")
-    payload = p.get("Payload")
-    if not isinstance(device, str) or "/" not in <str>device:
-        return None
-    if not isinstance(payload, str) or not payload:
-        return None
-    try:
-        body = _loads(_b64_nul_stripped(payload))
-    except (PayloadError, _JSONDecodeError):
-        return None
-    if type(body) is not dict:
-        return None
-    seq = p.get("Seq")
-    if not isinstance(seq, int) or isinstance(seq, bool):
-        seq = None
-    ts = _time_ms(p.get("Time")) or now_ms
-    return _from_body(<dict>body, device, seq, ts)
-
-
 # -- The frame scanner.
 #
 # A strict reader of the one shape a property report has, over the frame's bytes:
@@ -363,7 +357,7 @@ cdef object _report_general(object frame, object now_ms):
 # 18 digits (orjson gives an int for those, always), ``true``/``false``/``null``, and one nested
 # object (``params``). Anything else — an escape, a non-ASCII byte, a float, a nested value other
 # than ``params``, a needed key given twice, trailing bytes, a truncated frame — makes it decline,
-# and the frame takes ``_report_general`` (orjson), so every answer is the reference's.
+# and the owner's pure ``tencent_report`` answers, so every answer is the rule's.
 
 cdef enum:
     V_NONE = 0   # key absent
@@ -605,6 +599,14 @@ cdef inline bint _str_is(const unsigned char* s, _Val* v, const char* word, Py_s
     return v.kind == V_STR and v.b - v.a == size and memcmp(s + v.a, word, size) == 0
 
 
+cdef bint _str_in(const unsigned char* s, _Val* v, tuple words) except -1:
+    cdef bytes w
+    for w in words:
+        if _str_is(s, v, PyBytes_AS_STRING(w), PyBytes_GET_SIZE(w)):
+            return True
+    return False
+
+
 cdef object _value_obj(const unsigned char* s, _Val* v):
     """The Python value orjson would give for a scanned scalar (``None`` when absent)."""
     if v.kind == V_STR:
@@ -632,18 +634,16 @@ cdef object _report_scanned(const unsigned char* s, Py_ssize_t n, object frame, 
     i = _scan_object(s, i, n, top, params)
     if i < 0 or _skip_ws(s, i, n) != n:
         return _report_general(frame, now_ms)
-    # The frame is valid JSON and every needed value is known: the reference's checks, in C.
+    # The frame is valid JSON and every needed value is known: the rule's checks, in C.
     v = &top[T_PUSH]
     if not ((v.kind == V_TRUE) or (v.kind == V_INT and v.num != 0) or (v.kind == V_STR and v.b > v.a)):
         return None
     if not _str_is(s, &top[T_ACTION], b"DeviceChange", 12) or top[T_PARAMS].kind != V_OBJ:
         return None
     v = &params[P_TYPE]
-    if (v.kind != V_STR or _str_is(s, v, b"StatusChange", 12)
-            or _str_is(s, v, b"UserDefined", 11)):
+    if v.kind != V_STR or _str_in(s, v, _NOT_REPORT):
         return None
-    v = &params[P_SUBTYPE]
-    if not (_str_is(s, v, b"Report", 6) or _str_is(s, v, b"Push", 4)):
+    if not _str_in(s, &params[P_SUBTYPE], _SUBTYPES):
         return None
     v = &params[P_DEVICE]
     if v.kind != V_STR or memchr(s + v.a, 47, v.b - v.a) == NULL:  # '/'
@@ -696,6 +696,7 @@ def _scanner_accepts(frame):
 
 
 def tencent_report(frame, now_ms):
+    _check()
     if type(frame) is bytes:
         return _report_scanned(<const unsigned char*>PyBytes_AS_STRING(frame),
                                PyBytes_GET_SIZE(frame), frame, now_ms)
@@ -703,408 +704,3 @@ def tencent_report(frame, now_ms):
         return _report_scanned(<const unsigned char*>PyUnicode_DATA(frame),
                                PyUnicode_GET_LENGTH(frame), frame, now_ms)
     return _report_general(frame, now_ms)
-
-
-# --------------------------------------------------------------------------------------------
-# TSL normalization (protocols.tsl.normalize_reference, compiled)
-
-
-cdef frozenset _TRUE = frozenset({"1", "true", "on", "yes", "open"})
-cdef frozenset _FALSE = frozenset({"0", "false", "off", "no", "close", "closed"})
-TRUE_WORDS = _TRUE
-FALSE_WORDS = _FALSE
-
-
-cdef class _NotCoercible:
-    pass
-
-
-cdef object _NC = _NotCoercible()
-
-
-cdef object _to_number(object value, bint integral):
-    cdef double d
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        d = value
-        if integral and isfinite(d) and floor(d) == d:
-            return int(value)
-        return value if isfinite(d) else _NC
-    if isinstance(value, str):
-        text = (<str>value).strip()
-        if integral:
-            try:
-                return int(text)
-            except ValueError:
-                pass
-        try:
-            number = float(text)
-        except ValueError:
-            return _NC
-        d = number
-        if not isfinite(d):
-            return _NC
-        if integral and floor(d) == d:
-            return int(number)
-        return number
-    return _NC
-
-
-cdef object _coerce(object prop, object value):
-    kind = prop.type
-    if kind == "bool":
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, (int, float)):
-            if value in (0, 1):
-                return bool(value)
-            return _NC
-        if isinstance(value, str):
-            low = (<str>value).strip().lower()
-            if low in _TRUE:
-                return True
-            if low in _FALSE:
-                return False
-        return _NC
-    if kind == "int":
-        return _to_number(value, True)
-    if kind == "float":
-        return _to_number(value, False)
-    if kind == "timestamp":
-        number = _to_number(value, True)
-        if number is _NC or isinstance(number, float):
-            return number if number is _NC else int(number)
-        return number * 1000 if 0 < number < 100_000_000_000 else number
-    if kind == "enum":
-        enum = prop.enum
-        if enum is None:
-            return value
-        try:
-            if value in enum:
-                return value
-        except TypeError:
-            return _NC
-        if isinstance(value, str):
-            number = _to_number(value, True)
-            if number is not _NC and number in enum:
-                return number
-        elif isinstance(value, int) and not isinstance(value, bool) and str(value) in enum:
-            return str(value)
-        return _NC
-    if kind == "string":
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        return _NC
-    if kind == "struct":
-        if not isinstance(value, dict) and not isinstance(value, _Mapping):
-            return _NC
-        by_id = {f.id: f for f in prop.fields}
-        out = {}
-        for key, item in value.items():
-            field_prop = by_id.get(key)
-            if field_prop is None:
-                out[key] = item
-                continue
-            coerced = _coerce(field_prop, item)
-            if coerced is _NC:
-                return _NC
-            out[key] = coerced
-        return out
-    if kind == "array":
-        if not isinstance(value, (list, tuple)):
-            return _NC
-        item_prop = prop.item
-        if item_prop is None:
-            return list(value)
-        items = []
-        for item in value:
-            coerced = _coerce(item_prop, item)
-            if coerced is _NC:
-                return _NC
-            items.append(coerced)
-        return items
-    return value
-
-
-cdef enum:
-    K_OTHER = 0
-    K_BOOL = 1
-    K_INT = 2
-    K_FLOAT = 3
-    K_TIMESTAMP = 4
-    K_ENUM = 5
-    K_STRING = 6
-    K_GENERIC = 7  # struct, array: the generic _coerce
-
-
-cdef int _kind_code(object kind) except -1:
-    if kind == "bool":
-        return K_BOOL
-    if kind == "int":
-        return K_INT
-    if kind == "float":
-        return K_FLOAT
-    if kind == "timestamp":
-        return K_TIMESTAMP
-    if kind == "enum":
-        return K_ENUM
-    if kind == "string":
-        return K_STRING
-    if kind == "struct" or kind == "array":
-        return K_GENERIC
-    return K_OTHER
-
-
-cdef inline object _ascii_int(object text):
-    """``int(text)`` for a plain ``[+-]?digits`` ASCII str of at most 18 digits, else None.
-
-    ``int()`` of such a string is its decimal value, so this is exact; every other spelling
-    (whitespace, underscores, non-ASCII digits, longer numbers) takes the reference rule."""
-    if not PyUnicode_IS_COMPACT_ASCII(text):
-        return None
-    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(text)
-    cdef const unsigned char* s = <const unsigned char*>PyUnicode_DATA(text)
-    cdef Py_ssize_t i = 0
-    cdef bint neg = False
-    cdef long long v = 0
-    cdef unsigned char c
-    if n and (s[0] == 45 or s[0] == 43):  # '-' '+'
-        neg = s[0] == 45
-        i = 1
-    if n - i < 1 or n - i > 18:
-        return None
-    while i < n:
-        c = s[i]
-        if c < 48 or c > 57:
-            return None
-        v = v * 10 + (c - 48)
-        i += 1
-    return PyLong_FromLongLong(-v if neg else v)
-
-
-@cython.final
-cdef class _Entry:
-    """One property of a schema, ready for the hot loop: its kind as a C int, and its enum."""
-    cdef int code
-    cdef object prop
-    cdef object enum
-
-
-cdef object _coerce_entry(_Entry e, object value):
-    """``_coerce(e.prop, value)`` with the common exact-type cases decided in C."""
-    cdef int code = e.code
-    cdef int overflow
-    cdef long iv
-    cdef double d
-    cdef object vt = type(value)
-    if code == K_BOOL:
-        if value is True or value is False:
-            return value
-        if vt is int:
-            iv = PyLong_AsLongAndOverflow(value, &overflow)
-            if overflow == 0:
-                if iv == 1:
-                    return True
-                if iv == 0:
-                    return False
-            return _NC
-        if vt is float:
-            d = PyFloat_AS_DOUBLE(value)
-            if d == 1.0:
-                return True
-            if d == 0.0:
-                return False
-            return _NC
-        return _coerce(e.prop, value)
-    if code == K_INT:
-        if vt is int:
-            return value
-        if vt is str:
-            fast = _ascii_int(value)
-            if fast is not None:
-                return fast
-        return _to_number(value, True)
-    if code == K_FLOAT:
-        if vt is float:
-            return value if isfinite(PyFloat_AS_DOUBLE(value)) else _NC
-        if vt is int:
-            return value
-        return _to_number(value, False)
-    if code == K_ENUM:
-        enum = e.enum
-        if enum is None:
-            return value
-        if type(enum) is dict and (vt is int or vt is str) and PyDict_Contains(enum, value) == 1:
-            return value
-        return _coerce(e.prop, value)
-    if code == K_STRING:
-        if vt is str:
-            return value
-        return _coerce(e.prop, value)
-    if code == K_OTHER:
-        return value
-    return _coerce(e.prop, value)
-
-
-# Per-schema plans: prop id -> _Entry. Schemas are immutable (frozen dataclasses built once per
-# product), so a plan is built on first use; the cache holds the schema itself so its id() cannot
-# be reused while cached, and is cleared when it grows past _PLAN_LIMIT. The last schema used is
-# checked first (by identity), which skips the attribute and cache lookups on a run of one product.
-cdef dict _PLANS = {}
-cdef Py_ssize_t _PLAN_LIMIT = 1024
-cdef object _last_schema = None
-cdef dict _last_plan = None
-
-
-cdef dict _plan(object schema, dict by_id):
-    key = id(schema)
-    cdef PyObject* found = PyDict_GetItem(_PLANS, key)
-    if found is not NULL and (<tuple>found)[0] is schema:
-        return <dict>(<tuple>found)[1]
-    cdef dict plan = {}
-    cdef _Entry e
-    for pid, p in by_id.items():
-        e = _Entry.__new__(_Entry)
-        e.code = _kind_code(p.type)
-        e.prop = p
-        e.enum = p.enum if e.code == K_ENUM else None
-        plan[pid] = e
-    if len(_PLANS) >= _PLAN_LIMIT:
-        _PLANS.clear()
-    _PLANS[key] = (schema, plan)
-    return plan
-
-
-def normalize(schema, props):
-    global _last_schema, _last_plan
-    cdef dict out
-    cdef list flagged = []
-    cdef PyObject* found
-    cdef dict plan = None
-    cdef Py_ssize_t pos = 0
-    cdef Py_ssize_t size
-    cdef PyObject* k
-    cdef PyObject* v
-    if schema is _last_schema:
-        plan = _last_plan
-    else:
-        by_id = getattr(schema, "_by_id", None)
-        if type(by_id) is dict:
-            plan = _plan(schema, <dict>by_id)
-            _last_schema = schema
-            _last_plan = plan
-    if plan is not None and type(props) is dict:
-        # A copy of props (one clone of its key table, same order), then only the values that
-        # coercion changes are replaced: equal, key order included, to the reference's fresh dict.
-        out = PyDict_Copy(props)
-        size = PyDict_Size(props)
-        while PyDict_Next(props, &pos, &k, &v):
-            key = <object>k
-            value = <object>v
-            if type(key) is str:
-                found = PyDict_GetItem(plan, key)
-                if found is NULL:
-                    continue
-                coerced = _coerce_entry(<_Entry>found, value)
-            else:
-                prop = schema.prop(key)  # the same lookup (and errors) as the reference
-                if prop is None:
-                    continue
-                coerced = _coerce(prop, value)
-            if coerced is _NC:
-                flagged.append(key)
-            elif coerced is not value:
-                out[key] = coerced
-            if PyDict_Size(props) != size:
-                raise RuntimeError("dictionary changed size during iteration")
-        return out, flagged
-    out = {}
-    for key, value in props.items():
-        if plan is not None and type(key) is str:
-            found = PyDict_GetItem(plan, key)
-            if found is NULL:
-                out[key] = value
-                continue
-            coerced = _coerce_entry(<_Entry>found, value)
-        else:
-            prop = schema.prop(key)  # the same lookup (and errors) as the reference
-            if prop is None:
-                out[key] = value
-                continue
-            coerced = _coerce(prop, value)
-        if coerced is _NC:
-            flagged.append(key)
-            out[key] = value
-        else:
-            out[key] = coerced
-    return out, flagged
-
-
-# --------------------------------------------------------------------------------------------
-# MQTT PUBLISH
-
-
-cdef object _encode_publish_ref = _reference.encode_publish
-
-
-def encode_publish(topic, payload, qos=0, retain=False, packet_id=0, props=None, dup=False):
-    cdef bytes tb
-    if type(topic) is str:
-        tb = (<str>topic).encode("utf-8")
-    elif type(topic) is bytes:
-        tb = <bytes>topic
-    else:
-        return _encode_publish_ref(topic, payload, qos, retain, packet_id, props, dup)
-    if (type(payload) is not bytes or type(qos) is not int or not (0 <= qos <= 3)
-            or (props is not None and type(props) is not bytes)):
-        return _encode_publish_ref(topic, payload, qos, retain, packet_id, props, dup)
-    cdef int q = qos
-    cdef long pid = 0
-    if q:
-        if type(packet_id) is not int or not (0 <= packet_id <= 65535):
-            return _encode_publish_ref(topic, payload, qos, retain, packet_id, props, dup)
-        pid = packet_id
-    cdef Py_ssize_t tlen = PyBytes_GET_SIZE(tb)
-    if tlen > 65535:
-        return _encode_publish_ref(topic, payload, qos, retain, packet_id, props, dup)
-    cdef Py_ssize_t plen = PyBytes_GET_SIZE(props) if props is not None else 0
-    cdef Py_ssize_t blen = PyBytes_GET_SIZE(payload)
-    cdef Py_ssize_t n = 2 + tlen + (2 if q else 0) + plen + blen
-    if n > 268_435_455:
-        return _encode_publish_ref(topic, payload, qos, retain, packet_id, props, dup)
-    cdef unsigned char first = 0x30 | (q << 1) | (1 if retain else 0) | (8 if dup else 0)
-    cdef unsigned char hdr[5]
-    cdef int hlen = 1
-    cdef Py_ssize_t rem = n
-    hdr[0] = first
-    while True:
-        hdr[hlen] = rem & 0x7F
-        rem >>= 7
-        if rem:
-            hdr[hlen] |= 0x80
-            hlen += 1
-        else:
-            hlen += 1
-            break
-    out = PyBytes_FromStringAndSize(NULL, hlen + n)
-    cdef unsigned char* d = <unsigned char*>PyBytes_AS_STRING(out)
-    memcpy(d, hdr, hlen)
-    d += hlen
-    d[0] = (tlen >> 8) & 0xFF
-    d[1] = tlen & 0xFF
-    memcpy(d + 2, PyBytes_AS_STRING(tb), tlen)
-    d += 2 + tlen
-    if q:
-        d[0] = (pid >> 8) & 0xFF
-        d[1] = pid & 0xFF
-        d += 2
-    if plen:
-        memcpy(d, PyBytes_AS_STRING(props), plen)
-        d += plen
-    memcpy(d, PyBytes_AS_STRING(payload), blen)
-    return out
