@@ -22,7 +22,7 @@ from protocols.model import (
 )
 from protocols.tencent import api, template, ws
 from protocols.tencent.push import decode_payload
-from protocols.tsl import validate_props
+from protocols.tsl import normalize, validate_props
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tencent"
 RESP = json.loads((FIXTURES / "responses.json").read_text("utf-8"))
@@ -152,7 +152,9 @@ def test_report_and_push_of_state_types(type_: str) -> None:
     }
     schema = _light_schema()
     (change,) = _decode(_frame(type_, "Report", report), schema).events
-    assert change == StateChange("P/d", {"power_switch": True, "brightness": 40}, TS, 9, precision_ms=1000)
+    # values as sent; the link normalizes state once (gateway/link.py), to the tree's form
+    assert change == StateChange("P/d", report["params"], TS, 9, precision_ms=1000)
+    assert normalize(schema, change.props) == ({"power_switch": True, "brightness": 40}, [])
     (control,) = _decode(
         _frame(type_, "Push", {"method": "control", "params": {"power_switch": 0}})
     ).events
@@ -240,8 +242,12 @@ def test_device_timestamp_used_when_plausible() -> None:
 def test_flagged_values_are_kept_and_listed() -> None:
     body = {"method": "report", "params": {"brightness": "bright", "power_switch": 1}}
     decoded = _decode(_frame("Property", "Report", body), _light_schema())
-    assert decoded.events[0].props == {"brightness": "bright", "power_switch": True}  # type: ignore[union-attr]
-    assert decoded.flagged == ["brightness"]
+    # state is normalized (and its misfits listed) once, by the link: the codec passes it on
+    assert decoded.events[0].props == body["params"]  # type: ignore[union-attr]
+    assert decoded.flagged == []
+    values, flagged = normalize(_light_schema(), decoded.events[0].props)  # type: ignore[union-attr]
+    assert values == {"brightness": "bright", "power_switch": True}
+    assert flagged == ["brightness"]
 
 
 @pytest.mark.parametrize(

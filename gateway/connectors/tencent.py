@@ -422,7 +422,6 @@ class TencentConnector(Session):
                 change,
                 now_ms=time.time_ns() // 1_000_000,
                 schema_for=self._schemas.get,
-                normalize_state=False,
             )
         except RemoteProtocolError as exc:
             ctx.bad_input(f"bad DeviceChange: {exc}", device if isinstance(device, str) else None)

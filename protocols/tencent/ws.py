@@ -450,16 +450,11 @@ def _event(
     out.events.append(DeviceEvent(device, event_id, level, values, _device_ts(ev, ts)))
 
 
-def _report(
-    out: Decoded, device: str, props: object, ts: int, seq: int | None, schema: Schema | None
-) -> None:
+def _report(out: Decoded, device: str, props: object, ts: int, seq: int | None) -> None:
+    """Property values as the device sent them: the gateway's link normalizes state, once."""
     if not isinstance(props, Mapping):
         raise RemoteProtocolError("report params is not an object")
-    values: Mapping[str, Any] = props
-    if schema is not None:
-        values, flagged = normalize(schema, props)
-        out.flagged.extend(flagged)
-    out.events.append(StateChange(device, values, ts, seq, precision_ms=PUSH_PRECISION_MS))
+    out.events.append(StateChange(device, props, ts, seq, precision_ms=PUSH_PRECISION_MS))
 
 
 def _decode_body(
@@ -468,7 +463,6 @@ def _decode_body(
     body: object,
     ts: int,
     schema: Schema | None,
-    state_schema: Schema | None,
 ) -> None:
     device = change.device
     if not isinstance(body, Mapping):
@@ -478,7 +472,7 @@ def _decode_body(
     if method is None and legacy == "update":
         state = body.get("state")
         if isinstance(state, Mapping) and isinstance(state.get("reported"), Mapping):
-            _report(out, device, state["reported"], _device_ts(body, ts), change.seq, state_schema)
+            _report(out, device, state["reported"], _device_ts(body, ts), change.seq)
             return
         raise RemoteProtocolError("legacy update without state.reported")
     if method is None and legacy == "delta":
@@ -499,13 +493,13 @@ def _decode_body(
             and isinstance(params.get("params"), Mapping)
         ):
             body, params = params, params["params"]
-        _report(out, device, params, _device_ts(body, ts), change.seq, state_schema)
+        _report(out, device, params, _device_ts(body, ts), change.seq)
     elif method == "get_status_reply":
         data = body.get("data")
         reported = data.get("reported") if isinstance(data, Mapping) else None
         if not isinstance(reported, Mapping):
             raise RemoteProtocolError("get_status_reply without data.reported")
-        _report(out, device, reported, _device_ts(body, ts), change.seq, state_schema)
+        _report(out, device, reported, _device_ts(body, ts), change.seq)
     elif method == "control":
         params = body.get("params")
         if not isinstance(params, Mapping):
@@ -582,13 +576,12 @@ def decode_device_change(
     *,
     now_ms: int,
     schema_for: Callable[[str], Schema | None] | None = None,
-    normalize_state: bool = True,
 ) -> Decoded:
     """Model events of one ``DeviceChange`` (see the module docstring for the mapping).
 
-    With ``schema_for``, values are normalized through the device's schema (event parameters
-    through the event's); ``normalize_state=False`` leaves property values to a caller that
-    normalizes them itself (the gateway's registry does), so the hot path does it once.
+    Property values are passed on as the device sent them (the gateway's link normalizes
+    state, in one place). With ``schema_for``, an event's parameters are normalized through the
+    event's schema and its level taken from it when the push names none.
 
     Raises ``RemoteProtocolError`` for a push that cannot be understood (garbled Payload, no
     method, unknown SubType): the caller counts it and goes on.
@@ -626,5 +619,5 @@ def decode_device_change(
     except PayloadError as exc:
         raise RemoteProtocolError(f"{change.type}/{subtype} Payload: {exc}") from None
     schema = schema_for(device) if schema_for is not None else None
-    _decode_body(out, change, body, ts, schema, schema if normalize_state else None)
+    _decode_body(out, change, body, ts, schema)
     return out

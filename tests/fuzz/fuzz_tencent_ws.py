@@ -57,8 +57,7 @@ def one_input(data: bytes) -> None:
         return
     try:
         change = ws.parse_device_change(frame.params)
-        decoded = ws.decode_device_change(change, now_ms=NOW_MS, schema_for={_DEV: _SCHEMA}.get,
-                                          normalize_state=False)
+        decoded = ws.decode_device_change(change, now_ms=NOW_MS, schema_for={_DEV: _SCHEMA}.get)
     except DECLARED:
         assert fast is None, "decode_report accepted a push the general path rejects"
         return
