@@ -586,7 +586,7 @@ class MqttClient:
         kind, line = explain_failure(exc, self.host, self.port)
         if kind != self._failure_kind:
             self._failure_kind = kind
-            log.warning("%s; retrying in the background (every <= %.0fs)", line, self.backoff.cap)
+            log.warning("%s; retrying in the background (every <= %gs)", line, self.backoff.cap)
         else:
             log.debug("MQTT attempt %d failed: %s", self._failures, line)
 
