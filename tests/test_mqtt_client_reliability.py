@@ -144,6 +144,46 @@ async def test_a_packet_above_the_brokers_maximum_packet_size_is_refused_in_v5()
         broker.cleanup()
 
 
+async def test_isolation_gives_up_when_the_broker_neither_acks_nor_closes():
+    """Isolating resends one packet at a time; a broker that keeps the link up but never
+    acknowledges the probe must not hold every later QoS 1 message back for good."""
+    received: list[list[tuple[int, bytes]]] = []  # per connection: (packet id, payload)
+
+    async def handle(reader, writer):
+        c = await _read_connect(reader)
+        assert c is not None
+        mine: list[tuple[int, bytes]] = []
+        received.append(mine)
+        writer.write(codec.encode_connack(0, 5))
+        parser = codec.Parser()
+        while data := await reader.read(4096):
+            for ptype, flags, body in parser.feed(data):
+                if ptype == codec.PUBLISH:
+                    msg = codec.decode_publish(flags, body, 5)
+                    mine.append((msg.packet_id or 0, msg.payload))
+                    if len(received) == 1 and len(mine) == 2:
+                        writer.write(codec.encode_disconnect(5, 0x82))  # "you broke it"
+                        await writer.drain()
+                        writer.close()
+                        return
+        writer.close()
+
+    server, port = await _scripted(handle)
+    client = MqttClient("127.0.0.1", port, client_id="silent-probe", connect_timeout=1.0,
+                        backoff=Backoff(*FAST))  # fmt: skip
+    await client.connect()
+    client.publish("t/a", b"one", qos=1)
+    client.publish("t/b", b"two", qos=1)
+    await eventually(lambda: len(received) == 2 and len(received[1]) == 1, "the probe resent")
+    client.publish("t/c", b"three", qos=1)  # held while the probe is outstanding ...
+    assert [p for _, p in received[1]] == [b"one"] and client.unacked == 3
+    await eventually(lambda: [p for _, p in received[1]] == [b"one", b"two", b"three"],
+                     "the other suspect and the new message sent after the probe timed out")  # fmt: skip
+    assert client.rejected == 0 and client.unacked == 3  # nothing dropped: it never closed
+    await client.disconnect()
+    server.close()
+
+
 # ------------------------------------------------------------------ finding 1: MQTT version
 
 

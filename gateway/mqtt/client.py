@@ -336,7 +336,7 @@ class MqttClient:
         self.rejected = 0  # QoS 1: PUBACK failure reason, or dropped as the link's poison
         self.buffer_dropped = 0  # oldest non-retained messages dropped from a full buffer
         self.bad_packets = 0  # malformed packets from the broker
-        self.reconnects = 0
+        self.reconnects = 0  # links lost (not by ``disconnect()``) and so reconnected
         self._proto: _Proto | None = None
         self._transport: asyncio.Transport | None = None
         self._out: list[bytes] = []
@@ -356,6 +356,7 @@ class MqttClient:
         self._holding = False  # isolating: no new QoS 1 sends until the suspects are through
         self._suspects: collections.deque[int] = collections.deque()
         self._probe: int | None = None  # the one resent packet outstanding while isolating
+        self._probe_timer: asyncio.TimerHandle | None = None
         self._blamed = False  # this connection's broker DISCONNECT blamed something we sent
         # The outage buffer: retained messages keyed by topic bytes, others by a sequence int.
         self._buf: dict[bytes | int, tuple[str | bytes, bytes, int, bool, Any]] = {}
@@ -548,11 +549,43 @@ class MqttClient:
             self._out.append(bytes((pkt[0] | 0x08,)) + pkt[1:])
             self._resends[pid] = self._resends.get(pid, 0) + 1
             self._probe = pid
+            self._cancel_probe_timer()
+            if self._loop is not None:
+                self._probe_timer = self._loop.call_later(
+                    self.connect_timeout, self._probe_unanswered, pid
+                )
             return
+        self._end_isolation()
+
+    def _probe_unanswered(self, pid: int) -> None:
+        """The link stayed up but the probe was never acknowledged: the broker is not
+        rejecting it by closing. Stop isolating; the rest go out at once (the probe keeps its
+        slot until a PUBACK, as any unacknowledged message does)."""
+        self._probe_timer = None
+        if self._probe != pid or not self.connected:
+            return
+        log.warning("MQTT: no PUBACK for the resent message to %s in %gs; resending the rest "
+                    "at once", _topic_of(self._inflight[pid]), self.connect_timeout)  # fmt: skip
+        for suspect in self._suspects:
+            pkt = self._inflight.get(suspect)
+            if pkt is not None:
+                self._out.append(bytes((pkt[0] | 0x08,)) + pkt[1:])
+                self._resends[suspect] = self._resends.get(suspect, 0) + 1
+        self._suspects.clear()
+        self._end_isolation()
+        self._schedule_flush()
+
+    def _end_isolation(self) -> None:
+        self._cancel_probe_timer()
         self._probe = None
         self._holding = False
         self._isolate = False
         self._fill_window()
+
+    def _cancel_probe_timer(self) -> None:
+        if self._probe_timer is not None:
+            self._probe_timer.cancel()
+            self._probe_timer = None
 
     async def _call_on_connect(self) -> None:
         if self.on_connect is None:
@@ -607,6 +640,7 @@ class MqttClient:
         elif transport is not None:
             transport.close()
         self._cancel_ping()
+        self._cancel_probe_timer()
         if self._buf:
             log.info("MQTT client closed with %d buffered message(s) unsent", len(self._buf))
 
@@ -631,6 +665,7 @@ class MqttClient:
         self._out.clear()
         if was_connected:
             self._judge_inflight()
+        if was_connected and not self._closing and self.reconnect:
             self.reconnects += 1
             if self._down_since is None:
                 self._down_since = time.monotonic()
@@ -666,6 +701,7 @@ class MqttClient:
             self._isolate = True
         elif not self._inflight:
             self._isolate = False
+        self._cancel_probe_timer()
         self._probe = None
         self._holding = False
         self._suspects.clear()
