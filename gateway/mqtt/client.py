@@ -388,7 +388,13 @@ class MqttClient:
         """Connect in the background and keep the link up; returns at once.
 
         Publishes go to the outage buffer until the first connect; subscriptions asked for
-        meanwhile are made on connect. Needs a running event loop."""
+        meanwhile are made on connect; ``on_connect`` runs after every connect. Needs a running
+        event loop. The gateway's ``run``::
+
+            self.mqtt.start()
+            await self.mqtt.subscribe([(t, 1) for t in self.topics.subscriptions()])  # -> []
+
+        ``await disconnect()`` stops it (and discards what is still buffered)."""
         self._loop = asyncio.get_running_loop()
         self._closing = False
         if self._down_since is None and not self.connected:
@@ -525,8 +531,8 @@ class MqttClient:
             return
         if self._isolate:
             log.warning(
-                "MQTT: the last link died with resent messages unacknowledged; resending %d "
-                "message(s) one at a time to find the one the broker rejects",
+                "MQTT: the broker closed the last link on a message of ours; resending the %d "
+                "unacknowledged one(s) one at a time to find the one it rejects",
                 len(inflight),
             )
             self._holding = True
@@ -619,7 +625,9 @@ class MqttClient:
         kind, line = explain_failure(exc, self.host, self.port)
         if kind != self._failure_kind:
             self._failure_kind = kind
-            log.warning("%s; retrying in the background (every <= %gs)", line, self.backoff.cap)
+            cap = getattr(self.backoff, "cap", None)
+            every = f" (every <= {cap:g}s)" if isinstance(cap, (int, float)) else ""
+            log.warning("%s; retrying in the background%s", line, every)
         else:
             log.debug("MQTT attempt %d failed: %s", self._failures, line)
 
