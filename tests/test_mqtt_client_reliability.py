@@ -184,6 +184,19 @@ async def test_isolation_gives_up_when_the_broker_neither_acks_nor_closes():
     server.close()
 
 
+def test_unacknowledged_packets_are_reencoded_when_the_protocol_version_changes():
+    """Packets in flight from a 3.1.1 link resent on an MQTT 5 one (or back) must be in that
+    version's form, or the broker reads them as malformed: one more way to poison a session."""
+    from gateway.mqtt.client import _reencode
+
+    v5 = codec.encode_publish(b"t/x", b"pay", 1, True, 7, codec.encode_props({"content_type": "a/b"}))
+    v4 = _reencode(v5, 5, 4)
+    msg = codec.decode_publish(v4[0] & 0x0F, v4[2:], 4)
+    assert (msg.topic, msg.payload, msg.qos, msg.retain, msg.packet_id) == ("t/x", b"pay", 1, True, 7)
+    back = codec.decode_publish(v5[0] & 0x0F, _reencode(v4, 4, 5)[2:], 5)
+    assert (back.topic, back.payload, back.packet_id) == ("t/x", b"pay", 7)
+
+
 # ------------------------------------------------------------------ finding 1: MQTT version
 
 

@@ -135,8 +135,9 @@ _REASONS = {
 _BLAME_REASONS = frozenset((0x81, 0x82, 0x90, 0x93, 0x94, 0x95, 0x99))
 # Malformed packets of these types leave the session unusable: close and reconnect.
 _FATAL_IF_MALFORMED = frozenset((CONNACK, SUBACK))
-_DECODE_ERRORS = (MqttProtocolError, IndexError, ValueError, TypeError)  # until every decoder
-# raises only MqttProtocolError (issue 11, finding 3), none of them may escape into the transport
+# The codec's decoders raise only MqttProtocolError (issue 11, finding 3); the rest is a backstop
+# so that a decoder bug is still a counted protocol error here, never a transport "Fatal error".
+_DECODE_ERRORS = (MqttProtocolError, IndexError, ValueError, TypeError)
 
 # Queued packets are written at the end of the loop iteration, or as soon as this many are
 # queued: one vendor read can carry thousands of frames (libuv reads a ready socket up to 32
