@@ -40,6 +40,7 @@ from .events import EventBus, MqttConnected
 from .health import Health
 from .link import AccountLink, LinkState
 from .mqtt.client import MqttClient, Will
+from .mqtt.topic import check_publish_topic
 from .publisher import OFFLINE, Publisher
 from .registry import Registry
 from .tokens import TokenStore
@@ -100,6 +101,7 @@ class Gateway:
             will=Will(self.topics.bridge("state"), OFFLINE, 1, True),
             on_message=self._on_message,
             on_connect=self._on_mqtt_connect,
+            buffer_size=m.buffer_size,
         )
         self.publisher = Publisher(
             self.mqtt,
@@ -109,6 +111,7 @@ class Gateway:
             self.health,
             qos=m.qos,
             per_property_topics=config.gateway.per_property_topics,
+            stats=lambda: {"mqtt": self.mqtt.stats()},
         )
         self.bridge = BridgeRequests(self.publisher, self.registry, self)
         self.commands = CommandHandler(
@@ -119,12 +122,16 @@ class Gateway:
             connector=self.connector,
             bridge=self.bridge,
             timeout=config.gateway.command_timeout,
+            check_topic=check_publish_topic,
         )
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        await self.mqtt.connect()
+        """Start everything and return; the broker need not be up: the MQTT client keeps
+        connecting in the background (one log line per kind of failure) while the vendor side
+        runs, and what happens meanwhile waits in its outage buffer."""
+        self.mqtt.start()
         await self.mqtt.subscribe([(t, 1) for t in self.topics.subscriptions()])
         self._http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=30),

@@ -41,6 +41,7 @@ class MqttConfig:
     cert_file: str | None = None
     key_file: str | None = None
     tls_insecure: bool = False
+    buffer_size: int = 10_000
 
     @property
     def url(self) -> str:

@@ -190,7 +190,14 @@ class Publisher:
     def _on_device_event(self, ev: DeviceEventRaised) -> None:
         e = ev.event
         payload = _dumps({"event": e.event_id, "level": e.level, "params": e.params, "ts": e.ts_ms})
-        self.publish_raw(self.topics.event(ev.record.topic), payload)
+        self.publish_once(self.topics.event(ev.record.topic), payload)
+
+    def publish_once(self, topic: str | bytes, payload: bytes) -> None:
+        """A message that happens once (device event, ``bridge/event``) and is not retained:
+        at QoS 1, so one written just before a broker dies is resent, not lost (state is
+        retained and republished on reconnect; an event has no second chance)."""
+        self.health.totals["published"] += 1
+        self.mqtt.publish(topic, payload, max(self._qos, 1), False, JSON_PROPS)
 
     # ------------------------------------------------------------------ devices
 
@@ -216,7 +223,7 @@ class Publisher:
         self.devices_changed()
 
     def bridge_event(self, kind: str, **fields: Any) -> None:
-        self.publish_raw(
+        self.publish_once(
             self.topics.bridge("event"), _dumps({"type": kind, "ts": now_ms(), **fields})
         )
 

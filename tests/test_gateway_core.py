@@ -167,3 +167,24 @@ async def test_bad_get_payloads_are_answered(gateway_factory, probe, payload):
     probe.publish(f"{LAMP}/get", payload)
     reply = await probe.wait_for(f"{LAMP}/response/get")
     assert reply["status"] == "error"
+
+
+async def test_starts_without_a_broker_and_publishes_what_happened_meanwhile(
+    gateway_factory, mosquitto, probe
+):
+    """Issue 11 finding 4: no broker at start-up is not an exit; the vendor side runs and what
+    it reports waits in the outage buffer until the broker is there."""
+    await mosquitto.stop()
+    gw, dummy = await start(gateway_factory)
+    assert not gw.mqtt.connected
+    dummy.ctx.state(StateChange("lamp/1", {"brightness": 21}, 10))
+    dummy.ctx.event(DeviceEvent("lamp/1", "press", "info", {"n": 1}, 11))
+    assert gw.mqtt.buffered >= 2
+    await mosquitto.start()
+    probe2 = type(probe)(mosquitto.host, mosquitto.port)
+    try:
+        await probe2.ready()
+        await probe2.wait_for(LAMP, lambda p: p.get("brightness") == 21, timeout=20)
+        await probe2.wait_for(f"{B}/bridge/state", lambda p: p == {"state": "online"})
+    finally:
+        probe2.close()
