@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from .config import AccountConfig, Config
 
-__all__ = ["build_parser", "check_connect", "main"]
+__all__ = ["build_parser", "check_connect", "main", "simulate_parser"]
 
 log = logging.getLogger("cloud2mqtt")
 
@@ -243,22 +243,22 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _simulate_args(args: argparse.Namespace) -> tuple[Any, argparse.Namespace]:
-    """Import only this vendor's emulator and parse the rest of the line with its options."""
+def simulate_parser(vendor: str) -> tuple[Any, argparse.ArgumentParser]:
+    """Import only this vendor's emulator; its module and the parser of its options."""
     try:
-        module = emulator_module(args.vendor)
+        module = emulator_module(vendor)
     except ImportError as exc:
-        raise UserError(f"{PROG} simulate {args.vendor}: emulator unavailable ({exc})", 2) from None
+        raise UserError(f"{PROG} simulate {vendor}: emulator unavailable ({exc})", 2) from None
     parser = argparse.ArgumentParser(
-        prog=f"{PROG} simulate {args.vendor}",
-        description=f"Emulate the {VENDORS[args.vendor].title} cloud on this machine "
+        prog=f"{PROG} simulate {vendor}",
+        description=f"Emulate the {VENDORS[vendor].title} cloud on this machine "
         "(it prints the [[accounts]] table that points a gateway at it).",
         formatter_class=_Help,
     )
     module.add_arguments(parser)
     _add_global_options(parser)
     _fill_help(parser)
-    return module, parser.parse_args(args.rest, namespace=argparse.Namespace(**vars(args)))
+    return module, parser
 
 
 async def _cmd_simulate(module: Any, args: argparse.Namespace) -> int:
@@ -377,7 +377,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check-config":
             return _cmd_check(args)
         if args.command == "simulate":
-            module, vargs = _simulate_args(args)
+            module, vparser = simulate_parser(args.vendor)
+            vargs = vparser.parse_args(args.rest, namespace=argparse.Namespace(**vars(args)))
             return _run(_cmd_simulate(module, vargs)) or 0
         if args.command == "demo":
             return _run(_cmd_demo(args)) or 0
