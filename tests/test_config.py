@@ -325,3 +325,26 @@ def test_option_reader_names_every_unknown_key_with_a_suggestion():
     assert [e.key for e in err.value.errors] == ["accounts[0].regoin", "accounts[0].zzz"]
     assert "did you mean 'region'?" in err.value.errors[0].message
     assert "did you mean" not in err.value.errors[1].message
+
+
+COOLKIT = """
+[[accounts]]
+vendor = "coolkit"
+name = "home"
+app_id = "id"
+app_secret = "secret"
+email = "me@example.com"
+password = "pw"
+"""
+
+
+def test_coolkit_email_and_phone_number_together_are_refused(tmp_path):
+    assert load(tmp_path, COOLKIT).accounts[0].vendor == "coolkit"
+    [error] = problems(tmp_path, COOLKIT + 'phone_number = "+8613185260282"\n')
+    assert error.key == "accounts[0].phone_number" and "not both" in error.message
+
+
+def test_coolkit_region_error_lists_only_the_real_regions(tmp_path):
+    [error] = problems(tmp_path, COOLKIT + 'region = "europe"\n')
+    assert error.key == "accounts[0].region"
+    assert "cn, as, us, eu" in error.message and "test" not in error.message
