@@ -244,11 +244,11 @@ def _reason(exc: BaseException) -> str:
 
 
 def simulate_parser(vendor: str) -> tuple[Any, argparse.ArgumentParser]:
-    """Import only this vendor's emulator; its module and the parser of its options."""
-    try:
-        module = emulator_module(vendor)
-    except ImportError as exc:
-        raise UserError(f"{PROG} simulate {vendor}: emulator unavailable ({exc})", 2) from None
+    """Import only this vendor's emulator; its module and the parser of its options.
+
+    Raises ``ImportError`` when that emulator is not installed.
+    """
+    module = emulator_module(vendor)
     parser = argparse.ArgumentParser(
         prog=f"{PROG} simulate {vendor}",
         description=f"Emulate the {VENDORS[vendor].title} cloud on this machine "
@@ -322,12 +322,33 @@ class _ShardRemoved(argparse.Action):
         )
 
 
+class _Parser(argparse.ArgumentParser):
+    """The top-level parser: after ``simulate VENDOR`` it imports that vendor's emulator (and
+    only it) and parses the rest of the line with the emulator's own options, so the result is
+    one namespace with everything ``serve(args)`` reads."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        ns, extras = super().parse_known_args(args, namespace)
+        if getattr(ns, "command", None) == "simulate" and isinstance(getattr(ns, "rest", None), list):
+            rest = ns.rest
+            del ns.rest
+            try:
+                _module, vparser = simulate_parser(ns.vendor)
+            except ImportError as exc:
+                self.error(f"simulate {ns.vendor}: emulator unavailable ({exc})")
+            ns = vparser.parse_args(rest, namespace=ns)
+        return ns, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = _Help
-    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=fmt)
+    parser = _Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=fmt)
     parser.add_argument("--version", action=_Version)
     _add_global_options(parser, top=True)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands",
+                                parser_class=argparse.ArgumentParser)  # fmt: skip
 
     p = sub.add_parser("run", help="run the gateway", formatter_class=fmt,
                        description="Run the gateway until SIGTERM or Ctrl-C (then it publishes "
@@ -377,9 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check-config":
             return _cmd_check(args)
         if args.command == "simulate":
-            module, vparser = simulate_parser(args.vendor)
-            vargs = vparser.parse_args(args.rest, namespace=argparse.Namespace(**vars(args)))
-            return _run(_cmd_simulate(module, vargs)) or 0
+            return _run(_cmd_simulate(emulator_module(args.vendor), args)) or 0
         if args.command == "demo":
             return _run(_cmd_demo(args)) or 0
     except ConfigError as exc:

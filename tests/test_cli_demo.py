@@ -64,6 +64,14 @@ def test_simulate_imports_only_its_own_emulator():
     assert not [VENDORS[v].emulator for v in VENDORS if v != "xky" and VENDORS[v].emulator in modules]
 
 
+def test_simulate_parses_the_emulators_options_into_one_namespace():
+    args = build_parser().parse_args(["--log-level", "error", "simulate", "xky", "--port", "5", "--log-level", "debug"])
+    assert (args.command, args.vendor, args.port, args.log_level) == ("simulate", "xky", 5, "debug")
+    assert not hasattr(args, "rest")
+    out = cli("simulate", "xky", "--no-such-option")
+    assert out.returncode == 2 and "cloud2mqtt simulate xky" in out.stderr and "--no-such-option" in out.stderr
+
+
 def test_version():
     out = cli("--version")
     assert out.returncode == 0 and out.stdout.strip() == f"cloud2mqtt {metadata.version('cloud2mqtt')}"
@@ -277,7 +285,8 @@ def test_simulate_on_a_taken_port_exits_nonzero_naming_it(vendor):
     assert proc.returncode == 1
     assert f"port {port} on 127.0.0.1 is already in use" in output
     assert "Traceback" not in output
-    assert len(output.strip().splitlines()) == 1, output
+    last = output.strip().splitlines()[-1]  # one closing line says it all (after any log lines)
+    assert last.startswith(f"cloud2mqtt simulate {vendor}: cannot listen: port {port}"), output
 
 
 def test_demo_runs_every_vendor_and_exits_zero():
