@@ -1,21 +1,92 @@
-"""``cloud2mqtt``: run, check-config, simulate, demo. uvloop is the event loop."""
+"""The ``cloud2mqtt`` command: run, check-config, simulate, demo. uvloop is the event loop.
+
+Building the parser imports nothing heavy: no connector, no emulator, no aiohttp or websockets,
+so ``--help`` answers at once. ``simulate VENDOR …`` imports that one vendor's emulator and
+hands it the rest of the command line (``add_arguments(parser)``, then ``async serve(args)``).
+
+Errors a user causes (a missing or broken file, a port in use, a broker that refuses) end in one
+line on stderr and a non-zero exit, never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
+import re
 import sys
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
+from .vendors import VENDORS, emulator_module
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from .config import AccountConfig, Config
+
+__all__ = ["build_parser", "check_connect", "main", "simulate_parser"]
 
 log = logging.getLogger("cloud2mqtt")
 
+PROG = "cloud2mqtt"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+DESCRIPTION = (
+    "Bridge vendor IoT clouds (" + ", ".join(v.title for v in VENDORS.values()) + ") onto one "
+    "MQTT topic tree."
+)
+EPILOG = (
+    f"Start with '{PROG} demo' (everything on this machine), then write a configuration, check "
+    f"it with '{PROG} check-config FILE' and run it with '{PROG} run -c FILE'. "
+    f"'{PROG} COMMAND --help' shows a command's options."
+)
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, except where there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.required or action.default in (None, False) or isinstance(
+            action, _Version | argparse._HelpAction
+        ):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _fill_help(parser: argparse.ArgumentParser) -> None:
+    # An emulator option without help would show no default either: name it at least.
+    for action in parser._actions:
+        if not action.help and action.option_strings:
+            action.help = action.dest.replace("_", " ")
+
+
+class UserError(Exception):
+    """A problem the user can fix; ``main`` prints it as one line and exits ``code``."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(PROG)
+    except metadata.PackageNotFoundError:  # running from a source tree that is not installed
+        import tomllib
+        from pathlib import Path
+
+        try:
+            pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+            return str(tomllib.loads(pyproject.read_text("utf-8"))["project"]["version"])
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return "unknown"
+
 
 def _run(coro: Coroutine[Any, Any, int | None]) -> int | None:
+    import asyncio
+
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; Windows has none
@@ -24,6 +95,7 @@ def _run(coro: Coroutine[Any, Any, int | None]) -> int | None:
 
 
 def _setup_logging(level: str) -> None:
+    # %(asctime)s is local time, "2026-11-30 12:14:11,023": readable, never epoch ms.
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
@@ -31,70 +103,194 @@ def _setup_logging(level: str) -> None:
 
 
 def _stop_event() -> asyncio.Event:
+    import asyncio
+    import signal
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not stop.is_set():
+            log.info("%s received, shutting down", sig.name)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
         except (NotImplementedError, RuntimeError):  # pragma: no cover
             pass
     return stop
 
 
-def _parse_shard(text: str | None) -> tuple[int, int] | None:
-    if not text:
-        return None
-    try:
-        index, total = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise SystemExit(f"--shard expects i/N, got {text!r}") from None
-    if not 0 <= index < total:
-        raise SystemExit(f"--shard {text}: need 0 <= i < N")
-    return index, total
+# ------------------------------------------------------------------------------------ commands
 
 
 async def _cmd_run(args: argparse.Namespace) -> int:
-    from .app import Gateway
-    from .config import load_config
+    from .config import ensure_state_dir, load_config
 
     config = load_config(args.config)
     _setup_logging(args.log_level or config.gateway.log_level)
-    gateway = Gateway(config, shard=_parse_shard(args.shard))
+    for warning in config.warnings:
+        log.warning("%s: %s", args.config, warning)
+    ensure_state_dir(config.gateway.state_dir)
+    from .app import Gateway
+
+    gateway = Gateway(config)
     await gateway.run_until_stopped(_stop_event())
+    log.info("cloud2mqtt stopped")
     return 0
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from .config import load_config
 
-    config = load_config(args.config)
+    config = load_config(args.config, state_dir=True)
     print(f"{args.config}: OK — MQTT {config.mqtt.url}, base topic {config.gateway.base_topic!r}")
     for account in config.accounts:
         flag = "" if account.enabled else " (disabled)"
         print(f"  account {account.vendor}/{account.name}{flag}")
-    return 0
+    for warning in config.warnings:
+        print(f"  warning: {warning}")
+    if not args.connect:
+        return 0
+    _setup_logging(args.log_level or "warning")
+    return _run(check_connect(config, timeout=args.timeout)) or 0
 
 
-async def _cmd_simulate(args: argparse.Namespace) -> int:
+class _Version(argparse.Action):
+    """``--version``, looked up only when asked (importlib.metadata costs 40 ms)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kw: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show the version and exit")  # fmt: skip
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:  # fmt: skip
+        print(f"{PROG} {_version()}")
+        parser.exit()
+
+
+async def check_connect(config: Config, *, timeout: float = 10.0) -> int:
+    """``check-config --connect``: one MQTT CONNECT, one login per enabled account.
+
+    Prints one line per check; returns 0 when every check that could run passed, else 1.
+    A connector takes part through an optional hook on its class::
+
+        @classmethod
+        async def check_login(cls, options, *, timeout: float) -> str | None
+
+    It logs in once with the parsed ``options`` (persisting nothing), returns a short note for
+    the report ("3 devices") or ``None``, and raises on failure (the message is printed).
+    A connector without it is reported as "login check not available".
+    """
+    failed = not await _check_broker(config, timeout)
+    for account in config.accounts:
+        if not account.enabled:
+            print(f"  account {account.vendor}/{account.name}: skipped (disabled)")
+            continue
+        failed |= not await _check_account(account, timeout)
+    return 1 if failed else 0
+
+
+async def _check_broker(config: Config, timeout: float) -> bool:
+    import asyncio
+
+    from .mqtt.client import MqttClient
+
+    m = config.mqtt
+    # A client id of its own: the gateway's would take the session of a running gateway.
+    client = MqttClient(
+        m.host, m.port, client_id=f"{m.client_id}-check"[:23], username=m.username,
+        password=m.password, ssl=m.ssl_context(), server_hostname=m.host,
+        keepalive=m.keepalive, protocol=m.protocol, reconnect=False, connect_timeout=timeout,
+    )  # fmt: skip
+    try:
+        await asyncio.wait_for(client.connect(), timeout + 1)
+    except (OSError, TimeoutError) as exc:  # ConnectRefused is a ConnectionError
+        hint = ""
+        if getattr(exc, "auth", False):
+            hint = " (check mqtt.username / mqtt.password)"
+        print(f"  broker {m.url}: FAILED — {_reason(exc)}{hint}")
+        return False
+    version = "5" if client.protocol == 5 else "3.1.1"
+    await client.disconnect()
+    print(f"  broker {m.url}: OK (MQTT {version})")
+    return True
+
+
+async def _check_account(account: AccountConfig, timeout: float) -> bool:
+    import asyncio
+
+    label = f"  account {account.vendor}/{account.name}"
+    hook = getattr(account.connector, "check_login", None)
+    if hook is None:
+        print(f"{label}: login check not available for {account.vendor}")
+        return True
+    try:
+        note = await asyncio.wait_for(hook(account.options, timeout=timeout), timeout + 1)
+    except Exception as exc:
+        print(f"{label}: FAILED — {_reason(exc)}")
+        return False
+    print(f"{label}: login OK" + (f" ({note})" if note else ""))
+    return True
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
+def simulate_parser(vendor: str) -> tuple[Any, argparse.ArgumentParser]:
+    """Import only this vendor's emulator; its module and the parser of its options.
+
+    Raises ``ImportError`` when that emulator is not installed.
+    """
+    module = emulator_module(vendor)
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} simulate {vendor}",
+        description=f"Emulate the {VENDORS[vendor].title} cloud on this machine "
+        "(it prints the [[accounts]] table that points a gateway at it).",
+        formatter_class=_Help,
+    )
+    module.add_arguments(parser)
+    _add_global_options(parser)
+    _fill_help(parser)
+    return module, parser
+
+
+async def _cmd_simulate(module: Any, args: argparse.Namespace) -> int:
+    import asyncio
+
     _setup_logging(args.log_level or "info")
-    from .vendors import emulator_module
-
-    serve = emulator_module(args.vendor).serve(args)
-    task = asyncio.ensure_future(serve)
-    stop = _stop_event()
-    stopper = asyncio.ensure_future(stop.wait())
+    task = asyncio.ensure_future(module.serve(args))
+    stopper = asyncio.ensure_future(_stop_event().wait())
     await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
     if not task.done():
         task.cancel()
     stopper.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
-    except OSError as exc:  # emulators.base.PortInUse names the port
-        print(f"simulate {args.vendor}: {exc}", file=sys.stderr)
-        return 1
+    await asyncio.gather(task, stopper, return_exceptions=True)
+    exc = None if task.cancelled() else task.exception()
+    if isinstance(exc, OSError):
+        raise UserError(f"{PROG} simulate {args.vendor}: cannot listen: {_listen_error(exc, args)}")
+    if exc is not None:
+        raise exc
+    log.info("emulator stopped")
     return 0
+
+
+def _listen_error(exc: OSError, args: argparse.Namespace) -> str:
+    if isinstance(getattr(exc, "port", None), int) and exc.strerror:
+        return exc.strerror  # emulators.base.PortInUse names host and port itself
+    m = re.search(r"\('([^']*)', (\d+)\)", str(exc))
+    reason = (exc.strerror or str(exc)).lower()
+    if m:  # asyncio's "error while attempting to bind on address (…): address already in use"
+        return f"{m.group(1)} port {m.group(2)}: {reason.rsplit(': ', 1)[-1]}"
+    ports = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+             if k.endswith("port") and isinstance(v, int)]  # fmt: skip
+    return f"{reason} ({', '.join(ports) or 'its ports'})"
 
 
 async def _cmd_demo(args: argparse.Namespace) -> int:
@@ -104,56 +300,116 @@ async def _cmd_demo(args: argparse.Namespace) -> int:
     return await run_demo(args.vendors, args.broker, args.duration, args.devices, _stop_event())
 
 
+# -------------------------------------------------------------------------------------- parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
+    # Accepted before and after the command; after it, only an explicit value overrides.
+    parser.add_argument(
+        "--log-level", choices=LOG_LEVELS, default=None if top else argparse.SUPPRESS,
+        help="log level; default: gateway.log_level for run, info for simulate, warning otherwise",
+    )  # fmt: skip
+
+
+class _ShardRemoved(argparse.Action):
+    """``--shard`` is gone; say so instead of "unrecognized arguments"."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:  # fmt: skip
+        parser.error(
+            "--shard was removed: one gateway per broker and base topic serves every account; "
+            "running several instances is a separate, later capability (cluster mode)"
+        )
+
+
+class _Parser(argparse.ArgumentParser):
+    """The top-level parser: after ``simulate VENDOR`` it imports that vendor's emulator (and
+    only it) and parses the rest of the line with the emulator's own options, so the result is
+    one namespace with everything ``serve(args)`` reads."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        ns, extras = super().parse_known_args(args, namespace)
+        if getattr(ns, "command", None) == "simulate" and isinstance(getattr(ns, "rest", None), list):
+            rest = ns.rest
+            del ns.rest
+            try:
+                _module, vparser = simulate_parser(ns.vendor)
+            except ImportError as exc:
+                self.error(f"simulate {ns.vendor}: emulator unavailable ({exc})")
+            ns = vparser.parse_args(rest, namespace=ns)
+        return ns, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from .vendors import VENDORS, emulator_module
+    fmt = _Help
+    parser = _Parser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=fmt)
+    parser.add_argument("--version", action=_Version)
+    _add_global_options(parser, top=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands",
+                                parser_class=argparse.ArgumentParser)  # fmt: skip
 
-    parser = argparse.ArgumentParser(prog="cloud2mqtt", description=__doc__)
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run the gateway", formatter_class=fmt,
+                       description="Run the gateway until SIGTERM or Ctrl-C (then it publishes "
+                       "bridge/state offline and leaves the vendors cleanly).")  # fmt: skip
+    p.add_argument("-c", "--config", required=True, metavar="FILE", help="TOML configuration file")
+    p.add_argument("--shard", nargs="?", action=_ShardRemoved, help=argparse.SUPPRESS)
+    _add_global_options(p)
 
-    p = sub.add_parser("run", help="run the gateway")
-    p.add_argument("-c", "--config", required=True, help="TOML configuration file")
-    p.add_argument("--shard", help="run only accounts of shard i of N (i/N)")
+    p = sub.add_parser("check-config", help="validate a configuration file", formatter_class=fmt,
+                       description="Validate a configuration file and name every problem in it "
+                       "(key and line). Exits 0 when it is usable, 2 when not.")  # fmt: skip
+    p.add_argument("config", metavar="FILE", help="TOML configuration file")
+    p.add_argument("--connect", action="store_true",
+                   help="also connect to the broker once and log in to each enabled account once")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per --connect check")
+    _add_global_options(p)
 
-    p = sub.add_parser("check-config", help="validate a configuration file")
-    p.add_argument("config")
+    names = ", ".join(VENDORS)
+    p = sub.add_parser("simulate", help="run one vendor cloud emulator", formatter_class=fmt,
+                       description="Run one vendor's cloud emulator on this machine. "
+                       f"'{PROG} simulate VENDOR --help' lists its options.")  # fmt: skip
+    p.add_argument("vendor", choices=list(VENDORS), metavar="VENDOR", help=f"one of {names}")
+    p.add_argument("rest", nargs=argparse.REMAINDER, metavar="...", help="the emulator's options")
+    _add_global_options(p)
 
-    p = sub.add_parser("simulate", help="run a vendor cloud emulator")
-    vendors = p.add_subparsers(dest="vendor", required=True)
-    for vendor in VENDORS:
-        vp = vendors.add_parser(vendor, help=f"emulate the {vendor} cloud")
-        try:
-            emulator_module(vendor).add_arguments(vp)
-        except ImportError as exc:  # a vendor emulator that is not installed
-            vp.set_defaults(_unavailable=str(exc))
-
-    p = sub.add_parser("demo", help="emulators + gateway + broker, with a summary per second")
-    p.add_argument("--vendors", default="all", help="comma-separated vendors, or 'all'")
+    p = sub.add_parser("demo", help="emulators + gateway + broker, with a summary per second",
+                       formatter_class=fmt, description="Every emulator, the gateway and a broker "
+                       "in one process: the quickest way to see the topic tree.")  # fmt: skip
+    p.add_argument("--vendors", default="all", help=f"comma-separated vendors ({names}), or 'all'")
     p.add_argument("--broker", default="mqtt://127.0.0.1:1883",
                    help="broker to use; a private mosquitto is started when none listens there")
-    p.add_argument("--duration", type=float, default=None, help="stop after S seconds (default: run until Ctrl-C)")
+    p.add_argument("--duration", type=float, default=None, help="stop after S seconds (none: run until Ctrl-C)")
     p.add_argument("--devices", type=int, default=4, help="simulated devices per vendor")
+    _add_global_options(p)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
     try:
         if args.command == "run":
             return _run(_cmd_run(args)) or 0
         if args.command == "check-config":
             return _cmd_check(args)
         if args.command == "simulate":
-            if getattr(args, "_unavailable", None):
-                print(f"emulator unavailable: {args._unavailable}", file=sys.stderr)
-                return 2
-            return _run(_cmd_simulate(args)) or 0
+            return _run(_cmd_simulate(emulator_module(args.vendor), args)) or 0
         if args.command == "demo":
             return _run(_cmd_demo(args)) or 0
     except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+        print(f"{PROG}: configuration error: {exc}", file=sys.stderr)
         return 2
+    except UserError as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.code
+    except OSError as exc:  # a refused broker, a port in use, a permission: not a bug
+        print(f"{PROG} {args.command}: {_reason(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return 2

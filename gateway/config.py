@@ -2,28 +2,60 @@
 
 Secrets belong in the environment: any string may use ``${VAR}`` (or ``${VAR:-default}``),
 substituted before validation. Every error names the key it is about (``accounts[1].app_secret``)
-and, where the file has it, the line, so a user never has to guess what to fix. Vendor keys are
-validated by the vendor's connector (``Connector.parse_options``).
+and, where the file has it, the line (for a missing key: the line of the table that lacks it),
+so a user never has to guess what to fix. A file is checked as a whole: ``parse_config`` and
+``load_config`` raise one ``ConfigErrors`` listing every problem, with "did you mean" for a
+misspelt key. Vendor keys are validated by the vendor's connector (``Connector.parse_options``);
+which connector serves which ``vendor`` comes from a vendor table (``gateway.vendors.VENDORS`` by
+default; tests pass their own).
+
+The state directory is checked apart from parsing, because checking it touches the disk:
+``check_state_dir`` (``check-config``: exists and writable, or creatable) and
+``ensure_state_dir`` (start-up: create it 0700, then prove it writable).
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import math
 import os
 import re
+import socket
 import ssl
+import tempfile
 import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from .connectors import CONNECTORS, connector_class
-from .errors import ConfigError
+from .errors import ConfigError, ConfigErrors, did_you_mean
+from .vendors import VENDORS, Vendor
 
-__all__ = ["AccountConfig", "Config", "GatewayConfig", "MqttConfig", "load_config", "parse_config"]
+if TYPE_CHECKING:
+    from .connectors.base import Connector
+
+__all__ = [
+    "AccountConfig",
+    "Config",
+    "GatewayConfig",
+    "MqttConfig",
+    "VendorTable",
+    "check_state_dir",
+    "default_instance_id",
+    "ensure_state_dir",
+    "load_config",
+    "parse_config",
+]
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+#: what a vendor table maps a ``vendor`` name to: a ``Vendor`` entry, a connector class, or its
+#: ``"module:Class"`` import path
+VendorTable = Mapping[str, "Vendor | type[Connector] | str"]
 
 
 @dataclass(slots=True)
@@ -41,6 +73,7 @@ class MqttConfig:
     cert_file: str | None = None
     key_file: str | None = None
     tls_insecure: bool = False
+    #: messages kept while the broker is unreachable, published on reconnect (0: keep none)
     buffer_size: int = 10_000
 
     @property
@@ -68,6 +101,8 @@ class GatewayConfig:
     health_interval: float = 30.0
     per_property_topics: bool = False
     log_level: str = "info"
+    #: names this instance on the broker; default ``default_instance_id(state_dir)``
+    instance_id: str = ""
 
 
 @dataclass(slots=True)
@@ -77,6 +112,8 @@ class AccountConfig:
     options: Any
     key: str
     enabled: bool = True
+    #: the connector class that parsed ``options`` (from the vendor table given to the parser)
+    connector: type[Connector] | None = None
 
 
 @dataclass(slots=True)
@@ -84,13 +121,115 @@ class Config:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     accounts: list[AccountConfig] = field(default_factory=list)
+    #: problems that do not stop the gateway (an empty file, no enabled account)
+    warnings: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------
 
 
-def _substitute(value: Any, key: str, env: dict[str, str]) -> Any:
+def default_instance_id(state_dir: str) -> str:
+    """``<hostname>-<8 hex digits of the state dir's absolute path>``.
+
+    Stable across restarts of the same installation, different for two installations on one
+    host (they cannot share a state dir: it holds the vendor tokens).
+    """
+    host = re.sub(r"[^A-Za-z0-9_.-]+", "-", socket.gethostname()).strip("-.") or "host"
+    digest = hashlib.sha256(os.path.abspath(state_dir).encode()).hexdigest()[:8]
+    return f"{host[:40]}-{digest}"
+
+
+def check_state_dir(path: str | os.PathLike[str], key: str = "gateway.state_dir") -> None:
+    """Raise ``ConfigError`` unless ``path`` is a writable directory or can be created.
+
+    Creates nothing (``check-config`` has no side effects beyond a probe file it removes).
+    """
+    p = Path(path)
+    if p.exists():
+        if not p.is_dir():
+            raise ConfigError(key, f"{str(p)!r} exists and is not a directory")
+        _probe_writable(p, key)
+        return
+    ancestor = p.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(key, f"{str(p)!r} cannot be created: {str(ancestor)!r} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(key, f"{str(p)!r} cannot be created: {str(ancestor)!r} is not writable")
+
+
+def ensure_state_dir(path: str | os.PathLike[str], key: str = "gateway.state_dir") -> Path:
+    """Create the state dir (mode 0700: it holds vendor tokens) and prove it writable.
+
+    The gateway calls this at start, so a token save can never fail silently later (each
+    restart would then log in again, which CoolKit punishes). Raises ``ConfigError``.
+    """
+    p = Path(path)
+    check_state_dir(p, key)
+    try:
+        p.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(key, f"cannot create {str(p)!r}: {exc.strerror or exc}") from None
+    _probe_writable(p, key)
+    return p
+
+
+def _probe_writable(p: Path, key: str) -> None:
+    # os.access says yes to root on a read-only file system; only a write proves it.
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=p)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(key, f"{str(p)!r} is not writable: {exc.strerror or exc}") from None
+
+
+def _connector_of(entry: Vendor | type[Connector] | str) -> type[Connector]:
+    if isinstance(entry, Vendor):
+        entry = entry.connector
+    if isinstance(entry, str):
+        module, _, attr = entry.partition(":")
+        cls: type[Connector] = getattr(importlib.import_module(module), attr)
+        return cls
+    return entry
+
+
+def _default_vendors() -> dict[str, Vendor | type[Connector] | str]:
+    table: dict[str, Vendor | type[Connector] | str] = dict(VENDORS)
+    # Transitional: tests/test_gateway_core.py still registers its "dummy" vendor in
+    # gateway.connectors.CONNECTORS; honour extra entries there until that table is gone.
+    legacy = getattr(importlib.import_module("gateway.connectors"), "CONNECTORS", None)
+    if isinstance(legacy, dict):
+        for name, path in legacy.items():
+            table.setdefault(name, path)
+    return table
+
+
+class _Errors:
+    """Collects every problem of one file, locating each on a line where possible."""
+
+    def __init__(self, lines: _Lines) -> None:
+        self.lines = lines
+        self.found: list[ConfigError] = []
+
+    def add(self, key: str, message: str, line: int | None = None) -> None:
+        self.add_error(ConfigError(key, message, line))
+
+    def add_error(self, error: ConfigError) -> None:
+        for e in error.errors if isinstance(error, ConfigErrors) else (error,):
+            if any((f.key, f.message) == (e.key, e.message) for f in self.found):
+                continue  # a NaN is seen by both the file check and the connector
+            self.found.append(e.with_line(self.lines.locate(e.key)))
+
+
+def _substitute(value: Any, key: str, env: Mapping[str, str], errors: _Errors) -> Any:
     if isinstance(value, str):
+        leftover = _ENV.sub("", value)
+        if "${" in leftover:
+            bad = leftover[leftover.index("${") :][:20]
+            errors.add(key, f"unterminated or malformed {bad!r}: write ${{NAME}} or ${{NAME:-default}}")
+            return value
 
         def repl(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
@@ -98,13 +237,16 @@ def _substitute(value: Any, key: str, env: dict[str, str]) -> Any:
                 return env[name]
             if default is not None:
                 return default
-            raise ConfigError(key, f"environment variable {name} is not set")
+            errors.add(key, f"environment variable {name} is not set")
+            return ""
 
         return _ENV.sub(repl, value)
     if isinstance(value, dict):
-        return {k: _substitute(v, f"{key}.{k}" if key else k, env) for k, v in value.items()}
+        return {k: _substitute(v, f"{key}.{k}" if key else k, env, errors) for k, v in value.items()}
     if isinstance(value, list):
-        return [_substitute(v, f"{key}[{i}]", env) for i, v in enumerate(value)]
+        return [_substitute(v, f"{key}[{i}]", env, errors) for i, v in enumerate(value)]
+    if isinstance(value, float) and not math.isfinite(value):
+        errors.add(key, f"must be a finite number, got {value!r}")
     return value
 
 
@@ -124,22 +266,26 @@ def parse_mqtt_url(url: str, key: str = "mqtt.url") -> tuple[str, int, bool, str
     return parts.hostname, port, tls, user, password
 
 
-class _Checker:
-    """Pulls typed values out of a table, naming the key on every error."""
+_MISSING: Any = object()
 
-    def __init__(self, table: dict[str, Any], prefix: str, lines: _Lines) -> None:
+
+class _Checker:
+    """Pulls typed values out of one table; a wrong value is recorded and the default used."""
+
+    def __init__(self, table: dict[str, Any], prefix: str, errors: _Errors) -> None:
         self.table = dict(table)
         self.prefix = prefix
-        self.lines = lines
+        self.errors = errors
+        self.known: set[str] = set()
 
     def _key(self, name: str) -> str:
         return f"{self.prefix}.{name}" if self.prefix else name
 
-    def error(self, name: str, message: str) -> ConfigError:
-        key = self._key(name)
-        return ConfigError(key, message, self.lines.find(key))
+    def error(self, name: str, message: str) -> None:
+        self.errors.add(self._key(name), message)
 
     def get(self, name: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        self.known.add(name)
         if name not in self.table:
             return default
         value = self.table.pop(name)
@@ -147,12 +293,16 @@ class _Checker:
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-            raise self.error(name, f"expected {names}, got {type(value).__name__} {value!r}")
+            self.error(name, f"expected {names}, got {type(value).__name__} {value!r}")
+            return default
+        if isinstance(value, float) and not math.isfinite(value):
+            return default  # reported once, by _substitute
         return value
 
-    def finish(self) -> None:
+    def finish(self, also_known: tuple[str, ...] = ()) -> None:
+        known = self.known | set(also_known)
         for name in self.table:
-            raise self.error(name, "unknown key")
+            self.error(name, "unknown key" + did_you_mean(name, known))
 
 
 class _Lines:
@@ -160,6 +310,15 @@ class _Lines:
 
     def __init__(self, text: str) -> None:
         self.lines = text.splitlines()
+
+    def locate(self, key: str) -> int | None:
+        """The key's own line, else the line of the innermost table that holds (or lacks) it."""
+        line = self.find(key)
+        if line is None:
+            m = re.match(r"^(\w+(?:\[\d+\])?)\.", key)
+            if m:
+                line = self.find(m.group(1))
+        return line
 
     def find(self, key: str) -> int | None:
         m = re.match(r"^(\w+)(?:\[(\d+)\])?\.?([\w.-]*)", key)
@@ -170,133 +329,274 @@ class _Lines:
         header = f"[[{section}]]" if index is not None else f"[{section}]"
         seen = -1
         inside = False
+        root = True
         for no, line in enumerate(self.lines, 1):
             s = line.strip()
             if s.startswith("["):
-                inside = False
-                if s.replace(" ", "") == header:
+                inside = root = False
+                if s.split("#", 1)[0].replace(" ", "") == header:
                     seen += 1
                     if index is None or seen == int(index):
                         inside = True
                         if leaf is None:
                             return no
                 continue
+            if root and index is None and leaf is None and re.match(rf"^{re.escape(section)}\s*=", s):
+                return no  # a top-level key (``bogus = 1``, or an inline ``mqtt = {…}``)
             if inside and leaf and re.match(rf"^{re.escape(leaf)}\s*=", s):
                 return no
         return None
 
 
 def parse_config(
-    raw: dict[str, Any], text: str = "", env: dict[str, str] | None = None
+    raw: dict[str, Any],
+    text: str = "",
+    env: Mapping[str, str] | None = None,
+    *,
+    vendors: VendorTable | None = None,
 ) -> Config:
-    lines = _Lines(text)
-    raw = _substitute(raw, "", dict(os.environ) if env is None else env)
-    top = _Checker(raw, "", lines)
+    """Validate a parsed TOML document; raise one ``ConfigErrors`` naming every problem.
+
+    ``text`` (the file's source) lets errors name lines; ``env`` replaces ``os.environ`` for
+    ``${VAR}``; ``vendors`` maps each ``vendor`` name to its connector (``VENDORS`` by default).
+    """
+    cfg, errors = _parse(raw, text, env, vendors)
+    if errors.found:
+        raise ConfigErrors(errors.found)
+    return cfg
+
+
+def _parse(
+    raw: dict[str, Any], text: str, env: Mapping[str, str] | None, vendors: VendorTable | None
+) -> tuple[Config, _Errors]:
+    errors = _Errors(_Lines(text))
+    table: Mapping[str, Vendor | type[Connector] | str] = (
+        _default_vendors() if vendors is None else vendors
+    )
+    raw = _substitute(raw, "", os.environ if env is None else env, errors)
+    top = _Checker(raw, "", errors)
     mqtt_raw = top.get("mqtt", dict, {})
     gw_raw = top.get("gateway", dict, {})
     accounts_raw = top.get("accounts", list, [])
     top.finish()
 
     cfg = Config()
-    m = _Checker(mqtt_raw, "mqtt", lines)
+    _parse_mqtt(cfg.mqtt, _Checker(mqtt_raw, "mqtt", errors))
+    _parse_gateway(cfg.gateway, _Checker(gw_raw, "gateway", errors))
+    _parse_accounts(cfg, accounts_raw, table, errors)
+    if not cfg.accounts:
+        cfg.warnings.append("no [[accounts]]: the gateway will publish nothing but bridge/*")
+    elif not any(a.enabled for a in cfg.accounts):
+        cfg.warnings.append("every account has enabled = false")
+    return cfg, errors
+
+
+def _parse_mqtt(mqtt: MqttConfig, m: _Checker) -> None:
     url = m.get("url", str, None)
     if url is not None:
         try:
-            host, port, tls, user, password = parse_mqtt_url(url)
+            mqtt.host, mqtt.port, mqtt.tls, mqtt.username, mqtt.password = parse_mqtt_url(url)
         except ConfigError as exc:
-            raise ConfigError(exc.key, exc.message, lines.find("mqtt.url")) from None
-        cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.tls = host, port, tls
-        cfg.mqtt.username, cfg.mqtt.password = user, password
-    cfg.mqtt.client_id = m.get("client_id", str, cfg.mqtt.client_id)
-    cfg.mqtt.username = m.get("username", str, cfg.mqtt.username)
-    cfg.mqtt.password = m.get("password", str, cfg.mqtt.password)
+            m.errors.add_error(exc)
+    mqtt.client_id = m.get("client_id", str, mqtt.client_id)
+    if not mqtt.client_id:
+        m.error("client_id", "must not be empty")
+    mqtt.username = m.get("username", str, mqtt.username)
+    mqtt.password = m.get("password", str, mqtt.password)
     protocol = m.get("protocol", (int, str), 5)
-    if str(protocol) in ("5", "5.0"):
-        cfg.mqtt.protocol = 5
-    elif str(protocol) in ("4", "3.1.1", "311"):
-        cfg.mqtt.protocol = 4
+    if protocol in (5, "5"):
+        mqtt.protocol = 5
+    elif protocol == "3.1.1":
+        mqtt.protocol = 4
     else:
-        raise m.error("protocol", f"expected 5 or \"3.1.1\", got {protocol!r}")
-    cfg.mqtt.keepalive = m.get("keepalive", int, 60)
-    if not 5 <= cfg.mqtt.keepalive <= 65535:
-        raise m.error("keepalive", "must be between 5 and 65535 seconds")
-    cfg.mqtt.qos = m.get("qos", int, 0)
-    if cfg.mqtt.qos not in (0, 1):
-        raise m.error("qos", "must be 0 or 1")
+        m.error("protocol", f'expected 5 or "3.1.1" (a string), got {protocol!r}')
+    mqtt.keepalive = m.get("keepalive", int, 60)
+    if not 5 <= mqtt.keepalive <= 65535:
+        m.error("keepalive", "must be between 5 and 65535 seconds")
+    mqtt.qos = m.get("qos", int, 0)
+    if mqtt.qos not in (0, 1):
+        m.error("qos", "must be 0 or 1")
+    mqtt.buffer_size = m.get("buffer_size", int, mqtt.buffer_size)
+    if mqtt.buffer_size < 0:
+        m.error("buffer_size", "must be 0 or more (messages kept during a broker outage)")
     for name in ("ca_file", "cert_file", "key_file"):
         value = m.get(name, str, None)
         if value is not None and not Path(value).is_file():
-            raise m.error(name, f"file {value!r} does not exist")
-        setattr(cfg.mqtt, name, value)
+            m.error(name, f"file {value!r} does not exist")
+        setattr(mqtt, name, value)
         if value is not None and name == "ca_file":
-            cfg.mqtt.tls = True
-    cfg.mqtt.tls = m.get("tls", bool, cfg.mqtt.tls)
-    cfg.mqtt.tls_insecure = m.get("tls_insecure", bool, False)
-    if cfg.mqtt.key_file and not cfg.mqtt.cert_file:
-        raise m.error("key_file", "given without cert_file")
+            mqtt.tls = True
+    mqtt.tls = m.get("tls", bool, mqtt.tls)
+    mqtt.tls_insecure = m.get("tls_insecure", bool, False)
+    if mqtt.key_file and not mqtt.cert_file:
+        m.error("key_file", "given without cert_file")
     m.finish()
 
-    g = _Checker(gw_raw, "gateway", lines)
+
+def _parse_gateway(gw: GatewayConfig, g: _Checker) -> None:
     base = g.get("base_topic", str, "cloud2mqtt").strip("/")
     if not base or any(c in base for c in "+#\x00"):
-        raise g.error("base_topic", "must be non-empty and contain no + # or NUL")
-    cfg.gateway.base_topic = base
-    cfg.gateway.state_dir = g.get("state_dir", str, cfg.gateway.state_dir)
+        g.error("base_topic", "must be non-empty and contain no + # or NUL")
+    gw.base_topic = base
+    gw.state_dir = g.get("state_dir", str, gw.state_dir)
+    if not gw.state_dir:
+        g.error("state_dir", "must not be empty")
     for name in ("command_timeout", "offline_grace", "health_interval"):
-        value = g.get(name, float, getattr(cfg.gateway, name))
+        value = g.get(name, float, getattr(gw, name))
         if value <= 0:
-            raise g.error(name, "must be positive")
-        setattr(cfg.gateway, name, value)
-    cfg.gateway.per_property_topics = g.get("per_property_topics", bool, False)
+            g.error(name, "must be positive")
+        else:
+            setattr(gw, name, value)
+    gw.per_property_topics = g.get("per_property_topics", bool, False)
     level = g.get("log_level", str, "info").lower()
     if level not in ("debug", "info", "warning", "error"):
-        raise g.error("log_level", "must be debug, info, warning or error")
-    cfg.gateway.log_level = level
+        g.error("log_level", "must be debug, info, warning or error")
+    else:
+        gw.log_level = level
+    instance = g.get("instance_id", str, None)
+    if instance is None:
+        gw.instance_id = default_instance_id(gw.state_dir or ".")
+    elif not _NAME.match(instance) or len(instance) > 64:
+        g.error("instance_id", "use 1–64 letters, digits, '_', '-' and '.'")
+    else:
+        gw.instance_id = instance
     g.finish()
 
+
+_ACCOUNT_KEYS = ("vendor", "name", "enabled")
+
+
+def _parse_accounts(
+    cfg: Config,
+    accounts_raw: list[Any],
+    table: Mapping[str, Vendor | type[Connector] | str],
+    errors: _Errors,
+) -> None:
     seen: set[tuple[str, str]] = set()
-    for i, table in enumerate(accounts_raw):
+    for i, entry in enumerate(accounts_raw):
         key = f"accounts[{i}]"
-        if not isinstance(table, dict):
-            raise ConfigError(key, "must be a table", lines.find(key))
-        a = _Checker(table, key, lines)
+        if not isinstance(entry, dict):
+            errors.add(key, "must be a table")
+            continue
+        a = _Checker(entry, key, errors)
         vendor = a.get("vendor", str, None)
-        if vendor is None:
-            raise ConfigError(f"{key}.vendor", "missing", lines.find(key))
-        if vendor not in CONNECTORS:
-            raise a.error("vendor", f"unknown vendor {vendor!r} (one of {', '.join(CONNECTORS)})")
         name = a.get("name", str, None)
-        if name is None:
-            raise ConfigError(f"{key}.name", "missing", lines.find(key))
-        if not _NAME.match(name):
-            raise a.error("name", "use letters, digits, '_', '-' and '.' only")
-        if (vendor, name) in seen:
-            raise a.error("name", f"duplicate account {vendor}/{name}")
-        seen.add((vendor, name))
         enabled = a.get("enabled", bool, True)
+        if name is None:
+            if "name" not in entry:
+                errors.add(f"{key}.name", "missing")
+        elif not _NAME.match(name):
+            a.error("name", "use letters, digits, '_', '-' and '.' only")
+        if vendor is None:
+            if "vendor" not in entry:
+                errors.add(f"{key}.vendor", f"missing (one of {', '.join(table)})")
+            continue
+        if vendor not in table:
+            a.error("vendor", f"unknown vendor {vendor!r} (one of {', '.join(table)})"
+                    + did_you_mean(vendor, table))  # fmt: skip
+            continue
+        if name is not None:
+            if (vendor, name) in seen:
+                a.error("name", f"duplicate account {vendor}/{name}")
+            seen.add((vendor, name))
         try:
-            cls = connector_class(vendor)
+            cls = _connector_of(table[vendor])
         except (ImportError, AttributeError) as exc:
-            raise a.error("vendor", f"connector for {vendor!r} unavailable: {exc}") from None
+            a.error("vendor", f"connector for {vendor!r} unavailable: {exc}")
+            continue
+        options = _parse_options(cls.parse_options, a.table, key, errors)
+        if options is not _MISSING and name is not None:
+            cfg.accounts.append(AccountConfig(vendor, name, options, key, enabled, cls))
+
+
+def _parse_options(
+    parse: Callable[[Mapping[str, Any], str], Any],
+    raw: dict[str, Any],
+    key: str,
+    errors: _Errors,
+) -> Any:
+    """Run the connector's parser until it has named every problem it can see.
+
+    A connector stops at its first problem. Each round takes the reported keys out of play
+    and asks again: a present key is dropped (an unknown key changes nothing; a bad optional
+    value falls back to its default), a missing one gets a placeholder. It ends when the
+    parser succeeds, repeats itself, or names a problem neither step can take away.
+    """
+    reported: set[tuple[str, str]] = set()
+    table = dict(raw)
+    for _ in range(2 * len(raw) + 8):
         try:
-            options = cls.parse_options(a.table, key)
+            parsed = parse(table, key)
         except ConfigError as exc:
-            if exc.line is None:
-                raise ConfigError(exc.key, exc.message, lines.find(exc.key)) from None
-            raise
-        cfg.accounts.append(AccountConfig(vendor, name, options, key, enabled))
-    return cfg
+            found = exc.errors if isinstance(exc, ConfigErrors) else [exc]
+            fresh = [e for e in found if (e.key, e.message) not in reported]
+            if not fresh:
+                return _MISSING
+            for e in fresh:
+                errors.add_error(e)
+                reported.add((e.key, e.message))
+                name = _field(e.key, key)
+                if name in table and table[name] is not _PLACEHOLDER:
+                    del table[name]
+                elif name not in table and e.message.startswith("missing"):
+                    table[name] = _PLACEHOLDER
+                else:
+                    return _MISSING
+            continue
+        return _MISSING if reported else parsed
+    return _MISSING
 
 
-def load_config(path: str | os.PathLike[str], env: dict[str, str] | None = None) -> Config:
+class _Placeholder(str):
+    """Stands in for a missing key while looking for a connector's further problems."""
+
+    __slots__ = ()
+
+
+_PLACEHOLDER = _Placeholder("placeholder")
+
+
+def _field(error_key: str, prefix: str) -> str:
+    rest = error_key[len(prefix) + 1 :] if error_key.startswith(prefix + ".") else error_key
+    return re.split(r"[.\[]", rest, maxsplit=1)[0]
+
+
+def load_config(
+    path: str | os.PathLike[str],
+    env: Mapping[str, str] | None = None,
+    *,
+    vendors: VendorTable | None = None,
+    state_dir: bool = False,
+) -> Config:
+    """Read and validate a TOML file; raise one ``ConfigErrors`` naming every problem.
+
+    With ``state_dir=True`` the state dir is also checked (``check_state_dir``), its problem
+    reported with the others.
+    """
     p = Path(path)
     try:
         text = p.read_text("utf-8")
+    except FileNotFoundError:
+        raise ConfigErrors([ConfigError(str(path), "no such file")]) from None
+    except IsADirectoryError:
+        raise ConfigErrors([ConfigError(str(path), "is a directory, not a TOML file")]) from None
     except OSError as exc:
-        raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
+        raise ConfigErrors([ConfigError(str(path), f"cannot read: {exc.strerror or exc}")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigErrors([ConfigError(str(path), f"not UTF-8 text ({exc.reason})")]) from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         m = re.search(r"line (\d+)", str(exc))
-        raise ConfigError(str(path), f"not valid TOML: {exc}", int(m.group(1)) if m else None) from None
-    return parse_config(raw, text, env)
+        raise ConfigErrors(
+            [ConfigError(str(path), f"not valid TOML: {exc}", int(m.group(1)) if m else None)]
+        ) from None
+    cfg, errors = _parse(raw, text, env, vendors)
+    if state_dir and not any(e.key == "gateway.state_dir" for e in errors.found):
+        try:
+            check_state_dir(cfg.gateway.state_dir)
+        except ConfigError as exc:
+            errors.add_error(exc)
+    if errors.found:
+        raise ConfigErrors(errors.found)
+    return cfg

@@ -1,15 +1,29 @@
+"""Configuration: every problem of a file named at once, with key, line and a way to fix it."""
+
 from __future__ import annotations
 
+import math
+import os
+import stat
 import subprocess
 import sys
 
 import pytest
 
-from gateway import connectors
-from gateway.config import load_config
-from gateway.errors import ConfigError
+from gateway.config import (
+    check_state_dir,
+    default_instance_id,
+    ensure_state_dir,
+    load_config,
+    parse_config,
+)
+from gateway.errors import ConfigError, ConfigErrors
+from gateway.vendors import VENDORS
 
-connectors.CONNECTORS.setdefault("dummy", "tests.dummy_connector:DummyConnector")
+from .dummy_connector import DummyConnector
+
+# The tests' own vendor table: the real vendors plus the scripted one, no global touched.
+TABLE = {**VENDORS, "dummy": DummyConnector}
 
 GOOD = """
 [mqtt]
@@ -26,6 +40,14 @@ name = "a1"
 secret = "${SECRET:-fallback}"
 """
 
+XKY = """
+[[accounts]]
+vendor = "xky"
+name = "home"
+account = "me"
+password = "pw"
+"""
+
 
 def write(tmp_path, text):
     p = tmp_path / "c.toml"
@@ -33,12 +55,32 @@ def write(tmp_path, text):
     return p
 
 
+def load(tmp_path, text, **kw):
+    return load_config(write(tmp_path, text), env=kw.pop("env", {"BROKER_PW": "pw"}), vendors=TABLE, **kw)
+
+
+def problems(tmp_path, text, **kw) -> list[ConfigError]:
+    with pytest.raises(ConfigErrors) as err:
+        load(tmp_path, text, **kw)
+    return err.value.errors
+
+
 def test_good_config_with_env(tmp_path):
-    cfg = load_config(write(tmp_path, GOOD), env={"BROKER_PW": "pw"})
+    cfg = load(tmp_path, GOOD)
     assert (cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.username, cfg.mqtt.password) == ("broker.local", 1884, "user", "pw")
     assert cfg.mqtt.protocol == 4
     assert cfg.gateway.base_topic == "home/c2m" and cfg.gateway.command_timeout == 5.0
     assert cfg.accounts[0].options == {"secret": "fallback"}
+    assert cfg.accounts[0].connector is DummyConnector
+    assert cfg.warnings == []
+
+
+def test_the_vendor_table_is_a_parameter_not_a_global():
+    raw = {"accounts": [{"vendor": "dummy", "name": "a"}]}
+    assert parse_config(raw, vendors=TABLE).accounts[0].connector is DummyConnector
+    with pytest.raises(ConfigError, match="unknown vendor 'dummy'") as err:
+        parse_config(raw, vendors=VENDORS)
+    assert err.value.key == "accounts[0].vendor"
 
 
 @pytest.mark.parametrize(
@@ -53,15 +95,77 @@ def test_good_config_with_env(tmp_path):
 )
 def test_errors_name_key_and_line(tmp_path, text, key, line):
     with pytest.raises(ConfigError) as err:
-        load_config(write(tmp_path, text), env={"BROKER_PW": "pw"})
+        load(tmp_path, text)
     assert err.value.key == key
     assert err.value.line == line
 
 
+def test_a_file_with_three_mistakes_names_all_three(tmp_path):
+    text = GOOD.replace("command_timeout = 5", "command_timeout = -1").replace(
+        'protocol = "3.1.1"', "protocol = 7"
+    ) + XKY.replace('password = "pw"\n', 'pasword = "pw"\n')
+    found = problems(tmp_path, text)
+    # ordered by line; the misspelt key also leaves the real one missing (the table's line)
+    assert [(e.key, e.line) for e in found] == [
+        ("mqtt.protocol", 4),
+        ("gateway.command_timeout", 8),
+        ("accounts[1].password", 15),
+        ("accounts[1].pasword", 19),
+    ]
+    assert "did you mean 'password'?" in found[3].message
+    message = str(ConfigErrors(found))
+    assert message.startswith("4 problems:")
+    assert all(str(e) in message for e in found)
+
+
+def test_check_config_cli_lists_every_problem(tmp_path):
+    text = (
+        '[mqtt]\nurl = "mqtt://127.0.0.1:1883"\nqos = 2\n[gateway]\nhealth_interval = 0\n'
+        + XKY.replace('password = "pw"\n', 'password = "pw"\npoll_interval = "often"\n')
+    )
+    out = run_cli("check-config", str(write(tmp_path, text)))
+    assert out.returncode == 2, out.stderr
+    assert "3 problems" in out.stderr
+    for where in ("mqtt.qos (line 3)", "gateway.health_interval (line 5)", "accounts[0].poll_interval (line 12)"):
+        assert where in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "suggestion"),
+    [
+        ("[gatway]\nbase_topic = 'x'\n", "gatway", "gateway"),
+        ("[[account]]\nvendor = 'xky'\n", "account", "accounts"),
+        ("[mqtt]\nkeepalvie = 30\n", "mqtt.keepalvie", "keepalive"),
+        ("[gateway]\nstatedir = 'x'\n", "gateway.statedir", "state_dir"),
+        (XKY + "pol_interval = 30\n", "accounts[0].pol_interval", "poll_interval"),
+        (XKY.replace('"xky"', '"xkyy"'), "accounts[0].vendor", "xky"),
+    ],
+)
+def test_misspelt_keys_get_a_did_you_mean(tmp_path, text, key, suggestion):
+    [error] = [e for e in problems(tmp_path, text) if e.key == key]
+    assert f"did you mean {suggestion!r}?" in error.message
+
+
+def test_missing_keys_name_the_line_of_the_table_that_lacks_them(tmp_path):
+    text = '[mqtt]\nurl = "mqtt://127.0.0.1"\n\n[[accounts]]\nvendor = "xky"\nname = "x"\n\n[[accounts]]\nname = "y"\n'
+    found = {e.key: e.line for e in problems(tmp_path, text)}
+    assert found["accounts[0].account"] == 4
+    assert found["accounts[0].password"] == 4  # the connector's second problem, found too
+    assert found["accounts[1].vendor"] == 8
+
+
 def test_missing_env_var_is_named(tmp_path):
     with pytest.raises(ConfigError, match="BROKER_PW") as err:
-        load_config(write(tmp_path, GOOD), env={})
+        load(tmp_path, GOOD, env={})
     assert err.value.key == "mqtt.url"
+
+
+@pytest.mark.parametrize("value", ["${MQTT_PW", "pre-${MQTT_PW:-x", "${1BAD}", "a${"])
+def test_an_unterminated_or_malformed_variable_is_rejected(tmp_path, value):
+    [error] = problems(tmp_path, f'[mqtt]\npassword = "{value}"\n', env={"MQTT_PW": "pw"})
+    assert error.key == "mqtt.password" and error.line == 2
+    assert "${NAME}" in error.message
 
 
 def test_toml_syntax_error_has_line(tmp_path):
@@ -70,12 +174,124 @@ def test_toml_syntax_error_has_line(tmp_path):
     assert err.value.line == 2
 
 
+def test_a_missing_file_is_one_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="no such file") as err:
+        load_config(tmp_path / "nope.toml")
+    assert err.value.key.endswith("nope.toml")
+
+
+def test_a_file_without_accounts_is_valid_with_a_warning(tmp_path):
+    cfg = load(tmp_path, '[mqtt]\nurl = "mqtt://127.0.0.1"\n')
+    assert cfg.accounts == [] and any("no [[accounts]]" in w for w in cfg.warnings)
+    out = run_cli("check-config", str(write(tmp_path, '[mqtt]\nurl = "mqtt://127.0.0.1"\n')))
+    assert out.returncode == 0 and "warning: no [[accounts]]" in out.stdout
+
+
+@pytest.mark.parametrize(("value", "expected"), [("5", 5), ('"5"', 5), ('"3.1.1"', 4)])
+def test_mqtt_protocol_accepts_5_and_311(tmp_path, value, expected):
+    assert load(tmp_path, f"[mqtt]\nprotocol = {value}\n").mqtt.protocol == expected
+
+
+@pytest.mark.parametrize("value", ["4", '"4"', '"311"', "3", '"3.1"', '"5.0"', "5.0"])
+def test_mqtt_protocol_rejects_anything_else(tmp_path, value):
+    [error] = problems(tmp_path, f"[mqtt]\nprotocol = {value}\n")
+    assert error.key == "mqtt.protocol" and error.line == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[gateway]\ncommand_timeout = nan\n", "gateway.command_timeout"),
+        ("[gateway]\nhealth_interval = inf\n", "gateway.health_interval"),
+        ("[gateway]\noffline_grace = -inf\n", "gateway.offline_grace"),
+        (XKY + "poll_interval = nan\n", "accounts[0].poll_interval"),
+        (XKY + "request_timeout = inf\n", "accounts[0].request_timeout"),
+    ],
+)
+def test_non_finite_numbers_are_rejected(tmp_path, text, key):
+    found = problems(tmp_path, text)
+    assert [e.key for e in found] == [key]
+    assert "finite" in found[0].message
+
+
+def test_option_reader_rejects_non_finite_numbers():
+    from gateway.connectors.options import OptionReader
+
+    for bad in (math.nan, math.inf, -math.inf):
+        with pytest.raises(ConfigError, match="finite") as err:
+            OptionReader({"t": bad}, "accounts[0]").number("t", 1.0, minimum=0)
+        assert err.value.key == "accounts[0].t"
+
+
+def test_mqtt_buffer_size(tmp_path):
+    assert load(tmp_path, "").mqtt.buffer_size == 10_000
+    assert load(tmp_path, "[mqtt]\nbuffer_size = 0\n").mqtt.buffer_size == 0
+    [error] = problems(tmp_path, "[mqtt]\nbuffer_size = -1\n")
+    assert error.key == "mqtt.buffer_size"
+
+
+def test_instance_id_defaults_to_host_and_state_dir(tmp_path):
+    a = load(tmp_path, f'[gateway]\nstate_dir = "{tmp_path}/a"\n').gateway.instance_id
+    b = load(tmp_path, f'[gateway]\nstate_dir = "{tmp_path}/b"\n').gateway.instance_id
+    assert a == default_instance_id(f"{tmp_path}/a") and a != b
+    assert load(tmp_path, '[gateway]\ninstance_id = "gw-1"\n').gateway.instance_id == "gw-1"
+    [error] = problems(tmp_path, '[gateway]\ninstance_id = "a/b"\n')
+    assert error.key == "gateway.instance_id"
+
+
+# ---------------------------------------------------------------------------------- state dir
+
+
+def test_state_dir_that_cannot_be_created_is_refused(tmp_path):
+    (tmp_path / "afile").write_text("")
+    bad = tmp_path / "afile" / "sub"
+    with pytest.raises(ConfigError, match="cannot be created") as err:
+        check_state_dir(bad)
+    assert err.value.key == "gateway.state_dir"
+    with pytest.raises(ConfigError):
+        ensure_state_dir(bad)
+    [error] = problems(tmp_path, f'[gateway]\nstate_dir = "{bad}"\n', state_dir=True)
+    assert error.key == "gateway.state_dir" and error.line == 2
+    out = run_cli("check-config", str(write(tmp_path, f'[gateway]\nstate_dir = "{bad}"\n')))
+    assert out.returncode == 2 and "gateway.state_dir (line 2)" in out.stderr
+
+
+def test_state_dir_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ConfigError, match="not a directory"):
+        check_state_dir(tmp_path / "afile")
+
+
+def test_a_missing_state_dir_is_fine_and_created_0700(tmp_path):
+    target = tmp_path / "new" / "state"
+    check_state_dir(target)
+    assert not target.exists()  # check-config creates nothing
+    ensure_state_dir(target)
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o700
+    check_state_dir(target)  # and now it is an existing, writable directory
+
+
+def test_token_store_creates_its_dir_0700(tmp_path):
+    from gateway.tokens import TokenStore
+
+    store = TokenStore(tmp_path / "state" / "tokens.json")
+    store.put("xky/a", {"token": "t"})
+    assert stat.S_IMODE(os.stat(tmp_path / "state").st_mode) == 0o700
+
+
+# ----------------------------------------------------------------------------------- the CLI
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
 def test_check_config_cli(tmp_path):
-    p = write(tmp_path, "[mqtt]\nurl='mqtt://127.0.0.1:1883'\n")
-    out = subprocess.run([sys.executable, "-m", "gateway.cli", "check-config", str(p)], capture_output=True, text=True)
+    out = run_cli("check-config", str(write(tmp_path, "[mqtt]\nurl='mqtt://127.0.0.1:1883'\n")))
     assert out.returncode == 0 and "OK" in out.stdout
-    p2 = write(tmp_path, "[mqtt]\nurl='http://x'\n")
-    out = subprocess.run([sys.executable, "-m", "gateway.cli", "check-config", str(p2)], capture_output=True, text=True)
+    out = run_cli("check-config", str(write(tmp_path, "[mqtt]\nurl='http://x'\n")))
     assert out.returncode == 2 and "mqtt.url (line 2)" in out.stderr
 
 
@@ -99,3 +315,36 @@ def test_option_reader_names_the_key_and_never_takes_a_bool_for_a_number() -> No
         assert err.value.key == f"accounts[2].{field}"
     assert o.number("x", 1.0, minimum=0) == 0.0 and o.string("s") == "" and o.string("nope") is None
     assert o.number("missing", 2) == 2.0 and o.boolean("missing", True) is True
+
+
+def test_option_reader_names_every_unknown_key_with_a_suggestion():
+    from gateway.connectors.options import OptionReader
+
+    with pytest.raises(ConfigErrors) as err:
+        OptionReader({"regoin": 1, "zzz": 2, "ok": 3}, "accounts[0]").refuse_unknown({"region", "ok"})
+    assert [e.key for e in err.value.errors] == ["accounts[0].regoin", "accounts[0].zzz"]
+    assert "did you mean 'region'?" in err.value.errors[0].message
+    assert "did you mean" not in err.value.errors[1].message
+
+
+COOLKIT = """
+[[accounts]]
+vendor = "coolkit"
+name = "home"
+app_id = "id"
+app_secret = "secret"
+email = "me@example.com"
+password = "pw"
+"""
+
+
+def test_coolkit_email_and_phone_number_together_are_refused(tmp_path):
+    assert load(tmp_path, COOLKIT).accounts[0].vendor == "coolkit"
+    [error] = problems(tmp_path, COOLKIT + 'phone_number = "+8613185260282"\n')
+    assert error.key == "accounts[0].phone_number" and "not both" in error.message
+
+
+def test_coolkit_region_error_lists_only_the_real_regions(tmp_path):
+    [error] = problems(tmp_path, COOLKIT + 'region = "europe"\n')
+    assert error.key == "accounts[0].region"
+    assert "cn, as, us, eu" in error.message and "test" not in error.message

@@ -183,13 +183,15 @@ class CoolkitConnector(Session):
         if version not in (1, 2):
             raise o.error("api_version", "must be 1 or 2")
         region = o.string("region", "eu")
-        if region not in REGIONS:
-            raise o.error("region", f"must be one of {', '.join(REGIONS)}")
+        if region not in REGIONS:  # the seed's "test" region works but is not offered
+            raise o.error("region", f"must be one of {', '.join(r for r in REGIONS if r != 'test')}")
         email = o.string("email")
         phone = o.string("phone_number")
         password = o.string("password")
         at = o.string("at")
         rt = o.string("rt")
+        if email and phone:
+            raise o.error("phone_number", "give email or phone_number, not both")
         if (email or phone) and not password:
             raise o.error("password", "missing (needed with email/phone_number)")
         if not (email or phone) and not (at and rt):

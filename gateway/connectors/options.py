@@ -7,10 +7,11 @@ vendor and a bool is never taken for a number.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal, overload
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ConfigErrors, did_you_mean
 
 __all__ = ["OptionReader"]
 
@@ -26,10 +27,15 @@ class OptionReader:
         return ConfigError(f"{self.key}.{name}", message)
 
     def refuse_unknown(self, known: Iterable[str], message: str = "unknown key") -> None:
+        """Raise one error listing every key not in ``known``, each with a "did you mean"."""
         allowed = set(known)
-        for name in self.raw:
-            if name not in allowed:
-                raise self.error(name, message)
+        unknown = [
+            self.error(name, message + did_you_mean(name, allowed))
+            for name in self.raw
+            if name not in allowed
+        ]
+        if unknown:
+            raise ConfigErrors(unknown)
 
     @overload
     def string(
@@ -65,10 +71,12 @@ class OptionReader:
         maximum: float | None = None,
         above: float | None = None,
     ) -> float:
-        """A number (int or float, never a bool) in ``[minimum, maximum]`` and ``> above``."""
+        """A finite number (int or float, never a bool) in ``[minimum, maximum]``, ``> above``."""
         value = self.raw.get(name, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.error(name, f"expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise self.error(name, f"must be a finite number, got {value!r}")
         if minimum is not None and value < minimum:
             raise self.error(name, f"must be at least {minimum:g}")
         if maximum is not None and value > maximum:
