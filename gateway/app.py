@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +33,14 @@ import _speedups
 from .backoff import Backoff
 from .bridge import BridgeRequests
 from .commands import CommandHandler
-from .config import AccountConfig, Config
+from .config import AccountConfig, Config, ensure_state_dir
 from .connectors.base import Connector
 from .events import EventBus, MqttConnected
 from .health import Health
 from .link import AccountLink, LinkState
 from .mqtt.client import MqttClient, Will
 from .mqtt.topic import check_publish_topic
+from .presence import Presence
 from .publisher import OFFLINE, Publisher
 from .registry import Registry
 from .tokens import TokenStore
@@ -67,17 +67,11 @@ class _Account:
 
 
 class Gateway:
-    def __init__(
-        self,
-        config: Config,
-        *,
-        tokens: TokenStore | None = None,
-        connectors: Mapping[str, type[Connector]] | None = None,
-    ) -> None:
-        """``tokens``: where vendor tokens persist (default: ``state_dir/tokens.json``);
-        ``connectors``: vendor name → connector class, instead of ``gateway.vendors`` (tests)."""
+    def __init__(self, config: Config, *, tokens: TokenStore | None = None) -> None:
+        """``tokens``: where vendor tokens persist (default: ``state_dir/tokens.json``; cluster
+        mode keeps them elsewhere). Each account's connector class is the one that parsed its
+        options (``AccountConfig.connector``)."""
         self.config = config
-        self._connector_classes = connectors
         self.topics = Topics(config.gateway.base_topic)
         self.bus = EventBus()
         self.registry = Registry(self.topics, self.bus)
@@ -88,16 +82,20 @@ class Gateway:
         self._background: list[asyncio.Task[None]] = []
         self._http: aiohttp.ClientSession | None = None
         m = config.mqtt
+        link_settings: dict[str, Any] = {
+            "host": m.host,
+            "port": m.port,
+            "client_id": m.client_id,
+            "username": m.username,
+            "password": m.password,
+            "ssl": m.ssl_context(),
+            "server_hostname": m.host,
+            "keepalive": m.keepalive,
+            "protocol": m.protocol,
+        }
+        self.presence = Presence(self.topics.base, config.gateway.instance_id, **link_settings)
         self.mqtt = MqttClient(
-            m.host,
-            m.port,
-            client_id=m.client_id,
-            username=m.username,
-            password=m.password,
-            ssl=m.ssl_context(),
-            server_hostname=m.host,
-            keepalive=m.keepalive,
-            protocol=m.protocol,
+            **link_settings,
             will=Will(self.topics.bridge("state"), OFFLINE, 1, True),
             on_message=self._on_message,
             on_connect=self._on_mqtt_connect,
@@ -130,7 +128,14 @@ class Gateway:
     async def start(self) -> None:
         """Start everything and return; the broker need not be up: the MQTT client keeps
         connecting in the background (one log line per kind of failure) while the vendor side
-        runs, and what happens meanwhile waits in its outage buffer."""
+        runs, and what happens meanwhile waits in its outage buffer.
+
+        Raises ``InstanceConflict`` (before touching the main MQTT session) when another live
+        instance serves the same broker and base topic, and ``ConfigError`` when the state
+        directory is unusable.
+        """
+        ensure_state_dir(self.config.gateway.state_dir)
+        await self.presence.claim()
         self.mqtt.start()
         await self.mqtt.subscribe([(t, 1) for t in self.topics.subscriptions()])
         self._http = aiohttp.ClientSession(
@@ -163,6 +168,7 @@ class Gateway:
             self.publisher.goodbye()
             await self.mqtt.flush(3)
         await self.mqtt.disconnect()
+        await self.presence.release()
         if self._http is not None:
             await self._http.close()
         self.tokens.flush()
@@ -193,8 +199,7 @@ class Gateway:
             flow=self.mqtt,
             offline_grace=self.config.gateway.offline_grace,
         )
-        classes = self._connector_classes
-        cls = classes[account.vendor] if classes is not None else connector_class(account.vendor)
+        cls = account.connector or connector_class(account.vendor)
         connector = cls(account.options, link, self._http)
         running = self._running[key] = _Account(account, link, connector)
         running.task = asyncio.create_task(self._supervise(running), name=f"{key[0]}/{key[1]}")

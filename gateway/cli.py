@@ -134,9 +134,13 @@ async def _cmd_run(args: argparse.Namespace) -> int:
         log.warning("%s: %s", args.config, warning)
     ensure_state_dir(config.gateway.state_dir)
     from .app import Gateway
+    from .presence import InstanceConflict
 
     gateway = Gateway(config)
-    await gateway.run_until_stopped(_stop_event())
+    try:
+        await gateway.run_until_stopped(_stop_event())
+    except InstanceConflict as exc:
+        raise UserError(f"{PROG} run: {exc}", 2) from None
     log.info("cloud2mqtt stopped")
     return 0
 

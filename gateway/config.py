@@ -195,17 +195,6 @@ def _connector_of(entry: Vendor | type[Connector] | str) -> type[Connector]:
     return entry
 
 
-def _default_vendors() -> dict[str, Vendor | type[Connector] | str]:
-    table: dict[str, Vendor | type[Connector] | str] = dict(VENDORS)
-    # Transitional: tests/test_gateway_core.py still registers its "dummy" vendor in
-    # gateway.connectors.CONNECTORS; honour extra entries there until that table is gone.
-    legacy = getattr(importlib.import_module("gateway.connectors"), "CONNECTORS", None)
-    if isinstance(legacy, dict):
-        for name, path in legacy.items():
-            table.setdefault(name, path)
-    return table
-
-
 class _Errors:
     """Collects every problem of one file, locating each on a line where possible."""
 
@@ -371,7 +360,7 @@ def _parse(
 ) -> tuple[Config, _Errors]:
     errors = _Errors(_Lines(text))
     table: Mapping[str, Vendor | type[Connector] | str] = (
-        _default_vendors() if vendors is None else vendors
+        VENDORS if vendors is None else vendors
     )
     raw = _substitute(raw, "", os.environ if env is None else env, errors)
     top = _Checker(raw, "", errors)

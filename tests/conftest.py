@@ -22,6 +22,7 @@ from paho.mqtt.properties import Properties
 from gateway.app import Gateway
 from gateway.config import parse_config
 from gateway.mosquitto import Mosquitto
+from gateway.vendors import VENDORS
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -151,7 +152,8 @@ async def gateway_factory(
         }
         opts.update(gateway_opts)
         raw = {"mqtt": {"url": mosquitto.url, "client_id": f"gw-{len(started)}"}, "gateway": opts, "accounts": accounts}
-        gw = Gateway(parse_config(raw), connectors=connectors)
+        vendors = {**VENDORS, **(connectors or {})}
+        gw = Gateway(parse_config(raw, vendors=vendors))
         await gw.start()
         started.append(gw)
         return gw

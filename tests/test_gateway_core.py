@@ -6,13 +6,11 @@ import asyncio
 
 import pytest
 
-from gateway import connectors
 from gateway.link import LinkState
+from gateway.presence import InstanceConflict
 from protocols.model import Availability, DeviceEvent, StateChange, VendorError
 
 from .dummy_connector import INSTANCES, DummyConnector
-
-connectors.CONNECTORS.setdefault("dummy", "tests.dummy_connector:DummyConnector")
 
 B = "cloud2mqtt"
 LAMP = f"{B}/dummy/lamp%2F1"
@@ -188,3 +186,24 @@ async def test_starts_without_a_broker_and_publishes_what_happened_meanwhile(
         await probe2.wait_for(f"{B}/bridge/state", lambda p: p == {"state": "online"})
     finally:
         probe2.close()
+
+
+async def test_a_second_instance_on_the_same_base_topic_refuses_to_start(
+    gateway_factory, mosquitto, probe
+):
+    """Issue 12.9: two instances on one broker and base topic took over each other's session
+    (same client id) or answered every command twice; the second now refuses, saying why."""
+    first, _ = await start(gateway_factory, instance_id="first")
+    ann = await probe.wait_for(f"{B}/bridge/instances/first", lambda p: p.get("state") == "online")
+    assert ann["id"] == "first" and ann["pid"]
+    with pytest.raises(InstanceConflict, match="another cloud2mqtt instance \\(first"):
+        await gateway_factory(
+            [{"vendor": "dummy", "name": "acc", "devices": ["lamp/1"]}],
+            connectors={"dummy": DummyConnector},
+            instance_id="second",
+        )
+    # the first keeps its session: still online, never displaced
+    assert first.mqtt.connected
+    assert not probe.find(f"{B}/bridge/state", lambda p: p == {"state": "offline"})
+    await first.stop()
+    await probe.wait_for(f"{B}/bridge/instances/first", lambda p: p.get("state") == "offline")
