@@ -67,11 +67,15 @@ class _Account:
 
 
 class Gateway:
-    def __init__(self, config: Config, *, tokens: TokenStore | None = None) -> None:
+    def __init__(
+        self, config: Config, *, tokens: TokenStore | None = None, strict_claim: bool = False
+    ) -> None:
         """``tokens``: where vendor tokens persist (default: ``state_dir/tokens.json``; cluster
-        mode keeps them elsewhere). Each account's connector class is the one that parsed its
-        options (``AccountConfig.connector``)."""
+        mode keeps them elsewhere). ``strict_claim``: also refuse a base topic whose
+        ``bridge/state`` says online without an instance announcement (the demo). Each
+        account's connector class is the one that parsed its options (``AccountConfig.connector``)."""
         self.config = config
+        self._strict_claim = strict_claim
         self.topics = Topics(config.gateway.base_topic)
         self.bus = EventBus()
         self.registry = Registry(self.topics, self.bus)
@@ -135,7 +139,7 @@ class Gateway:
         directory is unusable.
         """
         ensure_state_dir(self.config.gateway.state_dir)
-        await self.presence.claim()
+        await self.presence.claim(strict=self._strict_claim)
         self.mqtt.start()
         await self.mqtt.subscribe([(t, 1) for t in self.topics.subscriptions()])
         self._http = aiohttp.ClientSession(
@@ -153,7 +157,9 @@ class Gateway:
             _speedups.IMPLEMENTATION,
         )
 
-    async def stop(self) -> None:
+    async def stop(self, *, leave_no_trace: bool = False) -> None:
+        """Stop every account, say goodbye on MQTT and disconnect. ``leave_no_trace`` clears
+        every retained topic the gateway wrote instead of leaving them (the demo)."""
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -165,10 +171,10 @@ class Gateway:
         await asyncio.gather(*(self._close(key) for key in list(self._running)))
         self.publisher.stop()
         if self.mqtt.connected:
-            self.publisher.goodbye()
+            self.publisher.goodbye(leave_no_trace=leave_no_trace)
             await self.mqtt.flush(3)
         await self.mqtt.disconnect()
-        await self.presence.release()
+        await self.presence.release(leave_no_trace=leave_no_trace)
         if self._http is not None:
             await self._http.close()
         self.tokens.flush()

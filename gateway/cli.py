@@ -301,7 +301,7 @@ async def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     _setup_logging(args.log_level or "warning")
-    return await run_demo(args.vendors, args.broker, args.duration, args.devices, _stop_event())
+    return await run_demo(args, _stop_event())
 
 
 # -------------------------------------------------------------------------------------- parser
@@ -386,6 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="broker to use; a private mosquitto is started when none listens there")
     p.add_argument("--duration", type=float, default=None, help="stop after S seconds (none: run until Ctrl-C)")
     p.add_argument("--devices", type=int, default=4, help="simulated devices per vendor")
+    p.add_argument("--base-topic", default="cloud2mqtt",
+                   help="root of the demo's topic tree (use another one beside a real gateway)")
+    p.add_argument("--force", action="store_true",
+                   help="use the base topic even though bridge/state there says a gateway is online")
     _add_global_options(p)
     return parser
 

@@ -46,6 +46,8 @@ class Presence:
         self.prefix = f"{base}/bridge/instances/"
         self.topic = self.prefix + instance_id
         self._probe_topic = f"{base}/bridge/instances-probe/{instance_id}"
+        self._state_topic = f"{base}/bridge/state"
+        self._bridge_state: object = None
         self.info = {
             "id": instance_id,
             "host": socket.gethostname(),
@@ -73,14 +75,17 @@ class Presence:
             if self._probe is not None and not self._probe.done():
                 self._probe.set_result(None)
             return
-        name = topic[len(self.prefix) :]
         try:
             value = orjson.loads(payload) if payload else {}
         except orjson.JSONDecodeError:
             log.warning("ignoring an unreadable announcement on %s", topic[:200])
             return
-        if isinstance(value, dict):
-            self._seen[name] = value
+        if not isinstance(value, dict):
+            return
+        if topic == self._state_topic:
+            self._bridge_state = value.get("state")
+        else:
+            self._seen[topic[len(self.prefix) :]] = value
 
     async def _announce(self) -> None:
         self.client.publish(self.topic, orjson.dumps({"state": "online", **self.info}), 1, True)
@@ -93,11 +98,13 @@ class Presence:
             if name != self.instance_id and value.get("state") == "online"
         ]
 
-    async def claim(self, timeout: float = 5.0) -> bool:
+    async def claim(self, timeout: float = 5.0, *, strict: bool = False) -> bool:
         """Check for another live instance, then announce this one.
 
         Returns False when the broker could not be reached (nothing checked; the announcement
-        follows once it is). Raises ``InstanceConflict`` when another instance is live.
+        follows once it is). Raises ``InstanceConflict`` when another instance is live, and,
+        with ``strict`` (the demo), also when ``<base>/bridge/state`` says ``online`` without
+        any announcement (a gateway of an older version serves this base topic).
         """
         try:
             await asyncio.wait_for(self.client.connect(), timeout)
@@ -110,7 +117,9 @@ class Presence:
             return False
         loop = asyncio.get_running_loop()
         self._probe = loop.create_future()
-        await self.client.subscribe([(self.prefix + "+", 1), (self._probe_topic, 1)])
+        await self.client.subscribe(
+            [(self.prefix + "+", 1), (self._state_topic, 1), (self._probe_topic, 1)]
+        )
         # Retained messages are delivered right after the SUBACK; a message we publish to our
         # own probe topic comes back after them, so when it is here every announcement is.
         self.client.publish(self._probe_topic, b"", 1, False)
@@ -119,6 +128,8 @@ class Presence:
         except TimeoutError:
             log.warning("no answer from the broker while checking for another instance")
         others = self.others_online()
+        if strict and not others and self._bridge_state == "online":
+            others = [{"id": "unannounced", "host": "?", "pid": "?"}]
         if others:
             other = others[0]
             await self.client.disconnect()
@@ -132,11 +143,11 @@ class Presence:
         await self._announce()
         return True
 
-    async def release(self) -> None:
-        """Announce this instance offline (a clean disconnect fires no will) and disconnect."""
+    async def release(self, *, leave_no_trace: bool = False) -> None:
+        """Announce this instance offline (a clean disconnect fires no will), or clear its
+        announcement (``leave_no_trace``), and disconnect."""
         if self.client.connected:
-            self.client.publish(
-                self.topic, orjson.dumps({"state": "offline", **self.info}), 1, True
-            )
+            gone = b"" if leave_no_trace else orjson.dumps({"state": "offline", **self.info})
+            self.client.publish(self.topic, gone, 1, True)
             await self.client.flush(2)
         await self.client.disconnect()

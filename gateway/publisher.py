@@ -152,10 +152,28 @@ class Publisher:
                 handle.cancel()
         self._devices_dirty = self._accounts_dirty = None
 
-    def goodbye(self) -> None:
-        """The last words before a clean disconnect: accounts as they are, bridge offline."""
-        self._publish_accounts()
-        self.mqtt.publish(self.topics.bridge("state"), OFFLINE, 1, True, JSON_PROPS)
+    def goodbye(self, *, leave_no_trace: bool = False) -> None:
+        """The last words before a clean disconnect: accounts as they are, bridge offline.
+
+        With ``leave_no_trace`` (the demo) every retained topic this publisher wrote is
+        cleared instead, so the broker holds nothing of it afterwards.
+        """
+        if not leave_no_trace:
+            self._publish_accounts()
+            self.mqtt.publish(self.topics.bridge("state"), OFFLINE, 1, True, JSON_PROPS)
+            return
+        for topic in self.retained_topics():
+            self.mqtt.publish(topic, b"", 1, True)
+
+    def retained_topics(self) -> list[str | bytes]:
+        """Every retained topic this publisher writes (devices and the bridge snapshots)."""
+        topics: list[str | bytes] = [
+            self.topics.bridge(name) for name in ("state", "devices", "accounts", "health")
+        ]
+        for rec in self.registry:
+            topics += [rec.topic, self.topics.availability(rec.topic)]
+            topics.extend(rec.prop_topics.values())
+        return topics
 
     # ------------------------------------------------------------------ the hot path
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 from importlib import metadata
+from typing import Any
 
 import pytest
 
@@ -303,3 +304,59 @@ def test_demo_runs_every_vendor_and_exits_zero():
     assert f"accounts online {len(VENDORS)}/{len(VENDORS)}" in last
     assert "toggle: mosquitto_pub" in out.stdout
     assert not port_open("127.0.0.1", port)  # its private broker is gone
+
+
+def _retained(host: str, port: int) -> dict[str, bytes]:
+    """Every retained message on the broker (paho: a subscriber to # gets them first)."""
+    import threading
+
+    import paho.mqtt.client as paho
+
+    got: dict[str, bytes] = {}
+    done = threading.Event()
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="retained-reader")
+
+    def on_message(c: Any, u: Any, msg: Any) -> None:
+        if msg.topic == "zz/probe-end":
+            done.set()
+        elif msg.retain:
+            got[msg.topic] = msg.payload
+
+    client.on_message = on_message
+    client.on_connect = lambda c, u, f, rc, p: (c.subscribe("#", qos=1),
+                                                c.publish("zz/probe-end", b"x", qos=1))
+    client.connect(host, port)
+    client.loop_start()
+    try:
+        assert done.wait(10), "the broker did not answer"
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return got
+
+
+async def test_demo_leaves_no_retained_topic_behind(mosquitto):
+    out = await asyncio.to_thread(
+        subprocess.run,
+        [*CLI, "demo", "--duration", "4", "--vendors", "tencent,xky", "--broker", mosquitto.url],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "using the broker at" in out.stdout and "devices" in out.stdout
+    left = await asyncio.to_thread(_retained, mosquitto.host, mosquitto.port)
+    assert left == {}, sorted(left)[:10]
+
+
+async def test_demo_refuses_the_base_topic_of_a_live_gateway(gateway_factory, mosquitto, probe):
+    gw = await gateway_factory([])
+    await probe.wait_for("cloud2mqtt/bridge/state", lambda p: p == {"state": "online"})
+    out = await asyncio.to_thread(
+        subprocess.run,
+        [*CLI, "demo", "--duration", "2", "--vendors", "xky", "--broker", mosquitto.url],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert out.returncode == 2, out.stdout + out.stderr[-2000:]
+    assert "refusing to run the demo on base topic 'cloud2mqtt'" in out.stdout
+    assert "--base-topic" in out.stdout
+    assert gw.mqtt.connected
+    assert not probe.find("cloud2mqtt/bridge/state", lambda p: p == {"state": "offline"})

@@ -561,7 +561,12 @@ class TencentConnector(Session):
             token = api.parse_token(await self._post(api.APPAPI, body))
             self._token, self._expires_ms = token.token, token.expire_at_ms
             self.save_tokens({"token": token.token, "expires_ms": token.expire_at_ms})
-            until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(token.expire_at_ms / 1000))
+            expires = token.expire_at_ms
+            until = (
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(expires / 1000))
+                if expires
+                else "unknown"
+            )
             self.ctx.log.info("logged in (token valid until %s)", until)
             if self._conn is not None:
                 self.ctx.link(LinkState.ONLINE, token_expires_ms=token.expire_at_ms)
