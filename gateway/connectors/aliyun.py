@@ -291,6 +291,9 @@ class AliyunConnector(Session):
         self._bound = False
         self.binds = 0  # bind attempts (tests and health)
         stored = self.load_tokens()
+        if stored is None:  # saved before the Session base, under "source"
+            legacy = self.ctx.tokens.load()
+            stored = legacy if legacy and legacy.get("source") == self.token_identity() else None
         if stored:
             self.iot_token = stored.get("iot_token") or self.iot_token
             self.refresh_token = stored.get("refresh_token") or self.refresh_token
