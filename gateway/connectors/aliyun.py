@@ -285,7 +285,6 @@ class AliyunConnector(Session):
         self._resync_wanted = asyncio.Event()
         self._token_rejected = asyncio.Event()
         self._refresh_due = False  # the iotToken's refresh time came (retried while throttled)
-        self._startup_check = options.iot_token is None or (options.check_session and bool(options.refresh_token))
         self._listed = False  # a device list is in (pushes can be dispatched against it)
         self._refused_key = "iot_token"  # the config key behind the last auth refusal of the API
         self._bound = False
@@ -299,21 +298,13 @@ class AliyunConnector(Session):
             self.refresh_token = stored.get("refresh_token") or self.refresh_token
             expires = stored.get("expires_ms")
             self.token_expires_ms = expires if isinstance(expires, int) else None
+        # The first session gets an iotToken first (none known) or checks it (check_session).
+        self._startup_check = self.iot_token is None or (options.check_session and bool(self.refresh_token))
 
     def token_identity(self) -> str:
         """A fingerprint of the configured credentials: persisted tokens apply only to them."""
         seed = f"{self.opts.iot_token}|{self.opts.refresh_token}|{self.opts.identity_id}"
         return hashlib.sha256(seed.encode()).hexdigest()[:16]
-
-    def _save_tokens(self) -> None:
-        self.save_tokens(
-            {
-                "iot_token": self.iot_token,
-                "refresh_token": self.refresh_token,
-                "identity_id": self.identity_id,
-                "expires_ms": self.token_expires_ms,
-            }
-        )
 
     async def close(self) -> None:
         await self.teardown()
@@ -576,7 +567,10 @@ class AliyunConnector(Session):
         expire = data.get("iotTokenExpire")
         if isinstance(expire, int) and not isinstance(expire, bool):
             self.token_expires_ms = now_ms() + expire * 1000
-        self._save_tokens()
+        self.save_tokens({
+            "iot_token": self.iot_token, "refresh_token": self.refresh_token,
+            "identity_id": self.identity_id, "expires_ms": self.token_expires_ms,
+        })  # fmt: skip
         self._token_rejected.clear()
         self.ctx.link(
             LinkState.CONNECTING if not self._bound else LinkState.ONLINE,
