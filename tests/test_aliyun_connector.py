@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from gateway.connectors.aliyun import AliyunConnector, AliyunOptions, Breaker
 from gateway.errors import ConfigError
+from gateway.tokens import TokenStore
 from protocols.model import VendorError
 
 BASE: dict[str, Any] = {
@@ -135,3 +137,30 @@ def test_breaker_probe_without_a_verdict_lets_the_next_call_probe() -> None:
     assert breaker.admit() is True
     breaker.release(False)  # a plain call's release does not free the probe
     assert throttled(breaker)
+
+
+# ---------------------------------------------------------------------- the token slot
+
+
+def connector_with(saved: dict[str, Any] | None, **options: Any) -> AliyunConnector:
+    store = TokenStore(None)
+    slot = store.slot("aliyun", "a")
+    if saved is not None:
+        store.put("aliyun/a", saved)
+    opts = AliyunConnector.parse_options({**BASE, **options}, "a")
+    return AliyunConnector(opts, SimpleNamespace(tokens=slot), None)  # type: ignore[arg-type]
+
+
+def test_saved_tokens_are_used_only_for_the_credentials_they_came_from() -> None:
+    identity = connector_with(None).token_identity()
+    saved = {"identity": identity, "iot_token": "fresh", "refresh_token": "r2", "expires_ms": 5}
+    c = connector_with(saved)
+    assert (c.iot_token, c.refresh_token, c.token_expires_ms) == ("fresh", "r2", 5)
+    other = connector_with(saved, iot_token="another-token")  # reconfigured: not its tokens
+    assert (other.iot_token, other.token_expires_ms) == ("another-token", None)
+
+
+def test_tokens_saved_before_the_session_base_still_load() -> None:
+    identity = connector_with(None).token_identity()
+    c = connector_with({"source": identity, "iot_token": "fresh", "expires_ms": 5})
+    assert (c.iot_token, c.token_expires_ms) == ("fresh", 5)
