@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from emulators.aliyun import LIGHT_PK, SENSOR_PK, AliyunCloud
+from tests.helpers import eventually
 
 FAST = {
     "reconnect_min": 0.05,
@@ -48,14 +49,6 @@ async def start(gateway_factory: Callable[..., Any], probe: Any, cloud: AliyunCl
     return gw
 
 
-async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 async def next_attempt_delay(caplog: pytest.LogCaptureFixture) -> float:
     """Wait until the account's session has ended and its next attempt is scheduled (the
     Session logs the delay after its teardown, right before it sleeps); return the delay."""
@@ -64,7 +57,7 @@ async def next_attempt_delay(caplog: pytest.LogCaptureFixture) -> float:
     def delays() -> list[float]:
         return [float(m.group(1)) for r in caplog.records if (m := pattern.search(r.getMessage()))]
 
-    await wait_until(lambda: bool(delays()), "the session to schedule its next attempt")
+    await eventually(lambda: bool(delays()), "the session to schedule its next attempt")
     return delays()[0]
 
 
@@ -204,7 +197,7 @@ async def test_reconnect_rebinds_and_resyncs(cloud: AliyunCloud, gateway_factory
     cloud.devices[light].props["Brightness"] = {"time": int(time.time() * 1000), "value": 33}
     assert cloud.drop_mqtt() == 1
     await probe.wait_for(topic(light), lambda p: p.get("Brightness") == 33)
-    await wait_until(lambda: cloud.stats["binds_ok"] == 2, "the second bind")
+    await eventually(lambda: cloud.stats["binds_ok"] == 2, "the second bind")
     assert cloud.stats["api /uc/listBindingByAccount"] > lists
     assert cloud.stats["connect_ok"] == 2
 
@@ -322,7 +315,7 @@ async def test_token_rejected_mid_session_is_refreshed(
     probe.publish(topic(light, "set"), {"Brightness": 9, "transaction": "y1"})
     reply = await probe.wait_for(topic(light, "response/set"), lambda p: p["transaction"] == "y1")
     assert reply["error"]["code"] == "auth"
-    await wait_until(lambda: cloud.stats["binds_ok"] == 2, "the bind after the refresh")  # refreshed, then bound again
+    await eventually(lambda: cloud.stats["binds_ok"] == 2, "the bind after the refresh")  # refreshed, then bound again
     assert cloud.stats["api /account/checkOrRefreshSession"] == 1
     probe.publish(topic(light, "set"), {"Brightness": 11, "transaction": "y2"})
     reply = await probe.wait_for(topic(light, "response/set"), lambda p: p["transaction"] == "y2")
@@ -394,7 +387,7 @@ async def test_throttled_resync_keeps_the_link_and_devices_online(
     sub = cloud.add_device(SENSOR_PK, "子设备")
     cloud.topo_add(sub, light)  # asks for a resync, which the platform throttles
     # The breaker's probe after the 1 s cooldown (three times the offline grace) is throttled too.
-    await wait_until(lambda: cloud.stats["throttled"] >= 2, "the throttled resync to be retried")
+    await eventually(lambda: cloud.stats["throttled"] >= 2, "the throttled resync to be retried")
     cloud.set_property(light, {"Brightness": 7})
     await probe.wait_for(topic(light), lambda p: p.get("Brightness") == 7, start=mark)
     assert probe.find(topic(light, "availability"), lambda p: p["state"] == "offline", start=mark) == []
