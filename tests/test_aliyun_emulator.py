@@ -19,6 +19,7 @@ import paho.mqtt.client as paho
 import pytest
 
 from emulators.aliyun import LIGHT_PK, AliyunCloud
+from gateway.mqtt import codec
 from protocols.aliyun import (
     build_bind,
     build_request,
@@ -226,6 +227,45 @@ async def test_bind_push_and_bind_codes(cloud: AliyunCloud) -> None:
         assert topo["param"]["subIotId"] == "sub1"
     finally:
         client.close()
+
+
+async def test_push_after_bind_comes_in_the_same_write_as_bind_reply(cloud: AliyunCloud) -> None:
+    """The ``push_after_bind`` knob: the bind reply, an event and a property report of the
+    account's first device reach the app in one write, so a client reads them in one batch."""
+    pk, dn = cloud.app_product_key, cloud.app_device_name
+    creds = mqtt_credentials(pk, dn, cloud.app_device_secret, int(time.time() * 1000), secure_mode=3)
+    cloud.set_push_after_bind()
+    reader, writer = await asyncio.open_connection("127.0.0.1", cloud.mqtt_port)
+    parser = codec.Parser()
+
+    async def next_batch() -> list[codec.Packet]:
+        while True:
+            chunk = await asyncio.wait_for(reader.read(65536), 10)
+            assert chunk, "the front closed the connection"
+            if batch := parser.feed(chunk):
+                return batch
+
+    try:
+        writer.write(codec.encode_connect(codec.Connect(
+            creds.client_id, protocol=4, username=creds.username, password=creds.password.encode(),
+        )))  # fmt: skip
+        assert [p[0] for p in await next_batch()] == [codec.CONNACK]
+        writer.write(codec.encode_subscribe(1, [(t, 1) for t in down_topics(pk, dn)], 4))
+        assert [p[0] for p in await next_batch()] == [codec.SUBACK]
+        topic, payload = build_bind(pk, dn, cloud.account.iot_token, "x", msg_id="b1")
+        writer.write(codec.encode_publish(topic, payload))
+        batch = [codec.decode_publish(flags, body, 4) for ptype, flags, body in await next_batch()]
+        assert [m.topic.rsplit("/app/down/", 1)[1] for m in batch] == [
+            "account/bind_reply", "thing/events", "thing/properties",
+        ]
+        assert orjson.loads(batch[0].payload)["code"] == 200
+        light = cloud.device_ids(LIGHT_PK)[0]
+        event = orjson.loads(batch[1].payload)["params"]
+        assert event["iotId"] == light and event["identifier"] == "Error"
+        assert orjson.loads(batch[2].payload)["params"]["iotId"] == light
+        assert cloud.stats["pushes_after_bind"] == 2
+    finally:
+        writer.close()
 
 
 async def test_front_refuses_root_wildcard(cloud: AliyunCloud) -> None:

@@ -7,6 +7,8 @@ gateway's broker, so assertions are on the topic tree a user sees.
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import pytest
 
 from emulators.aliyun import LIGHT_PK, SENSOR_PK, AliyunCloud
+from tests.helpers import eventually
 
 FAST = {
     "reconnect_min": 0.05,
@@ -46,12 +49,16 @@ async def start(gateway_factory: Callable[..., Any], probe: Any, cloud: AliyunCl
     return gw
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.02)
+async def next_attempt_delay(caplog: pytest.LogCaptureFixture) -> float:
+    """Wait until the account's session has ended and its next attempt is scheduled (the
+    Session logs the delay after its teardown, right before it sleeps); return the delay."""
+    pattern = re.compile(r"reconnecting in ([0-9.]+)s")
+
+    def delays() -> list[float]:
+        return [float(m.group(1)) for r in caplog.records if (m := pattern.search(r.getMessage()))]
+
+    await eventually(lambda: bool(delays()), "the session to schedule its next attempt")
+    return delays()[0]
 
 
 async def test_devices_schema_state_and_pushes(cloud: AliyunCloud, gateway_factory: Any, probe: Any) -> None:
@@ -190,7 +197,7 @@ async def test_reconnect_rebinds_and_resyncs(cloud: AliyunCloud, gateway_factory
     cloud.devices[light].props["Brightness"] = {"time": int(time.time() * 1000), "value": 33}
     assert cloud.drop_mqtt() == 1
     await probe.wait_for(topic(light), lambda p: p.get("Brightness") == 33)
-    await wait_until(lambda: cloud.stats["binds_ok"] == 2)
+    await eventually(lambda: cloud.stats["binds_ok"] == 2, "the second bind")
     assert cloud.stats["api /uc/listBindingByAccount"] > lists
     assert cloud.stats["connect_ok"] == 2
 
@@ -200,24 +207,29 @@ async def test_reconnect_rebinds_and_resyncs(cloud: AliyunCloud, gateway_factory
 
 
 async def test_rejected_iot_token_flags_account_without_retry_storm(
-    cloud: AliyunCloud, gateway_factory: Any, probe: Any
+    cloud: AliyunCloud, gateway_factory: Any, probe: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="cloud2mqtt.aliyun")
     await gateway_factory([account(cloud, iot_token="not-a-valid-token")])
     accounts = await probe.wait_for("cloud2mqtt/bridge/accounts", lambda p: p and p[0]["attention"])
     assert accounts[0]["state"] == "attention" and "2043" in accounts[0]["error"]
     event = await probe.wait_for("cloud2mqtt/bridge/event", lambda p: p["type"] == "account_attention")
     assert event["account"] == "demo"
-    await asyncio.sleep(1.0)
+    # Settled: the session is over and the next attempt waits out the attention backoff.
+    assert await next_attempt_delay(caplog) >= FAST["attention_backoff"] / 2
     assert cloud.stats["binds"] == 1  # backed off: no second try within the attention backoff
     assert cloud.stats["connect_ok"] == 1
 
 
-async def test_bind_2152_active_elsewhere_flags_account(cloud: AliyunCloud, gateway_factory: Any, probe: Any) -> None:
+async def test_bind_2152_active_elsewhere_flags_account(
+    cloud: AliyunCloud, gateway_factory: Any, probe: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="cloud2mqtt.aliyun")
     cloud.set_bind_code(2152)
     await gateway_factory([account(cloud)])
     accounts = await probe.wait_for("cloud2mqtt/bridge/accounts", lambda p: p and p[0]["attention"])
     assert "2152" in accounts[0]["error"]
-    await asyncio.sleep(0.5)
+    assert await next_attempt_delay(caplog) >= FAST["attention_backoff"] / 2
     assert cloud.stats["binds"] == 1
 
 
@@ -303,7 +315,7 @@ async def test_token_rejected_mid_session_is_refreshed(
     probe.publish(topic(light, "set"), {"Brightness": 9, "transaction": "y1"})
     reply = await probe.wait_for(topic(light, "response/set"), lambda p: p["transaction"] == "y1")
     assert reply["error"]["code"] == "auth"
-    await wait_until(lambda: cloud.stats["binds_ok"] == 2)  # refreshed, then bound again
+    await eventually(lambda: cloud.stats["binds_ok"] == 2, "the bind after the refresh")  # refreshed, then bound again
     assert cloud.stats["api /account/checkOrRefreshSession"] == 1
     probe.publish(topic(light, "set"), {"Brightness": 11, "transaction": "y2"})
     reply = await probe.wait_for(topic(light, "response/set"), lambda p: p["transaction"] == "y2")
@@ -341,3 +353,67 @@ async def test_tls_app_channel(tls_cloud: tuple[AliyunCloud, str], gateway_facto
     cloud.set_property(light, {"Brightness": 5})
     await probe.wait_for(topic(light), lambda p: p.get("Brightness") == 5)
     assert cloud.stats["connect_ok"] == 1
+
+
+async def test_pushes_in_the_same_read_as_bind_reply_are_kept(
+    cloud: AliyunCloud, gateway_factory: Any, probe: Any
+) -> None:
+    """Seed 004 §6.1.2: pushes may follow the bind at once, in the very read that carries
+    ``bind_reply``; they are held until the device list is in, then applied (issue 11 #7)."""
+    cloud.set_push_after_bind()
+    await start(gateway_factory, probe, cloud)
+    assert cloud.stats["pushes_after_bind"] == 2  # an event and a property report, one write
+    light = cloud.device_ids(LIGHT_PK)[0]
+    ev = await probe.wait_for(topic(light, "event"), lambda p: p["event"] == "Error")
+    assert ev["level"] == "error"
+    mark = probe.mark()
+    health = await probe.wait_for("cloud2mqtt/bridge/health", start=mark)
+    assert "aliyun" not in health["counters"].get("unknown_device", {})
+
+
+async def test_throttled_resync_keeps_the_link_and_devices_online(
+    cloud: AliyunCloud, gateway_factory: Any, probe: Any
+) -> None:
+    """A 429 while the app channel is up: no BACKOFF, no device offline, pushes still flow,
+    and the resync is tried again when the breaker lets a call through (issue 11 #9)."""
+    await gateway_factory(
+        [account(cloud, throttle_cooldown=1.0, throttle_cap=1.0)], offline_grace=0.3
+    )
+    await probe.wait_for("cloud2mqtt/bridge/accounts", lambda p: p and p[0]["state"] == "online")
+    light = cloud.device_ids(LIGHT_PK)[0]
+    await probe.wait_for(topic(light, "availability"), lambda p: p["state"] == "online")
+    mark = probe.mark()
+    cloud.throttle(-1)
+    sub = cloud.add_device(SENSOR_PK, "子设备")
+    cloud.topo_add(sub, light)  # asks for a resync, which the platform throttles
+    # The breaker's probe after the 1 s cooldown (three times the offline grace) is throttled too.
+    await eventually(lambda: cloud.stats["throttled"] >= 2, "the throttled resync to be retried")
+    cloud.set_property(light, {"Brightness": 7})
+    await probe.wait_for(topic(light), lambda p: p.get("Brightness") == 7, start=mark)
+    assert probe.find(topic(light, "availability"), lambda p: p["state"] == "offline", start=mark) == []
+    assert all(a[0]["state"] == "online" for a in probe.find("cloud2mqtt/bridge/accounts", start=mark))
+    cloud.throttle(0)
+    await probe.wait_for(topic(sub), lambda p: "CurrentTemperature" in p)
+
+
+async def test_reconnect_while_throttled_goes_online_and_resyncs_later(
+    cloud: AliyunCloud, gateway_factory: Any, probe: Any
+) -> None:
+    """The device list is in from before: a throttled resync after a reconnect does not keep
+    the account away; the state missed meanwhile comes with the resync once the 429s end."""
+    await start(gateway_factory, probe, cloud, throttle_cooldown=0.5, throttle_cap=0.5)
+    light = cloud.device_ids(LIGHT_PK)[0]
+    await probe.wait_for(topic(light), lambda p: p.get("Brightness") == 60)
+    since = (await probe.wait_for("cloud2mqtt/bridge/accounts"))[0]["since"]
+    cloud.throttle(-1)
+    cloud.devices[light].props["Brightness"] = {"time": int(time.time() * 1000), "value": 33}
+    assert cloud.drop_mqtt() == 1
+    await probe.wait_for(
+        "cloud2mqtt/bridge/accounts", lambda p: p[0]["state"] == "online" and p[0]["since"] > since
+    )
+    assert cloud.stats["binds_ok"] == 2 and cloud.stats["throttled"] >= 1
+    cloud.set_property(light, {"ColorTemperature": 3000})  # pushes flow on the new binding
+    state = await probe.wait_for(topic(light), lambda p: p.get("ColorTemperature") == 3000)
+    assert state["Brightness"] == 60  # not resynced yet
+    cloud.throttle(0)
+    await probe.wait_for(topic(light), lambda p: p.get("Brightness") == 33)

@@ -39,6 +39,9 @@ Misbehaviour, in-process or by ``POST /_control/<fault>`` with a JSON body:
 - ``garble``    ``{"count": n}``     the next n pushes are not JSON;
 - ``refuse_connect`` ``{"on": true}`` refuse every CONNECT (rc 5);
 - ``tsl_as_string`` ``{"on": true}`` ``/thing/tsl/get`` returns ``data`` as a JSON string;
+- ``push_after_bind`` ``{"on": true}`` a successful ``bind_reply`` is followed, in the same write
+  to the app's connection, by an event and a property report of the account's first device
+  (seed 004 §6.1.2: pushes may follow the bind at once), so the client reads them in one batch;
 - ``set_property`` ``{"iot_id", "props", "time"?}``, ``emit_event`` ``{"iot_id", "identifier",
   "value", "type"}``, ``set_status`` ``{"iot_id", "status"}``, ``add_device``, ``remove_device``,
   ``topo_add`` ``{"sub_iot_id", "gw_iot_id", "status"}``, ``ota_progress`` ``{"iot_id", "step"}``;

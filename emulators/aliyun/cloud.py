@@ -86,6 +86,8 @@ class AliyunCloud(DeviceModel, HttpApi, MqttChannel, Faults, SimulatedCloud):
         self.garble_count = 0
         self.refuse_all = False
         self.tsl_as_string = False
+        self.push_after_bind = False
+        self._captured: list[tuple[str, bytes]] | None = None  # pushes taken for push_after_bind
         self._nonces: deque[tuple[int, str]] = deque()
         self._nonce_set: set[str] = set()
         self._fronts: set[Front] = set()

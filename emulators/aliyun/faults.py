@@ -12,8 +12,8 @@ class Faults:
     """Misbehaviour on demand (mixed into ``AliyunCloud``).
 
     State it shares (set by ``AliyunCloud.__init__``): ``_fronts``, ``account``,
-    ``bind_code``, ``garble_count``, ``refuse_all``, ``stats``, ``throttle_count``,
-    ``tsl_as_string``. From the other concerns it calls ``_new_token``, ``add_device``,
+    ``bind_code``, ``garble_count``, ``push_after_bind``, ``refuse_all``, ``stats``,
+    ``throttle_count``, ``tsl_as_string``. From the other concerns it calls ``_new_token``, ``add_device``,
     ``emit_event``, ``ota_progress``, ``remove_device``, ``set_property``, ``set_status``,
     ``topo_add``.
     """
@@ -43,11 +43,15 @@ class Faults:
     def set_tsl_as_string(self, on: bool = True) -> None:
         self.tsl_as_string = on
 
+    def set_push_after_bind(self, on: bool = True) -> None:
+        self.push_after_bind = on
+
     def reset(self) -> None:
         self.throttle_count = 0
         self.bind_code = None
         self.garble_count = 0
         self.refuse_all = False
+        self.push_after_bind = False
 
     async def _control(self, request: web.Request) -> web.Response:
         return await control_response(request, {
@@ -58,6 +62,7 @@ class Faults:
             "garble": self.garble,
             "refuse_connect": self.refuse_connect,
             "tsl_as_string": self.set_tsl_as_string,
+            "push_after_bind": self.set_push_after_bind,
             "set_property": self.set_property,
             "emit_event": self.emit_event,
             "set_status": self.set_status,

@@ -3,29 +3,37 @@
 Theory of operation
 -------------------
 One account = one user (``iotToken``) seen through one app (AppKey/AppSecret for the API
-gateway, and the app's virtual device productKey/deviceName/deviceSecret for MQTT).
+gateway, and the app's virtual device productKey/deviceName/deviceSecret for MQTT). The run
+loop, backoff and attention schedule are the shared ``Session``'s; one ``connect()`` is::
 
-::
-
-    connect ──▶ subscribe (exact down topics) ──▶ bind ──▶ resync ──▶ live ──(link lost)──▶ backoff ─┐
-       ▲             (root wildcards are refused        (device list, TSL,                         │
-       │              by the real platform)              properties snapshot)                      │
-       └──────────────────────────────────────────────────────────────────────────────────────────┘
+    MQTT CONNECT ──▶ subscribe (exact down topics) ──▶ bind ──▶ resync ──▶ mark_online ──▶ live
+    (pushes are held from here on …                        … and replayed in order once the
+                                                             device list is in)
 
 - **connect**: MQTT credentials are derived again on every attempt (the password signs a
-  timestamp); CONNACK 4/5 means the app triple is wrong: the account needs attention.
+  timestamp); CONNACK 4/5 means the app triple is wrong (``NeedsAttention``: ``device_secret``).
+  The first session checks or refreshes the iotToken first when ``check_session`` is set or no
+  iotToken is configured.
 - **bind**: ``app/up/account/bind`` with the iotToken. 200 → go on. 2043 (iotToken rejected) →
   one ``/account/checkOrRefreshSession`` when a refresh token is configured, else attention;
-  2152 (account active in another session) → attention. Attention waits ``attention_backoff``
-  (long, jittered, doubling) so a dead token never turns into a retry storm.
+  2152 (account active in another session) → attention.
+- **pushes**: seed 004 §6.1.2 lets pushes follow the bind immediately, even in the same read as
+  ``bind_reply``: every push is held from the moment the channel is connected until the device
+  list is in, then replayed in order (at most ``_MAX_HELD``; more are counted and dropped, the
+  snapshot covers them). Pushes reach the link as the vendor sent them (the link normalizes).
 - **resync** after *every* (re)bind: ``/uc/listBindingByAccount`` (paged) → ``ctx.devices``,
   ``/thing/tsl/get`` once per product → ``Schema``, ``/thing/properties/get`` per device → state
-  with per-item times. Pushes that arrive meanwhile are held and applied afterwards; each item
-  carries its ``time`` (``prop_ts``) so the registry drops whatever is older than it holds.
+  with per-item times, so the registry drops whatever is older than it holds.
 - **throttling**: an HTTP 429 opens a circuit breaker (``throttle_cooldown``, doubling per
-  consecutive 429): calls fail fast with ``throttled`` instead of retrying hot, and a resync waits
-  for the breaker to close.
-- **shutdown** (``close``): unbind, then disconnect.
+  consecutive 429 up to ``throttle_cap``): calls fail fast with ``throttled``; after the cooldown
+  one call is let through as a probe, and its success closes the breaker. A throttled API never
+  takes the link down while the app channel is up: the link stays ONLINE (pushes still flow) and
+  the throttled resync or token refresh is tried again when the breaker lets a call through.
+  Only before any device list is in does the session wait for the breaker, holding pushes.
+- **live**: a token rejected by the API is refreshed (and the app bound again) when a refresh
+  token is configured, else the account is flagged while pushes keep flowing; the iotToken is
+  refreshed ahead of its expiry; a ``topo/add/status`` asks for a resync.
+- **teardown** (also on shutdown): unbind if still bound, then disconnect.
 
 Commands: ``set`` → ``/thing/properties/set``, ``action`` → ``/thing/service/invoke``, ``get`` →
 ``/thing/properties/get`` (the cloud's snapshot), answered per the reply contract.
@@ -39,14 +47,13 @@ import dataclasses
 import hashlib
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import aiohttp
 
-from gateway.backoff import Backoff
 from gateway.mqtt.client import ConnectRefused, MqttClient
 from protocols.aliyun import (
     API,
@@ -80,19 +87,15 @@ from protocols.model import (
 )
 from protocols.tsl import normalize
 
-from ..link import LinkState
-from .base import Connector
+from ..link import AccountContext, LinkState, now_ms
 from .options import OptionReader
+from .session import LinkLost, NeedsAttention, Session, Throttled
 
-__all__ = ["AliyunConnector", "AliyunOptions"]
+__all__ = ["AliyunConnector", "AliyunOptions", "Breaker"]
 
 
-#: Pushes held while a resync runs (applied after it, so none races the snapshot).
+#: Pushes held while the device list is not in yet or a resync runs (replayed after it).
 _MAX_HELD = 20_000
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +122,7 @@ class AliyunOptions:
     reconnect_max: float = 60.0
     attention_backoff: float = 300.0
     throttle_cooldown: float = 60.0
+    throttle_cap: float = 120.0
     bind_timeout: float = 10.0
     http_timeout: float = 10.0
     max_concurrency: int = 4
@@ -132,42 +136,71 @@ class AliyunOptions:
         return self.mqtt_port or (8883 if self.tls else 1883)
 
 
-class _Attention(Exception):
-    """The account cannot go on without a human (or a long wait)."""
+class Breaker:
+    """Circuit breaker for HTTP 429, with a half-open probe.
 
+    Closed: calls go through. The n-th 429 in a row opens it for ``cooldown · 2^(n-1)`` seconds,
+    at most ``cap``; while open, ``admit()`` raises ``throttled`` without calling the platform.
+    After the cooldown it is half-open: ``admit()`` lets exactly one call through (the probe,
+    ``admit()`` returns ``True``) and fails the others fast until the probe's verdict:
+    ``success()`` closes the breaker, ``trip()`` opens it again for the next, longer, pause.
+    A probe that ends without a verdict (timeout, cancelled) calls ``release()``; the next call
+    probes again. ``clock`` is injectable (seconds, monotonic).
+    """
 
-class _LinkLost(Exception):
-    pass
+    __slots__ = ("cap", "clock", "consecutive", "cooldown", "open_until", "probing")
 
-
-class _Breaker:
-    """Circuit breaker for HTTP 429: open for ``cooldown · 2^(n-1)`` after the n-th in a row."""
-
-    def __init__(self, cooldown: float, cap: float = 3600.0) -> None:
+    def __init__(
+        self, cooldown: float, cap: float = 120.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.cooldown = cooldown
         self.cap = cap
-        self.consecutive = 0
+        self.clock = clock
+        self.consecutive = 0  # 429s in a row; > 0 means open or half-open
         self.open_until = 0.0
+        self.probing = False
 
     def remaining(self) -> float:
-        return max(0.0, self.open_until - time.monotonic())
+        """Seconds until a call may go through again (0 when closed or half-open)."""
+        return max(0.0, self.open_until - self.clock())
 
     def check(self) -> None:
+        """Fail fast when no call may go through now (open, or a probe is out)."""
         left = self.remaining()
         if left > 0:
             raise VendorError("throttled", 429, f"throttled by the platform; calls paused for {left:.0f}s")
+        if self.probing:
+            raise VendorError("throttled", 429, "throttled by the platform; probing whether it has ended")
+
+    def admit(self) -> bool:
+        """``check()``, then claim the probe when half-open; ``True`` when this call is it."""
+        self.check()
+        if self.consecutive:
+            self.probing = True
+            return True
+        return False
 
     def trip(self) -> None:
         self.consecutive += 1
+        self.probing = False
         delay = min(self.cap, self.cooldown * 2 ** min(self.consecutive - 1, 16))
-        self.open_until = time.monotonic() + delay
+        self.open_until = self.clock() + delay
 
     def success(self) -> None:
         self.consecutive = 0
+        self.probing = False
+
+    def release(self, probe: bool) -> None:
+        """The call admitted with ``probe`` ended without a verdict on the throttling."""
+        if probe:
+            self.probing = False
 
 
-class AliyunConnector(Connector):
-    vendor = "aliyun"
+class AliyunConnector(Session):
+    vendor: ClassVar[str] = "aliyun"
+    #: named when the API refuses the iotToken without a more precise key
+    credential_keys: ClassVar[tuple[str, ...]] = ("iot_token", "refresh_token")
+    options: AliyunOptions
 
     # ------------------------------------------------------------------ config
 
@@ -224,6 +257,7 @@ class AliyunConnector(Connector):
             reconnect_max=o.number("reconnect_max", 60.0, minimum=0.01, maximum=86400),
             attention_backoff=o.number("attention_backoff", 300.0, minimum=0.01, maximum=86400),
             throttle_cooldown=o.number("throttle_cooldown", 60.0, minimum=0.01, maximum=86400),
+            throttle_cap=o.number("throttle_cap", 120.0, minimum=0.01, maximum=86400),
             bind_timeout=o.number("bind_timeout", 10.0, minimum=0.1, maximum=300),
             http_timeout=o.number("http_timeout", 10.0, minimum=0.1, maximum=300),
             max_concurrency=int(o.number("max_concurrency", 4, minimum=1, maximum=64)),
@@ -231,118 +265,67 @@ class AliyunConnector(Connector):
 
     # ------------------------------------------------------------------ lifecycle
 
-    def __init__(self, options: AliyunOptions, ctx: Any, http: aiohttp.ClientSession) -> None:
+    def __init__(self, options: AliyunOptions, ctx: AccountContext, http: aiohttp.ClientSession) -> None:
         super().__init__(options, ctx, http)
         self.opts: AliyunOptions = options
+        self.backoff_base, self.backoff_cap = options.reconnect_min, options.reconnect_max
+        self.attention_base = options.attention_backoff
+        self.attention_cap = options.attention_backoff * 16
         self.iot_token: str | None = options.iot_token
         self.refresh_token: str | None = options.refresh_token
         self.identity_id: str | None = options.identity_id
         self.token_expires_ms: int | None = None
         self.mqtt: MqttClient | None = None
         self.bare_client_id = options.client_id or f"{options.product_key}&{options.device_name}"
-        self.breaker = _Breaker(options.throttle_cooldown)
+        self.breaker = Breaker(options.throttle_cooldown, options.throttle_cap)
         self._sem = asyncio.Semaphore(options.max_concurrency)
         self._lost = asyncio.Event()
         self._bind_waiters: dict[str, asyncio.Future[BindReply]] = {}
         self._held: list[tuple[str, bytes]] | None = None
         self._resync_wanted = asyncio.Event()
         self._token_rejected = asyncio.Event()
-        self._attention = Backoff(options.attention_backoff, options.attention_backoff * 16)
-        self._product_schemas: dict[str, Schema] = {}
+        self._refresh_due = False  # the iotToken's refresh time came (retried while throttled)
+        self._listed = False  # a device list is in (pushes can be dispatched against it)
+        self._refused_key = "iot_token"  # the config key behind the last auth refusal of the API
         self._bound = False
         self.binds = 0  # bind attempts (tests and health)
-        self._load_tokens()
+        stored = self.load_tokens()
+        if stored is None:  # saved before the Session base, under "source"
+            legacy = self.ctx.tokens.load()
+            stored = legacy if legacy and legacy.get("source") == self.token_identity() else None
+        if stored:
+            self.iot_token = stored.get("iot_token") or self.iot_token
+            self.refresh_token = stored.get("refresh_token") or self.refresh_token
+            expires = stored.get("expires_ms")
+            self.token_expires_ms = expires if isinstance(expires, int) else None
+        # The first session gets an iotToken first (none known) or checks it (check_session).
+        self._startup_check = self.iot_token is None or (options.check_session and bool(self.refresh_token))
 
-    def _token_source(self) -> str:
+    def token_identity(self) -> str:
         """A fingerprint of the configured credentials: persisted tokens apply only to them."""
         seed = f"{self.opts.iot_token}|{self.opts.refresh_token}|{self.opts.identity_id}"
         return hashlib.sha256(seed.encode()).hexdigest()[:16]
 
-    def _load_tokens(self) -> None:
-        saved = self.ctx.tokens.load()
-        if not saved or saved.get("source") != self._token_source():
-            return
-        self.iot_token = saved.get("iot_token") or self.iot_token
-        self.refresh_token = saved.get("refresh_token") or self.refresh_token
-        expires = saved.get("expires_ms")
-        self.token_expires_ms = expires if isinstance(expires, int) else None
-
-    def _save_tokens(self) -> None:
-        self.ctx.tokens.save(
-            {
-                "source": self._token_source(),
-                "iot_token": self.iot_token,
-                "refresh_token": self.refresh_token,
-                "identity_id": self.identity_id,
-                "expires_ms": self.token_expires_ms,
-            }
-        )
-
-    async def run(self) -> None:
-        backoff = Backoff(self.opts.reconnect_min, self.opts.reconnect_max)
-        if self.iot_token is None or (self.opts.check_session and self.refresh_token):
-            try:
-                await self._refresh_session()
-            except _Attention as exc:
-                await self._attention_wait(str(exc))
-            except (TimeoutError, VendorError, aiohttp.ClientError, RemoteProtocolError) as exc:
-                self.ctx.log.warning("session refresh failed: %s", exc)
-        while True:
-            delay: float
-            try:
-                self.ctx.link(LinkState.CONNECTING)
-                await self._session(backoff)
-                delay = backoff.next()
-                self.ctx.link(LinkState.BACKOFF, "MQTT link lost")
-            except _Attention as exc:
-                await self._teardown()
-                await self._attention_wait(str(exc))
-                continue
-            except ConnectRefused as exc:
-                if exc.auth:
-                    await self._teardown()
-                    await self._attention_wait(f"MQTT credentials refused: {exc}")
-                    continue
-                delay = backoff.next()
-                self.ctx.link(LinkState.BACKOFF, str(exc))
-            except VendorError as exc:
-                if exc.code == "auth":
-                    await self._teardown()
-                    await self._attention_wait(f"API rejected the iotToken: {exc}")
-                    continue
-                delay = max(backoff.next(), self.breaker.remaining())
-                self.ctx.link(LinkState.BACKOFF, f"API error: {exc}")
-            except (TimeoutError, OSError, aiohttp.ClientError, RemoteProtocolError, _LinkLost) as exc:
-                delay = backoff.next()
-                self.ctx.link(LinkState.BACKOFF, f"{type(exc).__name__}: {exc}")
-            await self._teardown()
-            self.ctx.log.info("reconnecting in %.1fs", delay)
-            await asyncio.sleep(delay)
-
-    async def _attention_wait(self, reason: str) -> None:
-        self.ctx.link(LinkState.ATTENTION, reason, attention=True)
-        delay = self._attention.next() + self.opts.attention_backoff / 2
-        self.ctx.log.warning("account needs attention (%s); next try in %.0fs", reason, delay)
-        await asyncio.sleep(delay)
-
     async def close(self) -> None:
-        client = self.mqtt
-        if client is not None and client.connected and self._bound:
-            topic, payload = build_unbind(self.opts.product_key, self.opts.device_name, self.bare_client_id)
-            client.publish(topic, payload, qos=1)
-            await client.flush(1.0)
-        await self._teardown()
+        await self.teardown()
 
-    async def _teardown(self) -> None:
+    async def teardown(self) -> None:
         client, self.mqtt = self.mqtt, None
         self._held = None
         for fut in self._bind_waiters.values():
             if not fut.done():
                 fut.cancel()
         self._bind_waiters.clear()
-        if client is not None:
-            with contextlib.suppress(Exception):
-                await client.disconnect()
+        bound, self._bound = self._bound, False
+        if client is None:
+            return
+        with contextlib.suppress(Exception):
+            if bound and client.connected:
+                topic, payload = build_unbind(self.opts.product_key, self.opts.device_name, self.bare_client_id)
+                client.publish(topic, payload, qos=1)
+                await client.flush(1.0)
+        with contextlib.suppress(Exception):
+            await client.disconnect()
 
     # ------------------------------------------------------------------ one MQTT session
 
@@ -351,10 +334,27 @@ class AliyunConnector(Connector):
             return None
         return ssl.create_default_context(cafile=self.opts.ca_file)
 
-    async def _session(self, backoff: Backoff) -> None:
+    async def connect(self) -> None:
+        try:
+            await self._connect()
+        except VendorError as exc:
+            if exc.code == "throttled":  # before the channel was up: back off at least as long
+                raise Throttled(str(exc), retry_after=self.breaker.remaining()) from None
+            raise
+        except ConnectRefused as exc:
+            if exc.auth:
+                raise NeedsAttention(f"MQTT credentials refused: {exc}", "device_secret") from None
+            raise
+
+    async def _connect(self) -> None:
         o = self.opts
+        if self._startup_check:
+            self._startup_check = False
+            await self._check_session()
         self._bound = False
         self._token_rejected.clear()
+        self._resync_wanted.clear()
+        self._refresh_due = False
         creds = mqtt_credentials(
             o.product_key, o.device_name, o.device_secret, now_ms(),
             client_id=self.bare_client_id, secure_mode=2 if o.tls else 3,
@@ -376,68 +376,119 @@ class AliyunConnector(Connector):
             flow=self.ctx,
         )
         self.mqtt = client
+        # Pushes may follow the bind at once (seed 004 §6.1.2), in the very read that carries
+        # bind_reply: hold everything from now until the device list is in.
+        self._held = []
         await client.connect()
         granted = await client.subscribe([(t, 1) for t in down_topics(o.product_key, o.device_name)])
         if any(g >= 0x80 for g in granted):
-            raise _LinkLost("the platform refused a subscription")
+            raise LinkLost("the platform refused a subscription")
         await self._bind(client)
-        self._attention.reset()
-        self._held = []
-        try:
-            await self._resync_until_done()
-        finally:
-            held, self._held = self._held or [], None
-        for topic, payload in held:
-            self._dispatch(topic, payload)
-        backoff.reset()
-        self.ctx.link(LinkState.ONLINE, token_expires_ms=self.token_expires_ms)
+        await self._first_resync()
+        self.mark_online(token_expires_ms=self.token_expires_ms)
         self.ctx.log.info("app channel bound; %d device(s)", len(self.ctx.known_devices()))
         await self._live()
 
-    async def _live(self) -> None:
-        lost = asyncio.create_task(self._lost.wait())
+    async def _check_session(self) -> None:
+        """At start-up: get an iotToken (none configured) or check the configured one."""
         try:
-            await self._live_loop(lost)
+            await self._refresh_session()
+        except (TimeoutError, VendorError, aiohttp.ClientError, RemoteProtocolError) as exc:
+            self.ctx.log.warning("session refresh failed: %s", exc)
+
+    async def _first_resync(self) -> None:
+        """The resync after a bind. Throttled with a device list in: go online (pushes flow) and
+        let ``_live`` retry; throttled before any list: wait for the breaker, pushes held."""
+        while True:
+            try:
+                await self._resync_holding()
+                return
+            except VendorError as exc:
+                if exc.code != "throttled":
+                    raise
+                if self._listed:
+                    self._resync_wanted.set()
+                    self.ctx.log.warning("resync throttled; retrying in %.0fs", self.breaker.remaining())
+                    return
+                wait = max(self.breaker.remaining(), self.opts.reconnect_min)
+                self.ctx.link(LinkState.CONNECTING, f"throttled; device list in {wait:.0f}s")
+                await self._sleep_unless_lost(wait)
+
+    async def _sleep_unless_lost(self, delay: float) -> None:
+        lost = asyncio.ensure_future(self._lost.wait())
+        try:
+            await asyncio.wait({lost}, timeout=delay)
         finally:
             lost.cancel()
+        if self._lost.is_set():
+            raise LinkLost("MQTT link lost")
 
-    async def _live_loop(self, lost: asyncio.Task[Any]) -> None:
+    async def _live(self) -> None:
+        """Hold the bound channel until it is lost; tend the token and resyncs meanwhile."""
         while True:
-            resync = asyncio.create_task(self._resync_wanted.wait())
-            rejected = asyncio.create_task(self._token_rejected.wait())
-            tasks: set[asyncio.Task[Any]] = {lost, resync, rejected}
-            refresh: asyncio.Task[None] | None = None
-            wait = self._refresh_due_in()
-            if wait is not None:
-                refresh = asyncio.create_task(asyncio.sleep(wait))
-                tasks.add(refresh)
+            pause = self.breaker.remaining()
+            if self._work_pending() and (pause > 0 or self.breaker.probing):
+                # Throttled: pushes flow, the pending calls wait for the breaker.
+                await self._sleep_unless_lost(max(pause, self.opts.reconnect_min))
+            else:
+                await self._idle()
+            if self._lost.is_set():
+                raise LinkLost("MQTT link lost")
             try:
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in tasks:
-                    if task is not lost and not task.done():
-                        task.cancel()
-            if lost in done:
-                raise _LinkLost("MQTT link lost")
-            if rejected in done:
-                self._token_rejected.clear()
-                if self.refresh_token:
-                    await self._refresh_session()
-                    assert self.mqtt is not None
-                    await self._bind(self.mqtt)
-                    self._resync_wanted.set()
-                    self.ctx.link(LinkState.ONLINE, token_expires_ms=self.token_expires_ms)
-                else:
-                    # Pushes may still flow on the bound channel; calls will not. A human must
-                    # give a new iotToken; nothing here retries on its own.
-                    self.ctx.link(LinkState.ATTENTION, "the API rejected the iotToken", attention=True)
-            if refresh is not None and refresh in done:
+                await self._tend()
+            except VendorError as exc:
+                if exc.code != "throttled":
+                    raise
+                # The channel is up and pushes flow: stay online, and try again when the
+                # breaker lets a call through.
+                self.ctx.log.warning("%s; retrying in %.0fs", exc.message, self.breaker.remaining())
+
+    def _work_pending(self) -> bool:
+        return self._resync_wanted.is_set() or self._token_rejected.is_set() or self._refresh_due
+
+    async def _idle(self) -> None:
+        """Wait for the link to drop, a resync or refresh to be asked for, or the refresh time."""
+        if self._work_pending():
+            return
+        waits = {
+            asyncio.ensure_future(self._lost.wait()),
+            asyncio.ensure_future(self._resync_wanted.wait()),
+            asyncio.ensure_future(self._token_rejected.wait()),
+        }
+        try:
+            done, _ = await asyncio.wait(waits, timeout=self._refresh_due_in(), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        if not done:
+            self._refresh_due = True
+
+    async def _tend(self) -> None:
+        if self._token_rejected.is_set():
+            if self.refresh_token:
                 await self._refresh_session()
                 assert self.mqtt is not None
                 await self._bind(self.mqtt)
-            if resync in done:
-                self._resync_wanted.clear()
-                await self._resync_until_done()
+                self._resync_wanted.set()
+                self.ctx.link(LinkState.ONLINE, token_expires_ms=self.token_expires_ms)
+            else:
+                # Pushes may still flow on the bound channel; calls will not. A human must
+                # give a new iotToken; nothing here retries on its own.
+                self._token_rejected.clear()
+                self.ctx.link(LinkState.ATTENTION, "the API rejected the iotToken", attention=True)
+        elif self._refresh_due:
+            await self._refresh_session()
+            self._refresh_due = False
+            assert self.mqtt is not None
+            await self._bind(self.mqtt)
+        if self._resync_wanted.is_set():
+            self._resync_wanted.clear()
+            try:
+                await self._resync_holding()
+            except VendorError as exc:
+                if exc.code == "throttled":
+                    self._resync_wanted.set()
+                raise
 
     def _refresh_due_in(self) -> float | None:
         """Refresh the iotToken ahead of its expiry (a tenth of its life, at most an hour early)."""
@@ -458,7 +509,7 @@ class AliyunConnector(Connector):
             refreshed = True
         while True:
             if self.iot_token is None:
-                raise _Attention("no iotToken")
+                raise NeedsAttention("no iotToken", "iot_token")
             o = self.opts
             loop = asyncio.get_running_loop()
             msg_id = f"bind{now_ms()}{self.binds}"
@@ -474,8 +525,8 @@ class AliyunConnector(Connector):
                 lost.cancel()
                 if fut not in done:
                     if lost in done:
-                        raise _LinkLost("MQTT link lost while binding")
-                    raise _LinkLost("no bind reply")
+                        raise LinkLost("MQTT link lost while binding")
+                    raise LinkLost("no bind reply")
                 reply = fut.result()
             finally:
                 self._bind_waiters.pop(msg_id, None)
@@ -488,15 +539,16 @@ class AliyunConnector(Connector):
                 refreshed = True
                 continue
             if reply.code == BIND_TOKEN_REJECTED:
-                raise _Attention(f"bind {reply.code}: iotToken rejected ({reply.message})")
+                key = "refresh_token" if self.refresh_token else "iot_token"
+                raise NeedsAttention(f"bind {reply.code}: iotToken rejected ({reply.message})", key)
             if reply.code == BIND_ACTIVE_ELSEWHERE:
-                raise _Attention(f"bind {reply.code}: account active in another session ({reply.message})")
-            raise _Attention(f"bind {reply.code}: {reply.message}")
+                raise NeedsAttention(f"bind {reply.code}: account active in another session ({reply.message})")
+            raise NeedsAttention(f"bind {reply.code}: {reply.message}")
 
     async def _refresh_session(self) -> None:
         """``/account/checkOrRefreshSession`` (research notes; not in seed 004)."""
         if not self.refresh_token or not self.identity_id:
-            raise _Attention("iotToken rejected and no refresh_token configured")
+            raise NeedsAttention("iotToken rejected and no refresh_token configured", "iot_token")
         try:
             data = await self._call(
                 "refresh_session",
@@ -505,7 +557,7 @@ class AliyunConnector(Connector):
             )
         except VendorError as exc:
             if exc.code == "auth":
-                raise _Attention(f"refreshToken rejected ({exc.vendor_code})") from None
+                raise NeedsAttention(f"refreshToken rejected ({exc.vendor_code})", "refresh_token") from None
             raise
         if not isinstance(data, dict) or not isinstance(data.get("iotToken"), str):
             raise RemoteProtocolError("session refresh reply without iotToken")
@@ -515,7 +567,10 @@ class AliyunConnector(Connector):
         expire = data.get("iotTokenExpire")
         if isinstance(expire, int) and not isinstance(expire, bool):
             self.token_expires_ms = now_ms() + expire * 1000
-        self._save_tokens()
+        self.save_tokens({
+            "iot_token": self.iot_token, "refresh_token": self.refresh_token,
+            "identity_id": self.identity_id, "expires_ms": self.token_expires_ms,
+        })  # fmt: skip
         self._token_rejected.clear()
         self.ctx.link(
             LinkState.CONNECTING if not self._bound else LinkState.ONLINE,
@@ -531,7 +586,7 @@ class AliyunConnector(Connector):
         body = build_request(api.version, params, self.iot_token if token else None)
         headers = sign_request(self.opts.app_key, self.opts.app_secret, "POST", api.path, {}, body=body)
         async with self._sem:
-            self.breaker.check()
+            probe = self.breaker.admit()
             try:
                 async with self.http.post(
                     self.opts.api_url + api.path,
@@ -546,6 +601,8 @@ class AliyunConnector(Connector):
                 raise VendorError("timeout", None, f"{api.path}: no answer in {self.opts.http_timeout:g}s") from None
             except aiohttp.ClientError as exc:
                 raise VendorError("vendor", None, f"{api.path}: {type(exc).__name__}: {exc}") from None
+            finally:
+                self.breaker.release(probe)  # no verdict yet; a reply gives one below
         try:
             data = parse_response(status, raw, err)
         except VendorError as exc:
@@ -555,40 +612,55 @@ class AliyunConnector(Connector):
                 self.ctx.log.warning(
                     "%s throttled (%s); pausing API calls for %.0fs", api.path, exc.vendor_code, self.breaker.remaining()
                 )
-            elif exc.code == "auth" and token and self._bound:
-                self.ctx.log.warning("%s: %s", api.path, exc)
-                self._token_rejected.set()
+                raise
+            self.breaker.success()  # the platform answered: not throttled
+            if exc.code == "auth":
+                # The API gateway itself refuses the app's signature or AppKey with an HTTP
+                # error; the service refuses the iotToken with a code in an HTTP 200 reply.
+                self._refused_key = "app_secret" if status != 200 else "iot_token"
+                if token and self._bound and status == 200:
+                    self.ctx.log.warning("%s: %s", api.path, exc)
+                    self._token_rejected.set()
+            raise
+        except RemoteProtocolError:
+            self.breaker.success()
             raise
         self.breaker.success()
         return data
 
     # ------------------------------------------------------------------ resync
 
-    async def _resync_until_done(self) -> None:
-        refreshed = False
-        while True:
-            try:
-                await self._resync()
-                return
-            except VendorError as exc:
-                if exc.code == "auth" and self.refresh_token and not refreshed and self.mqtt is not None:
-                    # The iotToken died under us: refresh it once, bind again, list again.
-                    self.ctx.log.warning("API rejected the iotToken (%s); refreshing it", exc.vendor_code)
-                    await self._refresh_session()
-                    await self._bind(self.mqtt)
-                    refreshed = True
-                    continue
-                if exc.code != "throttled":
-                    raise
-                wait = max(self.breaker.remaining(), self.opts.reconnect_min)
-                self.ctx.link(LinkState.BACKOFF, f"throttled; resync in {wait:.0f}s")
-                lost = asyncio.ensure_future(self._lost.wait())
-                try:
-                    await asyncio.wait({lost}, timeout=wait)
-                finally:
-                    lost.cancel()
-                if self._lost.is_set():
-                    raise _LinkLost("MQTT link lost while throttled") from None
+    async def _resync_holding(self) -> None:
+        """Resync with pushes held; replay them in order once a device list is in."""
+        if self._held is None:
+            self._held = []
+        try:
+            await self.with_reauth(self._resync, self._reauthenticate, self._token_refused)
+        except VendorError as exc:
+            if exc.code != "auth":
+                raise
+            if self._refused_key == "app_secret":
+                raise NeedsAttention(f"API gateway refused the app: {exc}", "app_secret") from None
+            key = "refresh_token" if self.refresh_token else "iot_token"
+            raise NeedsAttention(f"API rejected the iotToken: {exc}", key) from None
+        finally:
+            if self._listed:
+                held, self._held = self._held or [], None
+                for topic, payload in held:
+                    self._dispatch(topic, payload)
+
+    def _token_refused(self, exc: Exception) -> bool:
+        return (
+            isinstance(exc, VendorError) and exc.code == "auth"
+            and self._refused_key == "iot_token" and bool(self.refresh_token)
+        )
+
+    async def _reauthenticate(self) -> None:
+        """The iotToken died under us: refresh it once and bind again, then list again."""
+        self.ctx.log.warning("API rejected the iotToken; refreshing it")
+        await self._refresh_session()
+        assert self.mqtt is not None
+        await self._bind(self.mqtt)
 
     async def _resync(self) -> None:
         infos: list[DeviceInfo] = []
@@ -615,6 +687,7 @@ class AliyunConnector(Connector):
             for info in infos
         ]
         self.ctx.devices(full)
+        self._listed = True
         ts = now_ms()
         for info in full:
             status = info.extra.get("status")
