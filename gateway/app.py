@@ -41,6 +41,7 @@ from .health import Health
 from .link import AccountLink, LinkState
 from .mqtt.client import MqttClient, Will
 from .mqtt.topic import check_publish_topic
+from .observability import attach
 from .publisher import OFFLINE, Publisher
 from .registry import Registry
 from .tokens import TokenStore
@@ -124,6 +125,7 @@ class Gateway:
             timeout=config.gateway.command_timeout,
             check_topic=check_publish_topic,
         )
+        self.observability = attach(self)  # /metrics, /healthz, /readyz, bridge/info, logging
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -138,6 +140,7 @@ class Gateway:
             connector=aiohttp.TCPConnector(limit=200, ttl_dns_cache=300),
         )
         self.publisher.start()
+        await self.observability.start()
         for account in self.accounts:
             self.start_account(account)
         self._background.append(asyncio.create_task(self._health_loop(), name="health"))
@@ -149,6 +152,7 @@ class Gateway:
         )
 
     async def stop(self) -> None:
+        await self.observability.stop()
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)

@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.utils import floatToGoString
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -325,7 +326,7 @@ class _Collector:
             buckets: list[tuple[str, float]] = []
             for bound, n in zip((*BUCKETS_S, float("inf")), h.counts, strict=True):
                 cumulative += n
-                buckets.append(("+Inf" if bound == float("inf") else f"{bound:g}", cumulative))
+                buckets.append((floatToGoString(bound), cumulative))
             fam.add_metric([vendor], buckets, h.sum_ms / 1000.0)
         yield fam
 
