@@ -44,13 +44,13 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
-from prometheus_client.utils import floatToGoString
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.utils import floatToGoString
 
 from ..events import AccountLinkChanged, EventBus, StateChanged
 from ..health import Health
@@ -246,7 +246,7 @@ class _Collector:
         yield fam
 
         # ---------------------------------------------------------------- gauges
-        fam = GaugeMetricFamily(
+        gauge = GaugeMetricFamily(
             "cloud2mqtt_accounts", "Accounts by link state", labels=["vendor", "state"]
         )
         states: dict[tuple[str, str], int] = {(v, s): 0 for v in vendors for s in _LINK_STATES}
@@ -256,15 +256,15 @@ class _Collector:
             if a.get("attention"):
                 attention[a["vendor"]] += 1
         for (vendor, state), n in sorted(states.items()):
-            fam.add_metric([vendor, state], n)
-        yield fam
-        fam = GaugeMetricFamily(
+            gauge.add_metric([vendor, state], n)
+        yield gauge
+        gauge = GaugeMetricFamily(
             "cloud2mqtt_accounts_attention", "Accounts flagged for attention (a human must act)",
             labels=["vendor"],
         )  # fmt: skip
         for vendor, n in sorted(attention.items()):
-            fam.add_metric([vendor], n)
-        yield fam
+            gauge.add_metric([vendor], n)
+        yield gauge
 
         devices: dict[tuple[str, ...], list[int]] = {tuple(sample(k)): [0, 0] for k in keys}
         for rec in m.devices():
@@ -274,12 +274,12 @@ class _Collector:
             row[0] += 1
             if rec.online:
                 row[1] += 1
-        total = GaugeMetricFamily("cloud2mqtt_devices", "Devices known", labels=names)
+        known = GaugeMetricFamily("cloud2mqtt_devices", "Devices known", labels=names)
         online = GaugeMetricFamily("cloud2mqtt_devices_online", "Devices online", labels=names)
         for labels, (n, n_online) in sorted(devices.items()):
-            total.add_metric(list(labels), n)
+            known.add_metric(list(labels), n)
             online.add_metric(list(labels), n_online)
-        yield total
+        yield known
         yield online
 
         mqtt = m.mqtt
@@ -320,15 +320,15 @@ class _Collector:
             + (f", except (whole-second vendor timestamps, values overstated by up to that): "
                f"{', '.join(coarse)}" if coarse else "")
         )  # fmt: skip
-        fam = HistogramMetricFamily("cloud2mqtt_latency_seconds", doc, labels=["vendor"])
+        hist = HistogramMetricFamily("cloud2mqtt_latency_seconds", doc, labels=["vendor"])
         for vendor, h in sorted(m.latency.items()):
             cumulative = 0
             buckets: list[tuple[str, float]] = []
             for bound, n in zip((*BUCKETS_S, float("inf")), h.counts, strict=True):
                 cumulative += n
-                buckets.append((floatToGoString(bound), cumulative))
-            fam.add_metric([vendor], buckets, h.sum_ms / 1000.0)
-        yield fam
+                buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
+            hist.add_metric([vendor], buckets, h.sum_ms / 1000.0)
+        yield hist
 
         info = GaugeMetricFamily(
             "cloud2mqtt_build_info", "Version and kernels of this gateway", labels=list(m.info)

@@ -201,7 +201,7 @@ async def test_bridge_info_carries_no_secret(mosquitto, probe, tmp_path, caplog)
 
 
 async def test_options_request_changes_the_log_level(gateway_factory, probe):
-    gw, _dummy = await start(gateway_factory)
+    _gw, _dummy = await start(gateway_factory)
     logger = logging.getLogger("cloud2mqtt")
     before = logger.level
     try:
@@ -225,7 +225,7 @@ async def test_options_request_changes_the_log_level(gateway_factory, probe):
 
 
 async def test_bridge_logging_carries_warnings_rate_limited(gateway_factory, probe):
-    gw, dummy = await start(gateway_factory)
+    _gw, _dummy = await start(gateway_factory)
     log = logging.getLogger("cloud2mqtt.test")
     log.warning("planted warning %d", 1)
     msg = await probe.wait_for(f"{B}/bridge/logging", lambda p: "planted warning 1" in p["message"])
