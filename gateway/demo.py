@@ -54,11 +54,14 @@ async def run_demo(
             "mqtt": {"url": f"{'mqtts' if tls else 'mqtt'}://{host}:{port}", "client_id": "cloud2mqtt-demo"},
             "gateway": {"state_dir": state_dir, "health_interval": 5},
             "accounts": accounts,
+            "http": {"listen": "127.0.0.1:0" if port_open("127.0.0.1", 9100) else "127.0.0.1:9100"},
         }
     )
     gateway = Gateway(config)
     await gateway.start()
     print(f"watch:  mosquitto_sub -h {host} -p {port} -v -t 'cloud2mqtt/#'")
+    if gateway.observability.http is not None:
+        print(f"metrics: curl {gateway.observability.http.url}/metrics  (also /healthz, /readyz)")
     example = _toggle_example(gateway, host, port)
     started = time.monotonic()
     last = dict(gateway.health.totals)
