@@ -265,9 +265,12 @@ class Observability:
         self._undo.append(gw.bus.subscribe(MqttConnected, self._on_mqtt_connected))
         self._undo.append(gw.bridge.register("options", self._options))
         topic = gw.topics.bridge("logging")
-        handler = self.log_handler = BridgeLogHandler(
-            lambda payload: gw.publisher.publish_raw(topic, payload)
-        )
+
+        def publish_log(payload: bytes) -> None:
+            if gw.mqtt.connected:  # log lines must not crowd events out of the outage buffer
+                gw.publisher.publish_raw(topic, payload)
+
+        handler = self.log_handler = BridgeLogHandler(publish_log)
         logger = logging.getLogger("cloud2mqtt")
         logger.addHandler(handler)
 

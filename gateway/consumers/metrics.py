@@ -304,6 +304,12 @@ class _Collector:
             "cloud2mqtt_mqtt_dropped", "MQTT messages dropped (no link, queue full)",
             value=mqtt.dropped,
         )  # fmt: skip
+        buffer_dropped = getattr(mqtt, "buffer_dropped", None)
+        if buffer_dropped is not None:
+            yield CounterMetricFamily(
+                "cloud2mqtt_mqtt_buffer_dropped",
+                "Messages dropped from a full outage buffer (oldest first)", value=buffer_dropped,
+            )  # fmt: skip
         yield CounterMetricFamily(
             "cloud2mqtt_commands_received", "Command and bridge request messages received",
             value=health.totals.get("commands", 0),
