@@ -23,6 +23,8 @@ async def main_async(path: str) -> None:
         raw = json.load(f)
     ready_timeout = float(raw.pop("_ready_timeout", 300))
     raise_nofile(len(raw.get("accounts", [])) * 2 + 1000)
+    if os.environ.get("BENCH_HTTP"):  # metrics on: serve /metrics there (BENCH_HTTP=127.0.0.1:0)
+        raw.setdefault("http", {"listen": os.environ["BENCH_HTTP"]})
     gw = Gateway(parse_config(raw))
     del raw  # the bench's JSON config is not part of the gateway's memory
     await gw.start()

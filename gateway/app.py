@@ -40,6 +40,7 @@ from .health import Health
 from .link import AccountLink, LinkState
 from .mqtt.client import MqttClient, Will
 from .mqtt.topic import check_publish_topic
+from .observability import attach
 from .presence import Presence
 from .publisher import OFFLINE, Publisher
 from .registry import Registry
@@ -126,6 +127,7 @@ class Gateway:
             timeout=config.gateway.command_timeout,
             check_topic=check_publish_topic,
         )
+        self.observability = attach(self)  # /metrics, /healthz, /readyz, bridge/info, logging
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -147,6 +149,7 @@ class Gateway:
             connector=aiohttp.TCPConnector(limit=200, ttl_dns_cache=300),
         )
         self.publisher.start()
+        await self.observability.start()
         for account in self.accounts:
             self.start_account(account)
         self._background.append(asyncio.create_task(self._health_loop(), name="health"))
@@ -160,6 +163,7 @@ class Gateway:
     async def stop(self, *, leave_no_trace: bool = False) -> None:
         """Stop every account, say goodbye on MQTT and disconnect. ``leave_no_trace`` clears
         every retained topic the gateway wrote instead of leaving them (the demo)."""
+        await self.observability.stop()
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)

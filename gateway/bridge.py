@@ -4,10 +4,13 @@ Built-in requests read the publisher's view (``health``, ``devices``, ``accounts
 one account through the supervisor's account control (``resync`` restarts the account's
 session); any other request is routed to the named account's connector (vendor requests such
 as XiakeCloud's ``multi_device``). An unknown request is answered with the list of known ones.
+
+Other parts add their own requests with ``register`` (``options``: gateway/observability.py).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -21,6 +24,9 @@ if TYPE_CHECKING:
 __all__ = ["AccountControl", "BridgeRequests"]
 
 AccountKey = tuple[str, str]
+Handler = Callable[[dict[str, Any]], Coroutine[Any, Any, CommandResult]]
+
+log = logging.getLogger("cloud2mqtt.bridge")
 
 
 class AccountControl(Protocol):
@@ -34,20 +40,30 @@ class AccountControl(Protocol):
 
 
 class BridgeRequests:
-    BUILTIN = ("health", "devices", "accounts", "resync")
+    BUILTIN: tuple[str, ...] = ("health", "devices", "accounts", "resync")
 
     def __init__(self, publisher: Publisher, registry: Registry, accounts: AccountControl) -> None:
         self.publisher = publisher
         self.registry = registry
         self.accounts = accounts
-        self._handlers: dict[
-            str, Callable[[dict[str, Any]], Coroutine[Any, Any, CommandResult]]
-        ] = {
+        self._handlers: dict[str, Handler] = {
             "health": self._health,
             "devices": self._devices,
             "accounts": self._accounts,
             "resync": self._resync,
         }
+
+    def register(self, command: str, handler: Handler) -> Callable[[], None]:
+        """Answer ``bridge/request/<command>`` with ``handler``; returns the unregister call."""
+        self._handlers[command] = handler
+        self.BUILTIN = (*self.BUILTIN, command)
+
+        def unregister() -> None:
+            if self._handlers.get(command) is handler:
+                del self._handlers[command]
+                self.BUILTIN = tuple(c for c in self.BUILTIN if c != command)
+
+        return unregister
 
     async def handle(self, command: str, request: dict[str, Any]) -> CommandResult:
         handler = self._handlers.get(command)
@@ -70,6 +86,7 @@ class BridgeRequests:
 
     async def _resync(self, request: dict[str, Any]) -> CommandResult:
         key = self._account_key("resync", request)
+        log.debug("resync of %s/%s requested", *key)
         await self.accounts.restart_account(key)
         return CommandResult.ok({"account": key[1], "vendor": key[0]})
 

@@ -391,7 +391,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="use the base topic even though bridge/state there says a gateway is online")
     _add_global_options(p)
+
+    p = sub.add_parser("status", help="show the accounts of a running gateway (live, or --once)",
+                       formatter_class=fmt)  # fmt: skip
+    p.add_argument("-c", "--config", help="read the broker and base topic from this configuration")
+    p.add_argument("--broker", default=None, help="broker URL (default mqtt://127.0.0.1:1883)")
+    p.add_argument("--base-topic", default=None, help="base topic (default: cloud2mqtt)")
+    p.add_argument("--once", action="store_true", help="print once as plain text and exit")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the gateway")
+    _add_global_options(p)
     return parser
+
+
+async def _cmd_status(args: argparse.Namespace) -> int:
+    import ssl as _ssl
+
+    from .config import load_config, parse_mqtt_url
+    from .status import run_status
+
+    if args.config:
+        config = load_config(args.config)
+        m = config.mqtt
+        host, port, user, password, ssl = m.host, m.port, m.username, m.password, m.ssl_context()
+        base = args.base_topic or config.gateway.base_topic
+    else:
+        host, port, tls, user, password = parse_mqtt_url(args.broker or "mqtt://127.0.0.1:1883", "--broker")
+        ssl = _ssl.create_default_context() if tls else None
+        base = args.base_topic or "cloud2mqtt"
+    return await run_status(host, port, base=base, username=user, password=password, ssl=ssl,
+                            once=args.once, timeout=args.timeout)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -409,6 +437,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(_cmd_simulate(emulator_module(args.vendor), args)) or 0
         if args.command == "demo":
             return _run(_cmd_demo(args)) or 0
+        if args.command == "status":
+            return _run(_cmd_status(args)) or 0
     except ConfigError as exc:
         print(f"{PROG}: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ from protocols.model import CommandError, CommandResult, Schema, VendorError
 from protocols.tsl import normalize, validate, validate_props
 
 from .connectors.session import LinkError
+from .logflags import DEBUG
 from .topics import BadCommandTopic, CommandTopic, Topics
 
 if TYPE_CHECKING:
@@ -104,6 +105,13 @@ def _reply(result: CommandResult, transaction: Any) -> dict[str, Any]:
     return out
 
 
+def result_label(result: CommandResult) -> str:
+    """A command's outcome as ``/metrics`` labels it: ``ok`` or the reply's error code."""
+    if result.status == "ok":
+        return "ok"
+    return result.code or ("timeout" if result.status == "timeout" else "vendor")
+
+
 class CommandHandler:
     """Turns command messages into vendor calls and answers each exactly once.
 
@@ -138,6 +146,8 @@ class CommandHandler:
         if target is None:
             return
         self.health.totals["commands"] += 1
+        if DEBUG.on:
+            log.debug("command in: %s %s", clip(topic), clip(payload.decode("utf-8", "replace")))
         coro: Coroutine[Any, Any, None]
         if isinstance(target, str):
             coro = self._bridge_request(target, payload, props)
@@ -197,6 +207,9 @@ class CommandHandler:
                 "command %s on %s/%s failed", target.kind, target.vendor, clip(target.device)
             )
             result = CommandResult.error("vendor", f"internal error: {type(exc).__name__}")
+        self.health.count_labelled(
+            "commands", target.vendor, rec.account if rec else "-", result_label(result)
+        )
         self.send_reply(
             self.topics.response(device_topic, target.kind), _reply(result, transaction), props
         )
@@ -304,6 +317,8 @@ class CommandHandler:
             raise CommandError("invalid", f"unusable MQTT 5 Response Topic: {reason}")
 
     def send_reply(self, topic: str, reply: dict[str, Any], props: dict[str, Any]) -> None:
+        if DEBUG.on:
+            log.debug("command out: %s %s", clip(topic), clip(str(reply)))
         self.publisher.reply(topic, orjson.dumps(reply), props)
 
     # ------------------------------------------------------------------ bridge requests

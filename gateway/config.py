@@ -41,6 +41,7 @@ __all__ = [
     "AccountConfig",
     "Config",
     "GatewayConfig",
+    "HttpConfig",
     "MqttConfig",
     "VendorTable",
     "check_state_dir",
@@ -117,12 +118,21 @@ class AccountConfig:
 
 
 @dataclass(slots=True)
+class HttpConfig:
+    """``[http]``: the /metrics, /healthz, /readyz server (off unless ``listen`` is set)."""
+
+    listen: str | None = None  # "host:port"
+    account_labels: bool = True  # per-account labels on /metrics
+
+
+@dataclass(slots=True)
 class Config:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     accounts: list[AccountConfig] = field(default_factory=list)
     #: problems that do not stop the gateway (an empty file, no enabled account)
     warnings: list[str] = field(default_factory=list)
+    http: HttpConfig = field(default_factory=HttpConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,12 +377,14 @@ def _parse(
     mqtt_raw = top.get("mqtt", dict, {})
     gw_raw = top.get("gateway", dict, {})
     accounts_raw = top.get("accounts", list, [])
+    http_raw = top.get("http", dict, {})
     top.finish()
 
     cfg = Config()
     _parse_mqtt(cfg.mqtt, _Checker(mqtt_raw, "mqtt", errors))
     _parse_gateway(cfg.gateway, _Checker(gw_raw, "gateway", errors))
     _parse_accounts(cfg, accounts_raw, table, errors)
+    _parse_http(cfg.http, _Checker(http_raw, "http", errors))
     if not cfg.accounts:
         cfg.warnings.append("no [[accounts]]: the gateway will publish nothing but bridge/*")
     elif not any(a.enabled for a in cfg.accounts):
@@ -450,6 +462,18 @@ def _parse_gateway(gw: GatewayConfig, g: _Checker) -> None:
     else:
         gw.instance_id = instance
     g.finish()
+
+
+def _parse_http(http: HttpConfig, h: _Checker) -> None:
+    """``[http]`` (gateway/http.py): ``listen = "host:port"``, ``account_labels``."""
+    http.listen = h.get("listen", str, None)
+    if http.listen is not None:
+        _, _, listen_port = http.listen.rpartition(":")
+        if not listen_port.isdigit() or int(listen_port) > 65535:
+            h.error("listen", f'expected "host:port", got {http.listen!r}')
+            http.listen = None
+    http.account_labels = h.get("account_labels", bool, True)
+    h.finish()
 
 
 _ACCOUNT_KEYS = ("vendor", "name", "enabled")

@@ -68,6 +68,8 @@ async def run_demo(args: argparse.Namespace, stop: asyncio.Event) -> int:
                 "gateway": {"state_dir": state_dir, "health_interval": 5, "base_topic": base,
                             "instance_id": f"demo-{os.getpid()}"},
                 "accounts": [cloud.account_config(name="demo") for _, cloud in clouds],
+                "http": {"listen": "127.0.0.1:0" if port_open("127.0.0.1", 9100)
+                         else "127.0.0.1:9100"},
             }
         )  # fmt: skip
         gateway = Gateway(config, strict_claim=not args.force)
@@ -103,6 +105,8 @@ async def _show(
     minute)."""
     base = gateway.topics.base
     print(f"watch:  mosquitto_sub -h {host} -p {port} -v -t '{base}/#'")
+    if gateway.observability.http is not None:
+        print(f"metrics: curl {gateway.observability.http.url}/metrics  (also /healthz, /readyz)")
     example = _toggle_example(gateway, host, port)
     tty = sys.stdout.isatty()
     started = time.monotonic()

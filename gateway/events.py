@@ -72,11 +72,13 @@ class SchemaChanged:
 @dataclass(slots=True, eq=False)
 class StateChanged:
     """Property values changed. ``changed`` holds only the new values; ``ts_ms`` is the
-    vendor's own timestamp of the change (epoch ms, at the vendor's precision)."""
+    vendor's own timestamp of the change (epoch ms, at the vendor's precision);
+    ``precision_ms`` is that precision (1000: the vendor stamps whole seconds)."""
 
     record: DeviceRecord
     changed: dict[str, Any]
     ts_ms: int
+    precision_ms: int = 1
 
 
 @dataclass(slots=True, eq=False)

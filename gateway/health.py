@@ -4,6 +4,12 @@ Rates come from fixed windows: ``totals`` are sampled at the window boundaries, 
 ``snapshot()`` reports the rate over the last *completed* window, so asking for a snapshot
 (``bridge/request/health``, the periodic publish, a scrape) never changes what the next one
 says. Until the first window completes, the rate is over the time since start.
+
+The same numbers feed ``/metrics`` (``gateway.consumers.metrics`` reads them at scrape time, so
+nothing is counted twice on the hot path): ``counters`` by vendor, ``by_account`` per
+``(vendor, account)`` (the account links count there too, including ``states`` and ``events``)
+and ``labelled`` for counters with one more label (``commands`` by result, ``api_calls`` by
+endpoint).
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ class Health:
         "_window",
         "_window_start",
         "_window_totals",
+        "by_account",
         "counters",
+        "labelled",
         "started",
         "totals",
     )
@@ -38,9 +46,28 @@ class Health:
         self._window_start = clock()
         self._window_totals = dict(self.totals)
         self._rates: dict[str, float] | None = None  # of the last completed window
+        #: (vendor, account) -> counter -> n; one dict per account, kept across restarts
+        self.by_account: dict[tuple[str, str], defaultdict[str, int]] = {}
+        #: (counter, vendor, account, label) -> n: ``commands`` by result, ``api_calls`` by endpoint
+        self.labelled: defaultdict[tuple[str, str, str, str], int] = defaultdict(int)
 
-    def count(self, counter: str, vendor: str, n: int = 1) -> None:
+    def count(self, counter: str, vendor: str, n: int = 1, account: str | None = None) -> None:
         self.counters[counter][vendor] += n
+        if account is not None:
+            self.account(vendor, account)[counter] += n
+
+    def account(self, vendor: str, account: str) -> defaultdict[str, int]:
+        """The account's own counters (a link keeps this dict and counts into it directly)."""
+        counts = self.by_account.get((vendor, account))
+        if counts is None:
+            counts = self.by_account[(vendor, account)] = defaultdict(int)
+        return counts
+
+    def count_labelled(
+        self, counter: str, vendor: str, account: str, label: str, n: int = 1
+    ) -> None:
+        """Count with one more label (``commands`` by result, ``api_calls`` by endpoint)."""
+        self.labelled[(counter, vendor, account, label)] += n
 
     def rates(self) -> dict[str, float]:
         """Per-second rates over the last completed window (or since start, before one)."""

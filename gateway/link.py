@@ -39,6 +39,7 @@ from protocols.tsl import normalize
 from .events import AccountLinkChanged, EventBus
 from .flow import Flow
 from .health import Health
+from .logflags import DEBUG
 from .publisher import now_ms
 from .registry import Registry
 from .tokens import TokenSlot
@@ -105,7 +106,14 @@ class AccountContext(Protocol):
     ) -> None:
         """Count and log one rejected input; never include secrets in ``reason``."""
 
-    def count(self, counter: str, n: int = 1) -> None: ...
+    def count(self, counter: str, n: int = 1) -> None:
+        """Count ``n`` of ``counter`` for this account: ``frames`` (every frame read from the
+        vendor; count per read batch), ``logins`` (every successful login), anything else
+        ``bridge/health`` should show."""
+
+    def api_call(self, endpoint: str, n: int = 1) -> None:
+        """Count one call of the vendor's API ``endpoint`` (its action or path name, a fixed
+        string: never an id or a parameter) for ``/metrics``."""
 
     def schema(self, device: str) -> Schema | None: ...
 
@@ -159,6 +167,7 @@ class AccountLink:
         self._grace: asyncio.TimerHandle | None = None
         self._log_budget: dict[str, tuple[float, int]] = {}
         self._clock = clock
+        self._counts = health.account(vendor, account)  # states/events: one dict increment
 
     # ---------------------------------------------------------------- devices
 
@@ -166,6 +175,8 @@ class AccountLink:
         """The complete device list; devices missing from it are removed (topics cleared)."""
         infos = list(infos)
         listed = {i.device for i in infos}
+        if DEBUG.on:
+            self.log.debug("device list: %d device(s) (resync)", len(infos))
         for info in infos:
             self.device(info)
         for rec in list(self.registry.account_devices(self.vendor, self.account).values()):
@@ -199,7 +210,7 @@ class AccountLink:
             return
         props, flagged = normalize(rec.info.schema, change.props)
         if flagged:
-            self.health.count("flagged_values", self.vendor, len(flagged))
+            self.health.count("flagged_values", self.vendor, len(flagged), self.account)
             self._warn(
                 "flagged_values",
                 "device %s: value(s) of %s do not fit the schema; kept as sent",
@@ -210,8 +221,9 @@ class AccountLink:
             rec, props, change.ts_ms, change.prop_ts, change.precision_ms
         )
         self.health.totals["state"] += 1
+        self._counts["states"] += 1
         if stale:
-            self.health.count("stale_dropped", self.vendor, stale)
+            self.health.count("stale_dropped", self.vendor, stale, self.account)
 
     def availability(self, av: Availability) -> None:
         rec = self.registry.get(self.vendor, av.device)
@@ -230,6 +242,7 @@ class AccountLink:
             )
             return
         self.health.totals["events"] += 1
+        self._counts["events"] += 1
         self.registry.raise_event(rec, ev)
 
     @property
@@ -259,6 +272,9 @@ class AccountLink:
         )
         if state != self.link_state:
             self.link_since = now_ms()
+            if DEBUG.on:
+                self.log.debug("link %s -> %s%s", self.link_state.value, state.value,
+                               f" ({error})" if error else "")  # fmt: skip
         self.link_state = state
         self.link_error = error
         if token_expires_ms is not None:
@@ -319,11 +335,14 @@ class AccountLink:
         self, reason: str, device: str | None = None, counter: str = "bad_frames"
     ) -> None:
         """Count and log one rejected input; never include secrets in ``reason``."""
-        self.health.count(counter, self.vendor)
+        self.health.count(counter, self.vendor, 1, self.account)
         self._warn(counter, "%s: %s (device %s)", counter, reason, device or "-")
 
     def count(self, counter: str, n: int = 1) -> None:
-        self.health.count(counter, self.vendor, n)
+        self.health.count(counter, self.vendor, n, self.account)
+
+    def api_call(self, endpoint: str, n: int = 1) -> None:
+        self.health.count_labelled("api_calls", self.vendor, self.account, endpoint, n)
 
     def _warn(self, counter: str, msg: str, *args: Any) -> None:
         """Log, but at most 20 lines per counter per minute: a garbage storm must not flood logs."""

@@ -168,7 +168,7 @@ class Publisher:
     def retained_topics(self) -> list[str | bytes]:
         """Every retained topic this publisher writes (devices and the bridge snapshots)."""
         topics: list[str | bytes] = [
-            self.topics.bridge(name) for name in ("state", "devices", "accounts", "health")
+            self.topics.bridge(name) for name in ("state", "info", "devices", "accounts", "health")
         ]
         for rec in self.registry:
             topics += [rec.topic, self.topics.availability(rec.topic)]

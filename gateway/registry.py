@@ -95,7 +95,7 @@ class Registry:
         and how many values were older than the stored ones (and so dropped)."""
         changed, stale = self.merge_state(rec, props, ts, prop_ts, precision_ms)
         if changed:
-            self.bus.emit(StateChanged(rec, changed, ts))
+            self.bus.emit(StateChanged(rec, changed, ts, precision_ms))
         return changed, stale
 
     @staticmethod

@@ -142,7 +142,8 @@ async def gateway_factory(
     started: list[Gateway] = []
 
     async def factory(
-        accounts: list[dict[str, Any]], *, connectors: Any = None, **gateway_opts: Any
+        accounts: list[dict[str, Any]], *, connectors: Any = None,
+        http: dict[str, Any] | None = None, **gateway_opts: Any,
     ) -> Gateway:
         opts = {
             "state_dir": str(tmp_path / "state"),
@@ -152,6 +153,8 @@ async def gateway_factory(
         }
         opts.update(gateway_opts)
         raw = {"mqtt": {"url": mosquitto.url, "client_id": f"gw-{len(started)}"}, "gateway": opts, "accounts": accounts}
+        if http is not None:  # [http] (gateway/http.py)
+            raw["http"] = http
         vendors = {**VENDORS, **(connectors or {})}
         gw = Gateway(parse_config(raw, vendors=vendors))
         await gw.start()

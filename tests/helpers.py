@@ -133,6 +133,9 @@ class RecordingContext:
     def count(self, counter: str, n: int = 1) -> None:
         self.counts[counter] = self.counts.get(counter, 0) + n
 
+    def api_call(self, endpoint: str, n: int = 1) -> None:
+        self.count(f"api_calls:{endpoint}", n)
+
     def schema(self, device: str) -> Schema | None:
         info = self.infos.get(device)
         return info.schema if info else None
