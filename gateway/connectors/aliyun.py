@@ -87,8 +87,9 @@ from protocols.model import (
 )
 from protocols.tsl import normalize
 
+from ..errors import ConfigError
 from ..link import AccountContext, LinkState, now_ms
-from .options import OptionReader
+from .options import opt, read_options
 from .session import LinkLost, NeedsAttention, Session, Throttled
 
 __all__ = ["AliyunConnector", "AliyunOptions", "Breaker"]
@@ -100,32 +101,32 @@ _MAX_HELD = 20_000
 
 @dataclass(frozen=True, slots=True)
 class AliyunOptions:
-    app_key: str
-    app_secret: str
-    product_key: str
-    device_name: str
-    device_secret: str
-    iot_token: str | None = None
-    refresh_token: str | None = None
-    identity_id: str | None = None
-    check_session: bool = False
-    api_url: str = "https://api.link.aliyun.com"
-    region: str = "cn-shanghai"
-    mqtt_host: str | None = None
-    mqtt_port: int | None = None
-    tls: bool = True
-    ca_file: str | None = None
-    client_id: str | None = None
-    keepalive: int = 60
-    page_size: int = 100
-    reconnect_min: float = 1.0
-    reconnect_max: float = 60.0
-    attention_backoff: float = 300.0
-    throttle_cooldown: float = 60.0
-    throttle_cap: float = 120.0
-    bind_timeout: float = 10.0
-    http_timeout: float = 10.0
-    max_concurrency: int = 4
+    app_key: str = opt(nonempty=True, help="API gateway AppKey (X-Ca-Key)")
+    app_secret: str = opt(nonempty=True, help="API gateway AppSecret (signature)")
+    product_key: str = opt(nonempty=True, help="the app's virtual-device triple ...")
+    device_name: str = opt(nonempty=True, help="... for the MQTT app channel ...")
+    device_secret: str = opt(nonempty=True, help="... and its secret")
+    iot_token: str | None = opt(None, nonempty=True, help="the user session")
+    refresh_token: str | None = opt(None, nonempty=True, help="refreshes the iotToken")
+    identity_id: str | None = opt(None, nonempty=True, help="needed with refresh_token")
+    check_session: bool = opt(False, help="check the iotToken at start")
+    api_url: str = opt("https://api.link.aliyun.com", nonempty=True, schemes=("http", "https"))
+    region: str = opt("cn-shanghai", nonempty=True, help="selects the default MQTT host")
+    mqtt_host: str | None = opt(None, nonempty=True)
+    mqtt_port: int | None = opt(None, minimum=1, maximum=65535)
+    tls: bool = opt(True)
+    ca_file: str | None = opt(None, nonempty=True)
+    client_id: str | None = opt(None, nonempty=True)
+    keepalive: int = opt(60, minimum=30, maximum=1200)
+    page_size: int = opt(100, minimum=1, maximum=100)
+    reconnect_min: float = opt(1.0, minimum=0.01, maximum=3600)
+    reconnect_max: float = opt(60.0, minimum=0.01, maximum=86400)
+    attention_backoff: float = opt(300.0, minimum=0.01, maximum=86400)
+    throttle_cooldown: float = opt(60.0, minimum=0.01, maximum=86400)
+    throttle_cap: float = opt(120.0, minimum=0.01, maximum=86400)
+    bind_timeout: float = opt(10.0, minimum=0.1, maximum=300)
+    http_timeout: float = opt(10.0, minimum=0.1, maximum=300)
+    max_concurrency: int = opt(4, minimum=1, maximum=64)
 
     @property
     def host(self) -> str:
@@ -206,62 +207,16 @@ class AliyunConnector(Session):
 
     @classmethod
     def parse_options(cls, raw: Mapping[str, Any], key: str) -> AliyunOptions:
-        o = OptionReader(raw, key)
-        o.refuse_unknown(f.name for f in dataclasses.fields(AliyunOptions))
-
-        def text(name: str, required: bool = False) -> str | None:
-            return o.string(name, required=required, empty=False)
-
-        app_key = text("app_key", True)
-        app_secret = text("app_secret", True)
-        product_key = text("product_key", True)
-        device_name = text("device_name", True)
-        device_secret = text("device_secret", True)
-        iot_token = text("iot_token")
-        refresh_token = text("refresh_token")
-        identity_id = text("identity_id")
-        if iot_token is None and refresh_token is None:
-            raise o.error("iot_token", "missing (or give refresh_token and identity_id)")
-        if refresh_token is not None and identity_id is None:
-            raise o.error("identity_id", "needed with refresh_token")
-        api_url = text("api_url") or "https://api.link.aliyun.com"
-        parts = urlsplit(api_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise o.error("api_url", f"expected an http(s) URL, got {api_url!r}")
-        port = raw.get("mqtt_port")
-        if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536):
-            raise o.error("mqtt_port", f"expected a port number, got {port!r}")
-        client_id = text("client_id")
-        if client_id is not None and any(c in client_id for c in "|,"):
-            raise o.error("client_id", "may not contain '|' or ','")
-        return AliyunOptions(
-            app_key=app_key or "",
-            app_secret=app_secret or "",
-            product_key=product_key or "",
-            device_name=device_name or "",
-            device_secret=device_secret or "",
-            iot_token=iot_token,
-            refresh_token=refresh_token,
-            identity_id=identity_id,
-            check_session=o.boolean("check_session", False),
-            api_url=api_url.rstrip("/"),
-            region=text("region") or "cn-shanghai",
-            mqtt_host=text("mqtt_host"),
-            mqtt_port=port,
-            tls=o.boolean("tls", True),
-            ca_file=text("ca_file"),
-            client_id=client_id,
-            keepalive=int(o.number("keepalive", 60, minimum=30, maximum=1200)),
-            page_size=int(o.number("page_size", 100, minimum=1, maximum=100)),
-            reconnect_min=o.number("reconnect_min", 1.0, minimum=0.01, maximum=3600),
-            reconnect_max=o.number("reconnect_max", 60.0, minimum=0.01, maximum=86400),
-            attention_backoff=o.number("attention_backoff", 300.0, minimum=0.01, maximum=86400),
-            throttle_cooldown=o.number("throttle_cooldown", 60.0, minimum=0.01, maximum=86400),
-            throttle_cap=o.number("throttle_cap", 120.0, minimum=0.01, maximum=86400),
-            bind_timeout=o.number("bind_timeout", 10.0, minimum=0.1, maximum=300),
-            http_timeout=o.number("http_timeout", 10.0, minimum=0.1, maximum=300),
-            max_concurrency=int(o.number("max_concurrency", 4, minimum=1, maximum=64)),
-        )
+        opts = read_options(AliyunOptions, raw, key)
+        if opts.iot_token is None and opts.refresh_token is None:
+            raise ConfigError(f"{key}.iot_token", "missing (or give refresh_token and identity_id)")
+        if opts.refresh_token is not None and opts.identity_id is None:
+            raise ConfigError(f"{key}.identity_id", "needed with refresh_token")
+        if not urlsplit(opts.api_url).netloc:
+            raise ConfigError(f"{key}.api_url", f"expected an http(s) URL, got {opts.api_url!r}")
+        if opts.client_id is not None and any(c in opts.client_id for c in "|,"):
+            raise ConfigError(f"{key}.client_id", "may not contain '|' or ','")
+        return dataclasses.replace(opts, api_url=opts.api_url.rstrip("/"))
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -68,9 +68,10 @@ from protocols.tencent import api, ws
 from protocols.tencent.template import denormalize, schema_from_template
 
 from .. import wsclient
+from ..errors import ConfigError
 from ..link import LinkState
 from .base import AccountContext
-from .options import OptionReader
+from .options import opt, read_options
 from .session import ATTENTION_BASE, ATTENTION_CAP, NeedsAttention, Session
 
 __all__ = ["TencentConnector", "TencentOptions"]
@@ -81,29 +82,29 @@ _RECENT_REPLIES = 256
 
 @dataclass(frozen=True)
 class TencentOptions:
-    app_key: str
-    app_secret: str | None = None
-    wx_open_id: str | None = None
-    nick_name: str = ""
-    avatar: str = ""
-    access_token: str | None = None
-    access_token_expire_at: int | None = None  # UNIX seconds, as ExpireAt
-    region: str = "china"
-    api_url: str = api.DEFAULT_API_URL
-    ws_url: str = ws.DEFAULT_WS_URL
-    heartbeat: float = 50.0
-    ping_interval: float = 20.0
-    platform: str = ""
-    region_id: int | None = None
-    families: tuple[str, ...] = ()
-    action_mode: Literal["sync", "async"] = "sync"
-    request_timeout: float = 10.0
-    reply_timeout: float = 20.0
-    refresh_interval: float = 3600.0
-    backoff_base: float = 1.0
-    backoff_cap: float = 60.0
-    attention_backoff: float = ATTENTION_BASE
-    attention_cap: float = ATTENTION_CAP
+    app_key: str = opt(nonempty=True, help="the application's AppKey")
+    app_secret: str | None = opt(None, help="AppSecret for the signed appapi (to log in)")
+    wx_open_id: str | None = opt(None, help="the login call's user identity")
+    nick_name: str = opt("")
+    avatar: str = opt("")
+    access_token: str | None = opt(None, help="a pre-issued AccessToken instead of a login")
+    access_token_expire_at: int | None = opt(None, above=0, help="its ExpireAt, UNIX seconds")
+    region: Literal["china", "oversea"] = opt("china", help="selects the default hosts")
+    api_url: str = opt("", schemes=("http", "https"), help="base of appapi/tokenapi")
+    ws_url: str = opt(ws.DEFAULT_WS_URL, schemes=("ws", "wss"), help="the push WebSocket")
+    heartbeat: float = opt(50.0, minimum=0.05, help="seconds between trace heartbeats")
+    ping_interval: float = opt(20.0, minimum=0.0, help="WebSocket keepalive (0 = off)")
+    platform: str = opt("")
+    region_id: int | None = opt(None)
+    families: tuple[str, ...] = opt((), help="restrict to these FamilyIds")
+    action_mode: Literal["sync", "async"] = opt("sync")
+    request_timeout: float = opt(10.0, minimum=0.05)
+    reply_timeout: float = opt(20.0, minimum=0.05)
+    refresh_interval: float = opt(3600.0, minimum=0.0)
+    backoff_base: float = opt(1.0, minimum=0.01)
+    backoff_cap: float = opt(60.0, minimum=0.01)
+    attention_backoff: float = opt(ATTENTION_BASE, minimum=0.01)
+    attention_cap: float = opt(ATTENTION_CAP, minimum=0.01)
 
     @property
     def can_login(self) -> bool:
@@ -141,67 +142,23 @@ class TencentConnector(Session):
 
     @classmethod
     def parse_options(cls, raw: Mapping[str, Any], key: str) -> TencentOptions:
-        o = OptionReader(raw, key)
-        o.refuse_unknown(f.name for f in dataclasses.fields(TencentOptions))
-        app_key = o.string("app_key")
-        if not app_key:
-            raise o.error("app_key", "missing (the application's AppKey)")
-        region = o.string("region", "china") or "china"
-        if region not in ("china", "oversea"):
-            raise o.error("region", 'must be "china" or "oversea"')
-        default_api = api.DEFAULT_API_URL if region == "china" else api.OVERSEA_API_URL
-        api_url = (o.string("api_url", default_api) or default_api).rstrip("/")
-        if not api_url.startswith(("http://", "https://")):
-            raise o.error("api_url", "must start with http:// or https://")
-        ws_url = o.string("ws_url", ws.DEFAULT_WS_URL) or ws.DEFAULT_WS_URL
-        if not ws_url.startswith(("ws://", "wss://")):
-            raise o.error("ws_url", "must start with ws:// or wss://")
-        expire = raw.get("access_token_expire_at")
-        if expire is not None and (
-            isinstance(expire, bool) or not isinstance(expire, int) or expire <= 0
-        ):
-            raise o.error("access_token_expire_at", "expected UNIX seconds")
-        region_id = raw.get("region_id")
-        if region_id is not None and (
-            isinstance(region_id, bool) or not isinstance(region_id, int)
-        ):
-            raise o.error("region_id", "expected an integer")
-        families = raw.get("families", [])
-        if not isinstance(families, list) or not all(isinstance(f, str) and f for f in families):
-            raise o.error("families", "expected a list of FamilyId strings")
-        mode = raw.get("action_mode", "sync")
-        if mode not in ("sync", "async"):
-            raise o.error("action_mode", 'must be "sync" or "async"')
-        opts = TencentOptions(
-            app_key=app_key,
-            app_secret=o.string("app_secret") or None,
-            wx_open_id=o.string("wx_open_id") or None,
-            nick_name=o.string("nick_name", "") or "",
-            avatar=o.string("avatar", "") or "",
-            access_token=o.string("access_token") or None,
-            access_token_expire_at=expire,
-            region=region,
-            api_url=api_url,
-            ws_url=ws_url,
-            heartbeat=o.number("heartbeat", 50.0, minimum=0.05),
-            ping_interval=o.number("ping_interval", 20.0, minimum=0.0),
-            platform=o.string("platform", "") or "",
-            region_id=region_id,
-            families=tuple(families),
-            action_mode=mode,
-            request_timeout=o.number("request_timeout", 10.0, minimum=0.05),
-            reply_timeout=o.number("reply_timeout", 20.0, minimum=0.05),
-            refresh_interval=o.number("refresh_interval", 3600.0, minimum=0.0),
-            backoff_base=o.number("backoff_base", 1.0, minimum=0.01),
-            backoff_cap=o.number("backoff_cap", 60.0, minimum=0.01),
-            attention_backoff=o.number("attention_backoff", ATTENTION_BASE, minimum=0.01),
-            attention_cap=o.number("attention_cap", ATTENTION_CAP, minimum=0.01),
+        opts = read_options(TencentOptions, raw, key)
+        default_api = api.DEFAULT_API_URL if opts.region == "china" else api.OVERSEA_API_URL
+        opts = dataclasses.replace(
+            opts,
+            api_url=(opts.api_url or default_api).rstrip("/"),
+            ws_url=opts.ws_url or ws.DEFAULT_WS_URL,
+            app_secret=opts.app_secret or None,
+            wx_open_id=opts.wx_open_id or None,
+            access_token=opts.access_token or None,
         )
         if not opts.access_token and not opts.can_login:
             missing = "app_secret" if not opts.app_secret else "wx_open_id"
-            raise o.error(missing, "needed to log in (or give a pre-issued access_token)")
+            raise ConfigError(
+                f"{key}.{missing}", "needed to log in (or give a pre-issued access_token)"
+            )
         if opts.wx_open_id and not opts.app_secret:
-            raise o.error("app_secret", "needed to log in with wx_open_id")
+            raise ConfigError(f"{key}.app_secret", "needed to log in with wx_open_id")
         return opts
 
     def __init__(

@@ -64,9 +64,10 @@ from protocols.xky.records import (
     state_change,
 )
 
+from ..errors import ConfigError
 from ..link import LinkState
 from .base import AccountContext
-from .options import OptionReader
+from .options import opt, read_options
 from .session import LinkLost, Session
 
 __all__ = ["XkyConnector", "XkyOptions"]
@@ -78,17 +79,17 @@ def now_ms() -> int:
 
 @dataclass(frozen=True, slots=True)
 class XkyOptions:
-    account: str
-    password: str
-    subaccount: str = ""
-    key: str = api.DEFAULT_KEY
-    base_url: str = api.DEFAULT_BASE_URL
-    poll_interval: float = 30.0
-    min_poll_interval: float = 5.0
-    poll_jitter: float = 0.1
-    request_timeout: float = 10.0
-    backoff_cap: float = 300.0
-    logout_on_close: bool = False
+    account: str = opt(nonempty=True, help="the XiakeCloud account")
+    password: str = opt(help="its password")
+    subaccount: str = opt("", help="log in as this sub-account")
+    key: str = opt(api.DEFAULT_KEY, help="the login key")
+    base_url: str = opt(api.DEFAULT_BASE_URL, schemes=("http", "https"), help="API base")
+    poll_interval: float = opt(30.0, above=0, help="seconds between polls")
+    min_poll_interval: float = opt(5.0, above=0, help="never poll faster than this")
+    poll_jitter: float = opt(0.1, minimum=0, below=1, help="fraction of the interval")
+    request_timeout: float = opt(10.0, above=0, help="seconds")
+    backoff_cap: float = opt(300.0, above=0, help="seconds")
+    logout_on_close: bool = opt(False, help="log out on shutdown")
 
 
 class XkyConnector(Session):
@@ -99,34 +100,12 @@ class XkyConnector(Session):
 
     @classmethod
     def parse_options(cls, raw: Mapping[str, Any], key: str) -> XkyOptions:
-        o = OptionReader(raw, key)
-        o.refuse_unknown(f.name for f in dataclasses.fields(XkyOptions))
-        account = o.string("account", required=True)
-        if not account:
-            raise o.error("account", "must not be empty")
-        base_url = o.string("base_url", api.DEFAULT_BASE_URL, required=True)
-        if not base_url.startswith(("http://", "https://")):
-            raise o.error("base_url", "must start with http:// or https://")
-        jitter = raw.get("poll_jitter", 0.1)
-        if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter < 1:
-            raise o.error("poll_jitter", "must be a fraction in [0, 1)")
-        logout = o.boolean("logout_on_close", False)
-        opts = XkyOptions(
-            account=account,
-            password=o.string("password", required=True),
-            subaccount=o.string("subaccount", "", required=True),
-            key=o.string("key", api.DEFAULT_KEY, required=True) or api.DEFAULT_KEY,
-            base_url=base_url,
-            poll_interval=o.number("poll_interval", 30.0, above=0),
-            min_poll_interval=o.number("min_poll_interval", 5.0, above=0),
-            poll_jitter=float(jitter),
-            request_timeout=o.number("request_timeout", 10.0, above=0),
-            backoff_cap=o.number("backoff_cap", 300.0, above=0),
-            logout_on_close=logout,
-        )
+        opts = read_options(XkyOptions, raw, key)
+        if not opts.key:
+            opts = dataclasses.replace(opts, key=api.DEFAULT_KEY)
         if opts.poll_interval < opts.min_poll_interval:
-            raise o.error(
-                "poll_interval",
+            raise ConfigError(
+                f"{key}.poll_interval",
                 f"{opts.poll_interval:g}s is below min_poll_interval ({opts.min_poll_interval:g}s)",
             )
         return opts
