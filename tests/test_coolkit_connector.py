@@ -278,6 +278,19 @@ async def test_heartbeat_loss_reconnects_and_resyncs(cloud: CoolkitCloud, start:
     assert r.ctx.last("1000000001")["switch"] is True
 
 
+async def test_a_stall_is_found_within_stall_timeout_not_hbinterval(start: Any) -> None:
+    """Issue 11 finding 8: with the live cloud's hbInterval (145 s) a silent socket was dead
+    only after 160 s. Silent for half of stall_timeout, the connector pings at once; nothing
+    back by stall_timeout and the link is dead, whatever hbInterval says."""
+    async with CoolkitCloud(**{**FAST_CLOUD, "hb_interval": 145.0}) as cloud:
+        r = await start(cloud.account_config(stall_timeout=0.6))
+        cloud.stall()
+        cloud.devices["1000000001"].params["switch"] = "on"  # changed while we were deaf
+        await until(lambda: any(s == "backoff" and e and "stalled" in e for s, e, _ in r.ctx.links))
+        await until(lambda: r.ctx.syncs >= 2 and r.online())
+        assert r.ctx.last("1000000001")["switch"] is True
+
+
 async def test_pings_keep_the_socket_alive(cloud: CoolkitCloud, start: Any) -> None:
     r = await start(cloud.account_config())
     await asyncio.sleep(3.5)  # several hbIntervals (1 s) with no pushes at all

@@ -322,6 +322,21 @@ async def test_stalled_socket_is_replaced(cloud: TencentCloud, start: Any) -> No
     await r.ctx.until(lambda: r.ctx.latest(light).get("brightness") == 9)
 
 
+async def test_a_stall_that_still_answers_pings_is_found_by_an_app_probe(
+    cloud: TencentCloud, start: Any
+) -> None:
+    """Issue 11 finding 8: the cloud held every frame while the WebSocket kept answering
+    pings; with heartbeats 60 s apart nothing noticed. The probe after stall_timeout / 2 of
+    silence needs an application answer, so the stall ends the session and a resync follows."""
+    r = await start(cloud, heartbeat=60.0, stall_timeout=0.6, ping_interval=0.1)
+    await online(r)
+    pushes = cloud.stats["active_push"]
+    cloud.stall(3.0)
+    await r.ctx.until(lambda: r.ctx.counts.get("stalls", 0) >= 1)
+    assert any(s == "backoff" and e and "stalled" in e for s, e, _ in r.ctx.links)
+    await r.ctx.until(lambda: cloud.stats["active_push"] > pushes and r.ctx.link_state == "online")
+
+
 async def test_bad_frames_counted_and_skipped(cloud: TencentCloud, start: Any) -> None:
     r = await start(cloud)
     await online(r)
@@ -334,6 +349,22 @@ async def test_bad_frames_counted_and_skipped(cloud: TencentCloud, start: Any) -
     await ctx.until(lambda: ctx.latest(light).get("brightness") == 42)
     assert ctx.counts.get("bad_frames") == 4
     assert ctx.link_state == "online"
+
+
+async def test_a_garbled_push_for_a_known_device_rereads_its_state(
+    cloud: TencentCloud, start: Any
+) -> None:
+    """Issue 11 finding 8: the push was lost, so the device's state is read at once rather
+    than left stale until its next push; counted once, the read itself counted as a re-read."""
+    r = await start(cloud)
+    await online(r)
+    ctx = r.ctx
+    light = cloud.device_ids()[0]
+    cloud.garble_payloads(1)
+    cloud.report(light, {"brightness": 17})  # cut short on the wire: its value is lost
+    await ctx.until(lambda: ctx.counts.get("rereads", 0) == 1)
+    assert ctx.counts.get("bad_frames") == 1 and ctx.bad[0][1] == light
+    assert ctx.latest(light).get("brightness") == 17  # the re-read brought the value
 
 
 async def test_token_expiry_relogin_once(cloud: TencentCloud, start: Any) -> None:

@@ -87,6 +87,7 @@ class TencentCloud(DeviceModel, HttpApi, PushSocket, Faults, SimulatedCloud):
         self._uids = itertools.count(100000001)
         self._stall_until = 0.0
         self._garble = 0
+        self._garble_payloads = 0
         self._refuse_logins = 0
         self._slow = 0.0
         self._heartbeat_errors = 0

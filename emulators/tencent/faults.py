@@ -59,6 +59,11 @@ class Faults:
     def garble(self, count: int = 1) -> None:
         self._garble += count
 
+    def garble_payloads(self, count: int = 1) -> None:
+        """The next ``count`` device messages go out cut short: the frame and its DeviceId are
+        fine, the base64 Payload decodes to JSON that ends mid-object."""
+        self._garble_payloads += count
+
     def expire_tokens(self) -> int:
         now = time.time()
         for token in self.tokens.values():
@@ -130,6 +135,7 @@ class Faults:
             "drop": self.drop_sockets,
             "stall": lambda seconds=5: self.stall(float(seconds)),
             "garble": lambda count=1: self.garble(int(count)),
+            "garble_payloads": lambda count=1: self.garble_payloads(int(count)),
             "expire_tokens": self.expire_tokens,
             "refuse_logins": lambda count=-1: self.refuse_logins(int(count)),
             "slow": lambda seconds=5: self.slow(float(seconds)),

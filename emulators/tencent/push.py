@@ -46,7 +46,7 @@ class SimSocket:
 class PushSocket:
     """The WebSocket side of ``TencentCloud``.
 
-    State it shares (set by ``TencentCloud.__init__``): ``_garble``, ``_heartbeat_errors``,
+    State it shares (set by ``TencentCloud.__init__``): ``_garble``, ``_garble_payloads``, ``_heartbeat_errors``,
     ``_nul_pad``, ``_seq``, ``_stall_until``, ``_watchers``, ``calls``, ``devices``,
     ``idle_timeout``, ``max_rate``, ``rate``, ``report_timestamps``, ``rng``, ``sockets``,
     ``stamp``, ``stats``, ``trace_timeout``, ``users``. From the other concerns it calls
@@ -96,7 +96,12 @@ class PushSocket:
         return self._deliver(dev.device_id, frame)
 
     def _padded(self, payload: Mapping[str, Any] | None) -> Mapping[str, Any] | bytes | None:
-        """The device message, with ``nul_pad`` NUL bytes after it when that quirk is on."""
+        """The device message, with ``nul_pad`` NUL bytes after it when that quirk is on (or
+        cut short, while ``garble_payloads`` lasts)."""
+        if payload is not None and self._garble_payloads > 0:
+            self._garble_payloads -= 1
+            self.stats["garbled_payloads"] += 1
+            return orjson.dumps(payload)[:-2]
         if payload is None or not self._nul_pad:
             return payload
         return orjson.dumps(payload) + b"\x00" * self._nul_pad

@@ -102,6 +102,7 @@ class CoolkitOptions:
     attention_cap: float = 4 * 3600.0
     command_interval: float = 0.1
     heartbeat_grace: float = ckws.DEAD_GRACE
+    stall_timeout: float = 30.0
     rules: RateRules = field(default_factory=RateRules)
 
     @property
@@ -169,7 +170,7 @@ class CoolkitConnector(Session):
             "phone_number", "password", "country_code", "at", "rt", "apikey", "api_url", "dispatch_url",
             "v1_api_url", "page_size", "handshake_timeout", "http_timeout", "backoff_base", "backoff_cap",
             "attention_backoff", "attention_cap", "command_interval", "rate_min_interval", "rate_window",
-            "rate_max_calls", "user_online_interval", "heartbeat_grace",
+            "rate_max_calls", "user_online_interval", "heartbeat_grace", "stall_timeout",
         }  # fmt: skip
         o = OptionReader(raw, key)
         o.refuse_unknown(known, "unknown option for a coolkit account")
@@ -257,6 +258,7 @@ class CoolkitConnector(Session):
             attention_cap=positive("attention_cap", 4 * 3600.0),
             command_interval=o.number("command_interval", 0.1),
             heartbeat_grace=positive("heartbeat_grace", ckws.DEAD_GRACE),
+            stall_timeout=o.number("stall_timeout", 30.0, minimum=0.0),
             rules=rules,
         )
 
@@ -623,14 +625,37 @@ class CoolkitConnector(Session):
     ) -> None:
         loop = asyncio.get_running_loop()
         last_rx = loop.time()
+        stall = self.opts.stall_timeout
+        dead_after = min(hb.dead_after, stall) if stall else hb.dead_after
+        why = (
+            f"stalled: nothing for {dead_after:g}s, not even a pong to a probe"
+            if dead_after < hb.dead_after
+            else f"no traffic for {hb.dead_after:g}s (hbInterval {hb.interval:g}s + {hb.grace:g}s)"
+        )
+        probed = False
         while True:
-            remaining = last_rx + hb.dead_after - loop.time()
-            raw = await _recv(
-                ws,
-                max(remaining, 0.0),
-                f"no traffic for {hb.dead_after:g}s (hbInterval {hb.interval:g}s + {hb.grace:g}s)",
-            )
+            now = loop.time()
+            remaining = last_rx + dead_after - now
+            if stall and not probed:
+                # Silent for half the stall bound: ping now (an application round trip the
+                # cloud must answer) instead of waiting for the next scheduled ping.
+                to_probe = last_rx + stall / 2 - now
+                if to_probe <= 0:
+                    ws.send(ckws.PING)
+                    probed = True
+                    continue
+                remaining = min(remaining, to_probe)
+            try:
+                raw = await asyncio.wait_for(ws.recv(), max(remaining, 0.0))
+            except TimeoutError:
+                if loop.time() - last_rx < dead_after:
+                    continue  # time to probe
+                self.ctx.count("stalls")
+                raise LinkLost(why) from None
+            except wsclient.ConnectionClosed as exc:
+                raise LinkLost(f"WebSocket {exc}") from None
             last_rx = loop.time()
+            probed = False
             try:
                 event = session.receive(raw)
             except RemoteProtocolError as exc:

@@ -55,7 +55,7 @@ from protocols.websocket import HandshakeRejected
 
 from ..backoff import Backoff
 from ..link import LinkState
-from .base import Connector
+from .base import AccountContext, Connector
 
 __all__ = ["LinkError", "LinkLost", "NeedsAttention", "Session", "Throttled"]
 
@@ -65,6 +65,9 @@ T = TypeVar("T")
 #: again after 5, 10, 20 … minutes, at most hourly, never sooner than half the base.
 ATTENTION_BASE = 300.0
 ATTENTION_CAP = 3600.0
+#: a garbled frame re-reads its device's state at most this often (seconds), this many at once
+REREAD_INTERVAL = 30.0
+REREAD_MAX = 8
 
 
 class LinkError(Exception):
@@ -139,6 +142,11 @@ class Session(Connector):
     _backoff: Backoff | None = None
     _attention: Backoff | None = None
 
+    def __init__(self, options: Any, ctx: AccountContext, http: aiohttp.ClientSession) -> None:
+        super().__init__(options, ctx, http)
+        self._reread_at: dict[str, float] = {}
+        self._rereads: set[asyncio.Task[None]] = set()
+
     # ------------------------------------------------------------------ vendor steps
 
     @abc.abstractmethod
@@ -212,6 +220,34 @@ class Session(Connector):
         await reauthenticate()
         return await call()
 
+    def reread(self, device: str, read: Callable[[str], Awaitable[object]]) -> None:
+        """A garbled frame for a known device: read that device's state now (``read(device)``,
+        e.g. the vendor's get-state call) instead of leaving it stale until its next push.
+
+        At most once per ``REREAD_INTERVAL`` seconds per device, and never more than
+        ``REREAD_MAX`` at a time; a failed read is logged, never raised.
+        """
+        loop = asyncio.get_running_loop()
+        last = self._reread_at.get(device)
+        if last is not None and loop.time() - last < REREAD_INTERVAL:
+            return
+        if len(self._rereads) >= REREAD_MAX:
+            return
+        self._reread_at[device] = loop.time()
+        if len(self._reread_at) > 4096:  # bounded: a cloud with endless ids cannot grow it
+            self._reread_at.clear()
+
+        async def one() -> None:
+            try:
+                await read(device)
+                self.ctx.count("rereads")
+            except Exception as exc:
+                self.ctx.log.warning("device %s: state re-read failed: %s", device[:200], exc)
+
+        task = loop.create_task(one())
+        self._rereads.add(task)
+        task.add_done_callback(self._rereads.discard)
+
     # ------------------------------------------------------------------ the loop
 
     async def run(self) -> None:
@@ -230,6 +266,8 @@ class Session(Connector):
                 delay = self._failed(exc)
             finally:
                 await self.teardown()
+                for task in list(self._rereads):
+                    task.cancel()
             self.ctx.log.info("reconnecting in %.1fs", delay)
             await asyncio.sleep(delay)
 

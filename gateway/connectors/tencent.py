@@ -72,7 +72,7 @@ from ..errors import ConfigError
 from ..link import LinkState
 from .base import AccountContext
 from .options import opt, read_options
-from .session import ATTENTION_BASE, ATTENTION_CAP, NeedsAttention, Session
+from .session import ATTENTION_BASE, ATTENTION_CAP, LinkLost, NeedsAttention, Session
 
 __all__ = ["TencentConnector", "TencentOptions"]
 
@@ -94,6 +94,12 @@ class TencentOptions:
     ws_url: str = opt(ws.DEFAULT_WS_URL, schemes=("ws", "wss"), help="the push WebSocket")
     heartbeat: float = opt(50.0, minimum=0.05, help="seconds between trace heartbeats")
     ping_interval: float = opt(20.0, minimum=0.0, help="WebSocket keepalive (0 = off)")
+    stall_timeout: float = opt(
+        30.0,
+        minimum=0.0,
+        help="a socket that delivers nothing for "
+        "this long and leaves a probe unanswered is dead (0 = off)",
+    )
     platform: str = opt("")
     region_id: int | None = opt(None)
     families: tuple[str, ...] = opt((), help="restrict to these FamilyIds")
@@ -183,6 +189,7 @@ class TencentConnector(Session):
         self._tag = secrets.token_hex(3)
         self._hb_failures = 0
         self._last_hb = 0.0  # loop time the last trace heartbeat was sent
+        self._rx = 0  # frames received: the stall probe looks whether it moved
 
     # ------------------------------------------------------------------ session
 
@@ -229,6 +236,9 @@ class TencentConnector(Session):
         opts = self.options
         loop = asyncio.get_running_loop()
         next_refresh = loop.time() + opts.refresh_interval if opts.refresh_interval else None
+        half = opts.stall_timeout / 2
+        next_probe = loop.time() + half if half else None
+        rx_seen = self._rx
         while True:
             # Time the next heartbeat from the last one sent, not from when a (possibly long,
             # rate-paced) resync ended: at mass start-up the gap otherwise nears the server's
@@ -236,6 +246,8 @@ class TencentConnector(Session):
             deadline = self._last_hb + opts.heartbeat
             if next_refresh is not None:
                 deadline = min(deadline, next_refresh)
+            if next_probe is not None:
+                deadline = min(deadline, next_probe)
             if conn.closed is None and not self._refresh and deadline > loop.time():
                 wake = self._wake = loop.create_future()
                 timer = loop.call_at(deadline, self._poke)
@@ -246,6 +258,14 @@ class TencentConnector(Session):
                     self._wake = None
             if conn.closed is not None:
                 raise conn.closed
+            if next_probe is not None and loop.time() >= next_probe:
+                # Stall detection: a socket can keep answering WebSocket pings while the cloud
+                # holds every frame. Nothing arrived for half the bound: an application round
+                # trip must come back within the other half, or the link is dead.
+                if self._rx == rx_seen:
+                    await self._probe(half)
+                rx_seen, next_probe = self._rx, loop.time() + half
+                continue
             if self._refresh or (next_refresh is not None and loop.time() >= next_refresh):
                 self._refresh = False
                 if next_refresh is not None:
@@ -268,7 +288,7 @@ class TencentConnector(Session):
     def _next_req_id(self) -> str:
         return f"c2m-{self._tag}-{next(self._req_ids)}"
 
-    async def _ws_request(self, req_id: str, frame: str) -> ws.Reply:
+    async def _ws_request(self, req_id: str, frame: str, timeout: float | None = None) -> ws.Reply:
         conn = self._conn
         if conn is None:
             raise ConnectionError("WebSocket is not connected")
@@ -276,7 +296,7 @@ class TencentConnector(Session):
         self._pending[req_id] = fut
         try:
             conn.send(frame)
-            return await asyncio.wait_for(fut, self.options.reply_timeout)
+            return await asyncio.wait_for(fut, timeout or self.options.reply_timeout)
         finally:
             self._pending.pop(req_id, None)
 
@@ -335,6 +355,20 @@ class TencentConnector(Session):
         except TimeoutError:
             self._heartbeat_failed(f"no heartbeat reply within {self.options.reply_timeout:g}s")
 
+    async def _probe(self, timeout: float) -> None:
+        """A trace heartbeat whose reply must come within ``timeout``; else ``LinkLost``."""
+        req_id = self._next_req_id()
+        frame = ws.heartbeat_frame(
+            req_id, self._subscribed, self._token or "", platform=self.options.platform or None
+        )
+        try:
+            await self._ws_request(req_id, frame, timeout)
+        except TimeoutError:
+            self.ctx.count("stalls")
+            raise LinkLost(
+                f"stalled: no frame for {timeout:g}s and no answer to a probe within {timeout:g}s"
+            ) from None
+
     def _heartbeat_failed(self, why: str) -> None:
         """Count it; the second failure in a row ends the session (a stalled or half-dead socket
         keeps no trace alive, so the devices would silently stop pushing)."""
@@ -349,6 +383,7 @@ class TencentConnector(Session):
         """Every frame, straight from the socket's read (no task, no await; the connection
         pauses reading while the MQTT side is congested)."""
         ctx = self.ctx
+        self._rx += 1
         # Fast path: a property report becomes its StateChange in one compiled call;
         # every other frame (and anything malformed) takes the full, error-wording path.
         report = ws.decode_report(message, now_ms=time.time_ns() // 1_000_000)
@@ -381,7 +416,10 @@ class TencentConnector(Session):
                 schema_for=self._schemas.get,
             )
         except RemoteProtocolError as exc:
+            known = device if isinstance(device, str) and device in self._devices else None
             ctx.bad_input(f"bad DeviceChange: {exc}", device if isinstance(device, str) else None)
+            if known is not None:  # its state may now be stale: read it (rate-limited)
+                self.reread(known, self._read_state)
             return
         if decoded.flagged:
             ctx.count("flagged_values", len(decoded.flagged))
