@@ -189,7 +189,8 @@ class TencentConnector(Session):
         self._tag = secrets.token_hex(3)
         self._hb_failures = 0
         self._last_hb = 0.0  # loop time the last trace heartbeat was sent
-        self._rx = 0  # frames received: the stall probe looks whether it moved
+        self._last_rx = 0.0  # loop time of the last frame received (the stall probe reads it)
+        self._clock = time.monotonic  # the loop's clock once connected
 
     # ------------------------------------------------------------------ session
 
@@ -198,6 +199,7 @@ class TencentConnector(Session):
         await self._ensure_token()
         await self._list_devices()
         opts = self.options
+        self._clock = asyncio.get_running_loop().time
         self._conn = conn = await wsclient.connect(
             opts.ws_url,
             open_timeout=opts.request_timeout,
@@ -237,9 +239,9 @@ class TencentConnector(Session):
         loop = asyncio.get_running_loop()
         next_refresh = loop.time() + opts.refresh_interval if opts.refresh_interval else None
         half = opts.stall_timeout / 2
-        next_probe = loop.time() + half if half else None
-        rx_seen = self._rx
+        self._last_rx = loop.time()
         while True:
+            next_probe = self._last_rx + half if half else None
             # Time the next heartbeat from the last one sent, not from when a (possibly long,
             # rate-paced) resync ended: at mass start-up the gap otherwise nears the server's
             # 90 s trace timeout.
@@ -262,9 +264,7 @@ class TencentConnector(Session):
                 # Stall detection: a socket can keep answering WebSocket pings while the cloud
                 # holds every frame. Nothing arrived for half the bound: an application round
                 # trip must come back within the other half, or the link is dead.
-                if self._rx == rx_seen:
-                    await self._probe(half)
-                rx_seen, next_probe = self._rx, loop.time() + half
+                await self._probe(half)
                 continue
             if self._refresh or (next_refresh is not None and loop.time() >= next_refresh):
                 self._refresh = False
@@ -383,7 +383,7 @@ class TencentConnector(Session):
         """Every frame, straight from the socket's read (no task, no await; the connection
         pauses reading while the MQTT side is congested)."""
         ctx = self.ctx
-        self._rx += 1
+        self._last_rx = self._clock()
         # Fast path: a property report becomes its StateChange in one compiled call;
         # every other frame (and anything malformed) takes the full, error-wording path.
         report = ws.decode_report(message, now_ms=time.time_ns() // 1_000_000)
