@@ -76,12 +76,8 @@ def _free_port() -> int:
 
 async def test_official_client_logs_in_and_handshakes_with_the_emulator(peer: None) -> None:
     port, ws_port = _free_port(), _free_port()
-    # ``cloud2mqtt simulate coolkit …`` through the CLI's own parser and command (the launcher
-    # only picks the event loop, so it runs on any Python the package supports).
-    launcher = (
-        "import asyncio, sys; from gateway import cli; "
-        "asyncio.run(cli._cmd_simulate(cli.build_parser().parse_args(sys.argv[1:])))"
-    )
+    # ``cloud2mqtt simulate coolkit …`` through the CLI's own entry point.
+    launcher = "import sys; from gateway import cli; sys.exit(cli.main(sys.argv[1:]))"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", launcher, "simulate", "coolkit", "--port", str(port), "--ws-port", str(ws_port),
         "--rate-min-interval", "0.01", "--user-online-interval", "0.01",
