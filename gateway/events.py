@@ -149,6 +149,11 @@ class EventBus:
 
         return unsubscribe
 
+    def handlers(self, kind: type[E]) -> list[Callable[[E], None]]:
+        """The live list of ``kind``'s handlers, for an emitter on the hot path to call
+        directly (it must call each in order and let none raise; ``emit`` is the safe way)."""
+        return self._handlers.setdefault(kind, [])
+
     def wants(self, kind: type) -> bool:
         """Whether anyone listens for ``kind`` (skip building an event nobody reads)."""
         return bool(self._handlers.get(kind))

@@ -34,14 +34,14 @@ import orjson
 import _speedups
 from protocols.model import CommandError, CommandResult
 
-from .consumers.metrics import Metrics
 from .events import AccountLinkChanged, EventBus, MqttConnected
-from .http import HttpEndpoints
 from .logflags import DEBUG, current_level, refresh, set_level
 from .redact import redact
 
 if TYPE_CHECKING:
     from .app import Gateway
+    from .consumers.metrics import Metrics
+    from .http import HttpEndpoints
 
 __all__ = ["LOG_RATE", "BridgeLogHandler", "Observability", "Readiness", "attach", "build_info"]
 
@@ -241,6 +241,10 @@ class Observability:
         self.http: HttpEndpoints | None = None
         self.readiness = Readiness(gateway.bus, gateway.mqtt, gateway.account_keys)
         if http.listen:
+            # imported only when serving: prometheus-client and aiohttp.web cost ~5 MiB
+            from .consumers.metrics import Metrics
+            from .http import HttpEndpoints
+
             self.metrics = Metrics(
                 bus=gateway.bus,
                 health=gateway.health,

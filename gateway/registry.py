@@ -11,6 +11,7 @@ was accepted, so they can count what was not (stale values).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -28,6 +29,8 @@ from .events import (
 from .records import DeviceRecord
 from .topics import Topics
 
+log = logging.getLogger("cloud2mqtt.registry")
+
 __all__ = ["DeviceRecord", "Registry"]
 
 
@@ -37,6 +40,7 @@ class Registry:
     def __init__(self, topics: Topics, bus: EventBus) -> None:
         self.topics = topics
         self.bus = bus
+        self._on_state = bus.handlers(StateChanged)
         self._devices: dict[tuple[str, str], DeviceRecord] = {}
         self._by_account: dict[tuple[str, str], dict[str, DeviceRecord]] = {}
 
@@ -92,21 +96,7 @@ class Registry:
         precision_ms: int = 1,
     ) -> tuple[dict[str, Any], int]:
         """Merge newer values; emit ``StateChanged`` with what changed; return what changed
-        and how many values were older than the stored ones (and so dropped)."""
-        changed, stale = self.merge_state(rec, props, ts, prop_ts, precision_ms)
-        if changed:
-            self.bus.emit(StateChanged(rec, changed, ts, precision_ms))
-        return changed, stale
-
-    @staticmethod
-    def merge_state(
-        rec: DeviceRecord,
-        props: Mapping[str, Any],
-        ts: int,
-        prop_ts: Mapping[str, int] | None,
-        precision_ms: int = 1,
-    ) -> tuple[dict[str, Any], int]:
-        """The merge rule alone (no event).
+        and how many values were older than the stored ones (and so dropped).
 
         A value is dropped as stale when its time is older than the stored one, compared at
         ``precision_ms`` (the resolution the vendor gives this update's times): a report stamped
@@ -132,6 +122,14 @@ class Registry:
                 changed[key] = value
         if ts > rec.last_seen and (changed or not stale):
             rec.last_seen = ts
+        if changed:
+            # the hot path: the bus's handler list for StateChanged, without emit's lookup
+            event = StateChanged(rec, changed, ts, precision_ms)
+            for handler in self._on_state:
+                try:
+                    handler(event)
+                except Exception:
+                    log.exception("StateChanged handler %r failed", handler)
         return changed, stale
 
     def apply_availability(

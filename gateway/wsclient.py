@@ -111,6 +111,7 @@ class WsConnection(asyncio.Protocol):
         "_transport",
         "_waiters",
         "flow",
+        "last_message",
         "ping_interval",
     )
 
@@ -137,6 +138,8 @@ class WsConnection(asyncio.Protocol):
         self._resumer: asyncio.Task[None] | None = None
         self._ticker: _Ticker | None = None
         self._seen = False  # anything received since the last keepalive tick
+        #: loop time a read last brought whole messages (stamped once per read, not per message)
+        self.last_message = self._loop.time()
         self._pongs = 0
         self._idle_ticks = 0
 
@@ -155,6 +158,8 @@ class WsConnection(asyncio.Protocol):
         if not self._opened.done() and core.state == OPEN:  # the upgrade just completed
             self._opened.set_result(None)
             self._arm_keepalive()
+        if messages:
+            self.last_message = self._loop.time()
         handler = self._on_message
         if handler is not None:
             for message in messages:

@@ -189,8 +189,6 @@ class TencentConnector(Session):
         self._tag = secrets.token_hex(3)
         self._hb_failures = 0
         self._last_hb = 0.0  # loop time the last trace heartbeat was sent
-        self._last_rx = 0.0  # loop time of the last frame received (the stall probe reads it)
-        self._clock = time.monotonic  # the loop's clock once connected
 
     # ------------------------------------------------------------------ session
 
@@ -199,7 +197,6 @@ class TencentConnector(Session):
         await self._ensure_token()
         await self._list_devices()
         opts = self.options
-        self._clock = asyncio.get_running_loop().time
         self._conn = conn = await wsclient.connect(
             opts.ws_url,
             open_timeout=opts.request_timeout,
@@ -239,9 +236,8 @@ class TencentConnector(Session):
         loop = asyncio.get_running_loop()
         next_refresh = loop.time() + opts.refresh_interval if opts.refresh_interval else None
         half = opts.stall_timeout / 2
-        self._last_rx = loop.time()
         while True:
-            next_probe = self._last_rx + half if half else None
+            next_probe = conn.last_message + half if half else None
             # Time the next heartbeat from the last one sent, not from when a (possibly long,
             # rate-paced) resync ended: at mass start-up the gap otherwise nears the server's
             # 90 s trace timeout.
@@ -383,7 +379,6 @@ class TencentConnector(Session):
         """Every frame, straight from the socket's read (no task, no await; the connection
         pauses reading while the MQTT side is congested)."""
         ctx = self.ctx
-        self._last_rx = self._clock()
         # Fast path: a property report becomes its StateChange in one compiled call;
         # every other frame (and anything malformed) takes the full, error-wording path.
         report = ws.decode_report(message, now_ms=time.time_ns() // 1_000_000)
