@@ -509,9 +509,12 @@ def map_device(
             "name": "Event",
             "state_topic": f"{topic}/event",
             "event_types": events,
+            # Only the schema's event types: anything else on the event topic renders empty,
+            # which Home Assistant ignores instead of warning about an invalid type.
             "value_template": (
+                f"{{% if value_json.event in {json.dumps(events)} %}}"
                 "{{ {'event_type': value_json.event, 'level': value_json.level,"
-                " 'params': value_json.params} | tojson }}"
+                " 'params': value_json.params} | tojson }}{% endif %}"
             ),
             "unique_id": f"{uid}_events",
         }

@@ -285,6 +285,15 @@ class HomeAssistant(_Process):
                 raise RuntimeError(f"template -> {resp.status}: {text}")
         return list(json.loads(text))
 
+    def problems(self) -> list[str]:
+        """Warnings and errors Home Assistant logged about MQTT entities or their templates."""
+        text = _tail(self.config_dir / "home-assistant.log", 10_000_000)
+        return [
+            line for line in text.splitlines()
+            if (" WARNING " in line or " ERROR " in line)
+            and ("components.mqtt" in line or "helpers.template" in line)
+        ]
+
     async def close(self) -> None:
         if self.session is not None:
             await self.session.close()
