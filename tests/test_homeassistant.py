@@ -324,3 +324,72 @@ def test_unmapped_logged_once_per_device(caplog: pytest.LogCaptureFixture) -> No
         c.device_changed(rec)
     lines = [r.getMessage() for r in caplog.records if "not mapped" in r.getMessage()]
     assert lines == ["homeassistant: aliyun account home device a1: not mapped: action Blink (has input parameters)"]
+
+
+def test_disabled_clears_what_an_earlier_run_published(tmp_path: Path) -> None:
+    sink = Sink()
+    first = consumer(sink, tmp_path)
+    first.device_changed(record("tencent", "P/l1", TENCENT_LIGHT))
+    first.stop()  # writes the state file
+    topics = [t for t, *_ in sink.sent]
+    sink.sent.clear()
+    off = HomeAssistantDiscovery(
+        None, HomeAssistantSettings(enabled=False), bridge_state_topic=BRIDGE, publish=sink,
+        subscribe=lambda t, cb: None, state_file=tmp_path / "homeassistant.json", origin=ORIGIN,
+    )
+    off.start()
+    assert sink.sent == [(t, b"", True, 1) for t in topics]
+    sink.sent.clear()
+    off.start()  # nothing left to clear
+    assert sink.sent == []
+
+
+def _bus() -> Any:
+    events = pytest.importorskip("gateway.events", reason="the event bus lands with the core redesign")
+    return events, events.EventBus()
+
+
+def test_start_follows_the_bus_and_stop_leaves_it(tmp_path: Path) -> None:
+    events, bus = _bus()
+    sink = Sink()
+    subscribed: list[str] = []
+    c = HomeAssistantDiscovery(
+        bus, HomeAssistantSettings(enabled=True), bridge_state_topic=BRIDGE, publish=sink,
+        subscribe=lambda t, cb: subscribed.append(t), origin=ORIGIN,
+    )
+    rec = record("tencent", "P/l1", TENCENT_LIGHT)
+    c.start()
+    assert subscribed == ["homeassistant/status"]
+    bus.emit(events.DeviceAdded(rec))
+    ((topic, _, _, _),) = sink.sent
+    bus.emit(events.DeviceRemoved(rec))
+    assert sink.sent[-1] == (topic, b"", True, 1)
+    c.stop()
+    bus.emit(events.DeviceAdded(rec))
+    assert len(sink.sent) == 2
+
+
+def test_mode_switch_clears_the_old_form_on_start(tmp_path: Path) -> None:
+    _, bus = _bus()
+    sink = Sink()
+    rec = record("tencent", "P/l1", TENCENT_LIGHT)
+    entity = HomeAssistantDiscovery(
+        bus, HomeAssistantSettings(enabled=True, discovery="entity"), bridge_state_topic=BRIDGE,
+        publish=sink, subscribe=lambda t, cb: None, state_file=tmp_path / "ha.json",
+        devices=lambda: [rec], origin=ORIGIN,
+    )
+    entity.start()
+    entity.stop()
+    old = {t for t, p, *_ in sink.sent if p}
+    assert len(old) == 2
+    sink.sent.clear()
+    device = HomeAssistantDiscovery(
+        bus, HomeAssistantSettings(enabled=True, discovery="device"), bridge_state_topic=BRIDGE,
+        publish=sink, subscribe=lambda t, cb: None, state_file=tmp_path / "ha.json",
+        devices=lambda: [rec], origin=ORIGIN,
+    )
+    device.start()
+    cleared = {t for t, p, *_ in sink.sent if not p}
+    published = {t for t, p, *_ in sink.sent if p}
+    assert cleared == old and len(published) == 1 and "/device/" in next(iter(published))
+    device.stop()

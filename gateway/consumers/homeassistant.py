@@ -648,13 +648,15 @@ class HomeAssistantDiscovery:
 
     # ---- start / stop ------------------------------------------------------------------------
     def start(self) -> None:
-        from .. import events as ev  # the bus lands with the core redesign
-
         previous = self._load_previous()
         if not self.settings.enabled:
+            # Turned off: clear what an earlier run published, then stay silent.
             self._clear(previous)
-            self._write_state([])
+            if previous:
+                self._write_state([])
             return
+        from .. import events as ev  # the bus lands with the core redesign
+
         self._unsubscribe = [
             self.bus.subscribe(ev.DeviceAdded, lambda e: self.device_changed(e.record)),
             self.bus.subscribe(ev.SchemaChanged, lambda e: self.device_changed(e.record)),
