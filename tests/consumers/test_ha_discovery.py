@@ -77,10 +77,10 @@ async def entity_of(ha: HomeAssistant, uid: str, domain: str, name_suffix: str =
 @pytest.mark.parametrize("mode", ["device", "entity"])
 async def test_emulated_devices_in_home_assistant(
     mode: str,
+    clouds: tuple[TencentCloud, AliyunCloud, CoolkitCloud],
     home_assistant: HomeAssistant,
     gateway_factory: Any,
     probe: Probe,
-    clouds: tuple[TencentCloud, AliyunCloud, CoolkitCloud],
 ) -> None:
     tencent, aliyun, coolkit = clouds
     await gateway_factory([
