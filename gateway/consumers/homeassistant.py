@@ -32,12 +32,12 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 import orjson
 
-if TYPE_CHECKING:
-    from ..registry import DeviceRecord
+from ..events import DeviceAdded, DeviceRemoved, EventBus, MqttConnected, SchemaChanged
+from ..records import DeviceRecord
 
 __all__ = [
     "LIGHT_NAMES",
@@ -601,7 +601,13 @@ def _origin() -> dict[str, Any]:
     return {"name": "cloud2mqtt", "sw": sw}
 
 
-Publish = Callable[[str, bytes, bool, int], None]
+class Publish(Protocol):
+    """``MqttClient.publish`` fits: called as ``publish(topic, payload, qos=1, retain=True)``."""
+
+    def __call__(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> Any: ...
+
+
+#: ``subscribe(topic, callback)``; the callback gets ``(topic, payload)`` on the event loop.
 Subscribe = Callable[[str, Callable[[str, bytes], None]], Any]
 
 
@@ -620,7 +626,7 @@ class HomeAssistantDiscovery:
 
     def __init__(
         self,
-        bus: Any,
+        bus: EventBus | None,
         settings: HomeAssistantSettings,
         *,
         bridge_state_topic: str,
@@ -655,14 +661,13 @@ class HomeAssistantDiscovery:
             if previous:
                 self._write_state([])
             return
-        from .. import events as ev  # the bus lands with the core redesign
-
-        self._unsubscribe = [
-            self.bus.subscribe(ev.DeviceAdded, lambda e: self.device_changed(e.record)),
-            self.bus.subscribe(ev.SchemaChanged, lambda e: self.device_changed(e.record)),
-            self.bus.subscribe(ev.DeviceRemoved, lambda e: self.device_removed(e.record)),
-            self.bus.subscribe(ev.MqttConnected, lambda e: self.republish_all()),
-        ]
+        if self.bus is not None:
+            self._unsubscribe = [
+                self.bus.subscribe(DeviceAdded, lambda e: self.device_changed(e.record)),
+                self.bus.subscribe(SchemaChanged, lambda e: self.device_changed(e.record)),
+                self.bus.subscribe(DeviceRemoved, lambda e: self.device_removed(e.record)),
+                self.bus.subscribe(MqttConnected, lambda e: self.republish_all()),
+            ]
         self._subscribe(self.settings.status, self.on_status)
         for rec in self._devices():
             self.device_changed(rec, save=False)
@@ -720,17 +725,17 @@ class HomeAssistantDiscovery:
         new_topics = {t for t, _ in new}
         for topic in old:
             if topic not in new_topics:
-                self._publish(topic, b"", True, 1)
+                self._publish(topic, b"", qos=1, retain=True)
         for topic, payload in new:
             if old.get(topic) != payload:
-                self._publish(topic, payload, True, 1)
+                self._publish(topic, payload, qos=1, retain=True)
         if save:
             self._schedule_save()
 
     def device_removed(self, rec: DeviceRecord) -> None:
         """Empty retained configs: Home Assistant removes the device and its entities."""
         for topic, _ in self.configs.pop((rec.vendor, rec.device), ()):
-            self._publish(topic, b"", True, 1)
+            self._publish(topic, b"", qos=1, retain=True)
         self._logged_unmapped.discard((rec.vendor, rec.device))
         self._schedule_save()
 
@@ -751,7 +756,7 @@ class HomeAssistantDiscovery:
         self._republish = None
         end = min(start + max(1, self.settings.batch), len(pending))
         for topic, payload in pending[start:end]:
-            self._publish(topic, payload, True, 1)
+            self._publish(topic, payload, qos=1, retain=True)
             self.republished += 1
         if end < len(pending):
             loop = asyncio.get_running_loop()
@@ -777,7 +782,7 @@ class HomeAssistantDiscovery:
 
     def _clear(self, topics: Iterable[str]) -> None:
         for topic in topics:
-            self._publish(topic, b"", True, 1)
+            self._publish(topic, b"", qos=1, retain=True)
 
     def _schedule_save(self) -> None:
         if self.state_file is None or self._save is not None:

@@ -7,6 +7,7 @@ timeout names the unmet condition together with the process's log tail.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 import aiohttp
 
 from gateway.mosquitto import free_port
+from tests.helpers import eventually as shared_eventually
 
 T = TypeVar("T")
 
@@ -32,24 +34,27 @@ async def eventually(
     interval: float = 0.1,
     context: Callable[[], str] | None = None,
 ) -> T:
-    """Poll ``probe`` until it returns something truthy; fail naming ``what`` otherwise."""
-    deadline = time.monotonic() + timeout
-    last_exc: BaseException | None = None
-    while True:
+    """``tests.helpers.eventually`` for a process that is still coming up: a probe that fails
+    to connect counts as "not yet", and a timeout also shows ``context()`` (a log tail)."""
+    last_exc: list[BaseException] = []
+
+    async def tolerant() -> T | None:
         try:
             result = probe()
-            if asyncio.iscoroutine(result):
+            if inspect.isawaitable(result):
                 result = await result
-            if result:
-                return result  # type: ignore[return-value]
+            return result  # type: ignore[return-value]
         except (aiohttp.ClientError, OSError, ValueError, KeyError) as exc:
-            last_exc = exc
-        if time.monotonic() > deadline:
-            extra = f"\nlast error: {last_exc!r}" if last_exc else ""
-            if context is not None:
-                extra += "\n" + context()
-            raise TimeoutError(f"not within {timeout}s: {what}{extra}")
-        await asyncio.sleep(interval)
+            last_exc[:] = [exc]
+            return None
+
+    try:
+        return await shared_eventually(tolerant, what, timeout=timeout, interval=interval)  # type: ignore[no-any-return]
+    except AssertionError as exc:
+        extra = f"\nlast error: {last_exc[0]!r}" if last_exc else ""
+        if context is not None:
+            extra += "\n" + context()
+        raise AssertionError(f"{exc}{extra}") from None
 
 
 def _tail(path: Path, n: int = 4000) -> str:

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
+from emulators.aliyun import LIGHT_PK, SENSOR_PK, AliyunCloud
+from emulators.coolkit import CoolkitCloud
+from emulators.tencent import TencentCloud
 from gateway.consumers.homeassistant import device_config, entity_configs, unique_id
-from gateway.simulators.aliyun import LIGHT_PK, SENSOR_PK, AliyunCloud
-from gateway.simulators.coolkit import CoolkitCloud
-from gateway.simulators.tencent import TencentCloud
 
 from ..conftest import Probe
 from .harness import HomeAssistant, eventually
@@ -27,10 +27,9 @@ pytestmark = pytest.mark.consumer
 
 BRIDGE = "cloud2mqtt/bridge/state"
 ORIGIN = {"name": "cloud2mqtt", "sw": "test"}
-COOLKIT_CLOUD: dict[str, Any] = {
-    "rate_min_interval": 0.02, "rate_window": 5.0, "user_online_interval": 0.05,
-    "hb_interval": 1.0, "hb_grace": 0.5,
-}  # fmt: skip
+# The CoolKit heartbeat stays at its default: Home Assistant shares the 2 cores, and a 1 s
+# heartbeat is then lost now and then, which only adds reconnects to this test.
+COOLKIT_CLOUD: dict[str, Any] = {"rate_min_interval": 0.02, "rate_window": 5.0, "user_online_interval": 0.05}
 
 
 @pytest.fixture
@@ -86,8 +85,7 @@ async def test_emulated_devices_in_home_assistant(
     await gateway_factory([
         tencent.account_config("home", heartbeat=0.5),
         aliyun.account_config("home", reconnect_min=0.05, reconnect_max=0.2),
-        coolkit.account_config("home", backoff_base=0.05, backoff_cap=0.2, heartbeat_grace=0.5,
-                               command_interval=0.0),
+        coolkit.account_config("home", backoff_base=0.05, backoff_cap=0.2, command_interval=0.0),
     ])
     want = len(tencent.device_ids()) + len(aliyun.device_ids())
     devices = await probe.wait_for(
@@ -173,3 +171,4 @@ async def test_emulated_devices_in_home_assistant(
 
 async def _domains_match(ha: HomeAssistant, uid: str, domains: set[str]) -> bool:
     return {e.split(".")[0] for e in await ha.entities_of_device(uid)} == domains
+

@@ -3,8 +3,8 @@ status topic gets every config published again (a live subscriber sees them with
 configs are retained, so "entities are back after a restart" alone would pass without birth
 handling), and a removed device's empty retained config makes Home Assistant drop it.
 
-The consumer is driven with the gateway's own registry records; once it is wired to the event
-bus (gateway/events.py) the same assertions hold with the bus driving it.
+The consumer is driven with the gateway's own registry records; once the gateway wires it to
+its event bus, the same assertions hold with the bus driving it.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 
+from emulators.tencent import TencentCloud
 from gateway.consumers.homeassistant import HomeAssistantDiscovery, HomeAssistantSettings, unique_id
-from gateway.simulators.tencent import TencentCloud
 
 from ..conftest import Probe
 from .harness import HomeAssistant, eventually
@@ -45,7 +45,7 @@ class PahoLink:
         self.client.connect(host, port)
         self.client.loop_start()
 
-    def publish(self, topic: str, payload: bytes, retain: bool, qos: int) -> None:
+    def publish(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> None:
         self.client.publish(topic, payload, qos=qos, retain=retain)
 
     def subscribe(self, topic: str, callback: Any) -> None:

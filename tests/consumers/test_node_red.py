@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.simulators.tencent import TencentCloud
+from emulators.tencent import TencentCloud
 from gateway.topics import encode_id
 
 from ..conftest import Probe

@@ -23,7 +23,8 @@ from gateway.consumers.homeassistant import (
     map_device,
     unique_id,
 )
-from gateway.registry import DeviceRecord
+from gateway.events import DeviceAdded, DeviceRemoved, EventBus
+from gateway.records import DeviceRecord
 from gateway.topics import Topics
 from protocols.model import ActionSpec, DeviceInfo, EventSpec, Property, Schema
 
@@ -250,14 +251,14 @@ def test_entity_configs_one_topic_per_entity() -> None:
         assert "p" not in cfg and cfg["dev"]["ids"] == [uid] and cfg["availability_mode"] == "all"
 
 
-# ---- the consumer's decisions (its bus wiring is tested once gateway/events.py lands) --------
+# ---- the consumer's decisions ----------------------------------------------------------------
 
 
 class Sink:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, bool, int]] = []
 
-    def __call__(self, topic: str, payload: bytes, retain: bool, qos: int) -> None:
+    def __call__(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> None:
         self.sent.append((topic, payload, retain, qos))
 
 
@@ -344,13 +345,8 @@ def test_disabled_clears_what_an_earlier_run_published(tmp_path: Path) -> None:
     assert sink.sent == []
 
 
-def _bus() -> Any:
-    events = pytest.importorskip("gateway.events", reason="the event bus lands with the core redesign")
-    return events, events.EventBus()
-
-
 def test_start_follows_the_bus_and_stop_leaves_it(tmp_path: Path) -> None:
-    events, bus = _bus()
+    bus = EventBus()
     sink = Sink()
     subscribed: list[str] = []
     c = HomeAssistantDiscovery(
@@ -360,17 +356,17 @@ def test_start_follows_the_bus_and_stop_leaves_it(tmp_path: Path) -> None:
     rec = record("tencent", "P/l1", TENCENT_LIGHT)
     c.start()
     assert subscribed == ["homeassistant/status"]
-    bus.emit(events.DeviceAdded(rec))
+    bus.emit(DeviceAdded(rec))
     ((topic, _, _, _),) = sink.sent
-    bus.emit(events.DeviceRemoved(rec))
+    bus.emit(DeviceRemoved(rec))
     assert sink.sent[-1] == (topic, b"", True, 1)
     c.stop()
-    bus.emit(events.DeviceAdded(rec))
+    bus.emit(DeviceAdded(rec))
     assert len(sink.sent) == 2
 
 
 def test_mode_switch_clears_the_old_form_on_start(tmp_path: Path) -> None:
-    _, bus = _bus()
+    bus = EventBus()
     sink = Sink()
     rec = record("tencent", "P/l1", TENCENT_LIGHT)
     entity = HomeAssistantDiscovery(
