@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from .bridge import BridgeRequests
 from .commands import CommandHandler
 from .config import AccountConfig, Config, ensure_state_dir
 from .connectors.base import Connector
+from .consumers.homeassistant import HomeAssistantDiscovery, HomeAssistantSettings
 from .events import EventBus, MqttConnected
 from .health import Health
 from .link import AccountLink, LinkState
@@ -84,7 +86,7 @@ class Gateway:
         self.tokens = tokens or TokenStore(Path(config.gateway.state_dir) / "tokens.json")
         self.accounts = [a for a in config.accounts if a.enabled]
         self._running: dict[AccountKey, _Account] = {}
-        self._background: list[asyncio.Task[None]] = []
+        self._background: list[asyncio.Task[Any]] = []
         self._http: aiohttp.ClientSession | None = None
         m = config.mqtt
         link_settings: dict[str, Any] = {
@@ -127,6 +129,22 @@ class Gateway:
             timeout=config.gateway.command_timeout,
             check_topic=check_publish_topic,
         )
+        ha = config.homeassistant
+        self._routes: dict[str, Callable[[str, bytes], None]] = {}
+        self.homeassistant = HomeAssistantDiscovery(
+            self.bus,
+            HomeAssistantSettings(
+                enabled=ha.enabled,
+                discovery="entity" if ha.discovery == "entity" else "device",
+                prefix=ha.prefix,
+                status_topic=ha.status_topic,
+            ),
+            bridge_state_topic=self.topics.bridge("state"),
+            publish=self.mqtt.publish,
+            subscribe=self._subscribe_route,
+            state_file=Path(config.gateway.state_dir) / "homeassistant.json",
+            devices=lambda: iter(self.registry),
+        )
         self.observability = attach(self)  # /metrics, /healthz, /readyz, bridge/info, logging
 
     # ------------------------------------------------------------------ lifecycle
@@ -149,6 +167,7 @@ class Gateway:
             connector=aiohttp.TCPConnector(limit=200, ttl_dns_cache=300),
         )
         self.publisher.start()
+        self.homeassistant.start()
         await self.observability.start()
         for account in self.accounts:
             self.start_account(account)
@@ -164,6 +183,7 @@ class Gateway:
         """Stop every account, say goodbye on MQTT and disconnect. ``leave_no_trace`` clears
         every retained topic the gateway wrote instead of leaving them (the demo)."""
         await self.observability.stop()
+        self.homeassistant.stop()
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -268,7 +288,17 @@ class Gateway:
     # ------------------------------------------------------------------ MQTT side
 
     def _on_message(self, topic: str, payload: bytes, props: dict[str, Any]) -> None:
+        route = self._routes.get(topic)
+        if route is not None:
+            route(topic, payload)
+            return
         self.commands.on_message(topic, payload, props)
+
+    def _subscribe_route(self, topic: str, callback: Callable[[str, bytes], None]) -> None:
+        """A consumer's own subscription (Home Assistant's status topic) on the main link."""
+        self._routes[topic] = callback
+        task = asyncio.get_running_loop().create_task(self.mqtt.subscribe([(topic, 1)]))
+        self._background.append(task)
 
     async def _on_mqtt_connect(self) -> None:
         """Every (re)connect: announce ourselves and republish every retained topic."""

@@ -41,6 +41,7 @@ __all__ = [
     "AccountConfig",
     "Config",
     "GatewayConfig",
+    "HomeAssistantConfig",
     "HttpConfig",
     "MqttConfig",
     "VendorTable",
@@ -126,6 +127,17 @@ class HttpConfig:
 
 
 @dataclass(slots=True)
+class HomeAssistantConfig:
+    """``[homeassistant]``: MQTT discovery (gateway/consumers/homeassistant.py); off by default
+    so that users who wrote YAML by hand get no duplicates on upgrade."""
+
+    enabled: bool = False
+    discovery: str = "device"  # "device" (Home Assistant >= 2024.11) or "entity"
+    prefix: str = "homeassistant"
+    status_topic: str = ""  # "": <prefix>/status
+
+
+@dataclass(slots=True)
 class Config:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
@@ -133,6 +145,7 @@ class Config:
     #: problems that do not stop the gateway (an empty file, no enabled account)
     warnings: list[str] = field(default_factory=list)
     http: HttpConfig = field(default_factory=HttpConfig)
+    homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,6 +391,7 @@ def _parse(
     gw_raw = top.get("gateway", dict, {})
     accounts_raw = top.get("accounts", list, [])
     http_raw = top.get("http", dict, {})
+    ha_raw = top.get("homeassistant", dict, {})
     top.finish()
 
     cfg = Config()
@@ -385,6 +399,7 @@ def _parse(
     _parse_gateway(cfg.gateway, _Checker(gw_raw, "gateway", errors))
     _parse_accounts(cfg, accounts_raw, table, errors)
     _parse_http(cfg.http, _Checker(http_raw, "http", errors))
+    _parse_homeassistant(cfg.homeassistant, _Checker(ha_raw, "homeassistant", errors))
     if not cfg.accounts:
         cfg.warnings.append("no [[accounts]]: the gateway will publish nothing but bridge/*")
     elif not any(a.enabled for a in cfg.accounts):
@@ -473,6 +488,25 @@ def _parse_http(http: HttpConfig, h: _Checker) -> None:
             h.error("listen", f'expected "host:port", got {http.listen!r}')
             http.listen = None
     http.account_labels = h.get("account_labels", bool, True)
+    h.finish()
+
+
+def _parse_homeassistant(ha: HomeAssistantConfig, h: _Checker) -> None:
+    """``[homeassistant]``: ``enabled``, ``discovery``, ``prefix``, ``status_topic``."""
+    ha.enabled = h.get("enabled", bool, False)
+    mode = h.get("discovery", str, "device")
+    if mode not in ("device", "entity"):
+        h.error("discovery", f'must be "device" or "entity", got {mode!r}')
+    else:
+        ha.discovery = mode
+    for name in ("prefix", "status_topic"):
+        value = h.get(name, str, getattr(ha, name))
+        if any(c in value for c in "+#\x00") or value.startswith("/") or value.endswith("/"):
+            h.error(name, f"not a usable topic: {value!r}")
+        elif name == "prefix" and not value:
+            h.error(name, "must not be empty")
+        else:
+            setattr(ha, name, value)
     h.finish()
 
 

@@ -143,6 +143,7 @@ async def gateway_factory(
 
     async def factory(
         accounts: list[dict[str, Any]], *, connectors: Any = None,
+        homeassistant: dict[str, Any] | None = None,
         http: dict[str, Any] | None = None, **gateway_opts: Any,
     ) -> Gateway:
         opts = {
@@ -155,6 +156,8 @@ async def gateway_factory(
         raw = {"mqtt": {"url": mosquitto.url, "client_id": f"gw-{len(started)}"}, "gateway": opts, "accounts": accounts}
         if http is not None:  # [http] (gateway/http.py)
             raw["http"] = http
+        if homeassistant is not None:  # [homeassistant] (gateway/consumers/homeassistant.py)
+            raw["homeassistant"] = homeassistant
         vendors = {**VENDORS, **(connectors or {})}
         gw = Gateway(parse_config(raw, vendors=vendors))
         await gw.start()

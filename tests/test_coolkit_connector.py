@@ -376,3 +376,30 @@ async def test_many_things_are_paged(start: Any) -> None:
         r = await start(cloud.account_config())
         assert len(r.ctx.infos) == 49  # 30 + 19: two pages of /v2/device/thing
         assert sum(1 for _, e in cloud.calls if e == "GET /v2/device/thing") == 2
+
+
+async def test_a_cancellation_during_teardown_is_not_swallowed(
+    cloud: CoolkitCloud, start: Any
+) -> None:
+    """Stopping an account while its session tears down (after a lost link) must end it;
+    swallowing that cancellation made the Session reconnect forever and ``Gateway.stop()``
+    hang. The pinger here is slow to finish, so the teardown is caught while awaiting it."""
+    r = await start(cloud.account_config())
+    r.task.cancel()
+    await asyncio.gather(r.task, return_exceptions=True)
+    release = asyncio.Event()
+
+    async def slow_pinger() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await release.wait()  # takes its time to wind down
+
+    r.conn._pinger_task = asyncio.create_task(slow_pinger())
+    await asyncio.sleep(0)  # let it start
+    teardown = asyncio.create_task(r.conn.teardown())
+    await eventually(lambda: r.conn._pinger_task is None, "teardown began")
+    teardown.cancel()  # the account is stopped right now
+    release.set()
+    await asyncio.gather(teardown, return_exceptions=True)
+    assert teardown.cancelled()

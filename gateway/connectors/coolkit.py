@@ -532,8 +532,10 @@ class CoolkitConnector(Session):
         self._pinger_task = self._session = self._ws = None
         if pinger is not None:
             pinger.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await pinger
+            # wait() never raises the pinger's own CancelledError, so a cancellation of this
+            # task (the account being stopped) still propagates: suppressing it here made the
+            # Session reconnect forever and Gateway.stop() hang
+            await asyncio.wait({pinger})
         if session is not None:
             for seq in session.close():
                 fut = self._pending.pop(seq, None)

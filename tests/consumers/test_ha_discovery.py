@@ -1,9 +1,9 @@
 """Our discovery configs in a real Home Assistant 2025.4, against the real gateway and emulators.
 
-The emulated devices' descriptions come from the gateway's ``bridge/devices``; their configs
-are built by ``gateway.consumers.homeassistant`` and published retained, as the discovery
-consumer does (until the consumer is wired into the gateway, ``publish_discovery`` below
-stands in for it). Then, through Home Assistant's REST API: every device's entities exist
+The gateway runs with ``[homeassistant] enabled = true``: its discovery consumer publishes
+every emulated device's config retained (the domains expected per device are computed here
+from ``bridge/devices`` with the same pure mapping). Then, through Home Assistant's REST API:
+every device's entities exist
 with the expected domains and states, and switch/light/number/select/button service calls
 reach the emulator and come back as state — in device and in entity mode.
 """
@@ -43,19 +43,16 @@ async def clouds() -> AsyncIterator[tuple[TencentCloud, AliyunCloud, CoolkitClou
         await aliyun.stop()
 
 
-def publish_discovery(probe: Probe, devices: list[dict[str, Any]], mode: str) -> dict[str, set[str]]:
-    """Publish every device's configs; return the expected entity domains per device uid."""
+def expected_domains(devices: list[dict[str, Any]], mode: str) -> dict[str, set[str]]:
+    """The entity domains each device's configs list (the gateway publishes the configs)."""
     expected: dict[str, set[str]] = {}
     for d in devices:
         uid = unique_id(d["vendor"], d["account"], d["id"])
         if mode == "device":
-            topic, payload, _ = device_config(d, prefix="homeassistant", bridge_state_topic=BRIDGE, origin=ORIGIN)
-            probe.publish(topic, payload, retain=True)
+            _, payload, _ = device_config(d, prefix="homeassistant", bridge_state_topic=BRIDGE, origin=ORIGIN)
             domains = [c["p"] for c in payload["cmps"].values()]
         else:
             pairs, _ = entity_configs(d, prefix="homeassistant", bridge_state_topic=BRIDGE, origin=ORIGIN)
-            for topic, payload in pairs:
-                probe.publish(topic, payload, retain=True)
             domains = [t.split("/")[1] for t, _ in pairs]
         if domains:
             expected[uid] = set(domains)
@@ -86,7 +83,7 @@ async def test_emulated_devices_in_home_assistant(
         tencent.account_config("home", heartbeat=0.5),
         aliyun.account_config("home", reconnect_min=0.05, reconnect_max=0.2),
         coolkit.account_config("home", backoff_base=0.05, backoff_cap=0.2, command_interval=0.0),
-    ])
+    ], homeassistant={"enabled": True, "discovery": mode})
     want = len(tencent.device_ids()) + len(aliyun.device_ids())
     devices = await probe.wait_for(
         "cloud2mqtt/bridge/devices",
@@ -94,7 +91,7 @@ async def test_emulated_devices_in_home_assistant(
         and any(d["vendor"] == "coolkit" for d in p),
         timeout=30,
     )
-    expected = publish_discovery(probe, devices, mode)
+    expected = expected_domains(devices, mode)
     ha = home_assistant
 
     # Every device with something to show has exactly the entity domains its config lists.
