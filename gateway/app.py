@@ -184,6 +184,8 @@ class Gateway:
         every retained topic the gateway wrote instead of leaving them (the demo)."""
         await self.observability.stop()
         self.homeassistant.stop()
+        if leave_no_trace:
+            self.homeassistant.withdraw()
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)

@@ -388,6 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", type=int, default=4, help="simulated devices per vendor")
     p.add_argument("--base-topic", default="cloud2mqtt",
                    help="root of the demo's topic tree (use another one beside a real gateway)")
+    p.add_argument("--homeassistant", action="store_true",
+                   help="publish Home Assistant discovery for the emulated devices")
     p.add_argument("--force", action="store_true",
                    help="use the base topic even though bridge/state there says a gateway is online")
     _add_global_options(p)

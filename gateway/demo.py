@@ -68,6 +68,7 @@ async def run_demo(args: argparse.Namespace, stop: asyncio.Event) -> int:
                 "gateway": {"state_dir": state_dir, "health_interval": 5, "base_topic": base,
                             "instance_id": f"demo-{os.getpid()}"},
                 "accounts": [cloud.account_config(name="demo") for _, cloud in clouds],
+                "homeassistant": {"enabled": bool(args.homeassistant)},
                 "http": {"listen": "127.0.0.1:0" if port_open("127.0.0.1", 9100)
                          else "127.0.0.1:9100"},
             }
@@ -105,6 +106,9 @@ async def _show(
     minute)."""
     base = gateway.topics.base
     print(f"watch:  mosquitto_sub -h {host} -p {port} -v -t '{base}/#'")
+    if gateway.config.homeassistant.enabled:
+        prefix = gateway.config.homeassistant.prefix
+        print(f"discovery: mosquitto_sub -h {host} -p {port} -v -t '{prefix}/#'")
     if gateway.observability.http is not None:
         print(f"metrics: curl {gateway.observability.http.url}/metrics  (also /healthz, /readyz)")
     example = _toggle_example(gateway, host, port)

@@ -780,6 +780,11 @@ class HomeAssistantDiscovery:
             log.warning("homeassistant: ignoring unreadable %s: %s", self.state_file, exc)
             return []
 
+    def withdraw(self) -> None:
+        """Clear every config this consumer published (a gateway that leaves no trace)."""
+        self._clear(t for cfgs in self.configs.values() for t, _ in cfgs)
+        self.configs.clear()
+
     def _clear(self, topics: Iterable[str]) -> None:
         for topic in topics:
             self._publish(topic, b"", qos=1, retain=True)
