@@ -1,14 +1,16 @@
-"""What every emulator shares: the async-context lifecycle, the ``simulate`` serve loop (with
-``--print-config`` and a loud ``PortInUse``) and the ``/_control`` dispatcher."""
+"""What every emulator shares: the async-context lifecycle (with its HTTP site, task and server
+teardown), the ``Reject`` of a refused call, the ``simulate`` serve loop (with ``--print-config``
+and a loud ``PortInUse``) and the ``/_control`` dispatcher."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import inspect
 import socket
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, Self
 
 import orjson
@@ -16,8 +18,11 @@ from aiohttp import web
 
 __all__ = [
     "PortInUse",
+    "Reject",
     "SimulatedCloud",
     "add_common_arguments",
+    "cancel_tasks",
+    "close_server",
     "control_response",
     "serve_forever",
     "toml_accounts_block",
@@ -43,8 +48,27 @@ class PortInUse(OSError):
         return str(self.strerror)
 
 
+class Reject(Exception):
+    """A call the emulated cloud refuses: ``code`` and ``message`` go into the vendor's error
+    reply, ``extra`` into the fields some vendors add (CoolKit's ``region``)."""
+
+    def __init__(self, code: Any, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+
 class SimulatedCloud:
-    """Base of the emulated clouds: ``async with Cloud(...) as cloud`` starts and stops it."""
+    """Base of the emulated clouds: ``async with Cloud(...) as cloud`` starts and stops it.
+
+    A subclass sets ``host`` and ``port`` (0: a free port) and serves its HTTP API with
+    ``_serve_http`` in ``start`` and ``_stop_http`` in ``stop``.
+    """
+
+    host: str
+    port: int
+    _runner: web.AppRunner | None = None
 
     async def start(self) -> None:
         raise NotImplementedError
@@ -58,6 +82,37 @@ class SimulatedCloud:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    async def _serve_http(self, app: web.Application) -> None:
+        """Serve ``app`` on ``host``:``port``; a ``port`` of 0 becomes the one bound."""
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        if self.port == 0:
+            self.port = self._runner.addresses[0][1]
+
+    async def _stop_http(self) -> None:
+        """Stop what ``_serve_http`` started (nothing when it did not run)."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+async def cancel_tasks(tasks: Collection[asyncio.Task[Any]]) -> None:
+    """Cancel every one of ``tasks``, then wait until each has ended."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def close_server(server: Any) -> None:
+    """Close a listening (asyncio or websockets) server; wait two seconds at most for it."""
+    server.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(server.wait_closed(), 2)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:

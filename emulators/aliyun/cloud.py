@@ -19,7 +19,7 @@ from aiohttp import web
 from gateway.mosquitto import Mosquitto
 from gateway.mqtt.client import MqttClient
 
-from ..base import SimulatedCloud
+from ..base import SimulatedCloud, cancel_tasks
 from .faults import Faults
 from .http_api import HttpApi
 from .model import (
@@ -92,7 +92,6 @@ class AliyunCloud(DeviceModel, HttpApi, MqttChannel, Faults, SimulatedCloud):
         self._nonce_set: set[str] = set()
         self._fronts: set[Front] = set()
         self._seq = itertools.count(1)
-        self._runner: web.AppRunner | None = None
         self._front_server: asyncio.Server | None = None
         self.broker: Mosquitto | None = None
         self.client: MqttClient | None = None
@@ -128,22 +127,13 @@ class AliyunCloud(DeviceModel, HttpApi, MqttChannel, Faults, SimulatedCloud):
         app.router.add_post("/_control/{fault}", self._control)
         app.router.add_get("/_control/stats", self._stats)
         app.router.add_route("*", "/{path:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        if self.port == 0:
-            self.port = self._runner.addresses[0][1]
+        await self._serve_http(app)
         if self.push_interval:
             self._tasks.append(asyncio.create_task(self._drift(self.push_interval)))
         log.info("aliyun emulator: API %s, MQTT %s:%s", self.url, self.host, self.mqtt_port)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_tasks(self._tasks)
         self._tasks.clear()
         if self._front_server is not None:
             self._front_server.close()
@@ -152,9 +142,7 @@ class AliyunCloud(DeviceModel, HttpApi, MqttChannel, Faults, SimulatedCloud):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._front_server.wait_closed(), 2)
             self._front_server = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._stop_http()
         if self.client is not None:
             await self.client.disconnect()
             self.client = None

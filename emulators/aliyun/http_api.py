@@ -21,9 +21,9 @@ from protocols.aliyun import (
 )
 from protocols.model import RemoteProtocolError
 
+from ..base import Reject
 from .model import (
     NONCE_WINDOW_MS,
-    Reject,
     SimDevice,
     now_ms,
 )

@@ -109,13 +109,6 @@ INITIAL: dict[str, dict[str, Any]] = {
 # ----------------------------------------------------------------------------------- state
 
 
-class Reject(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 @dataclass
 class SimDevice:
     iot_id: str

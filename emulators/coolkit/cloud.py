@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections import deque
@@ -16,7 +15,7 @@ from websockets.asyncio.server import serve as ws_serve
 
 from protocols.coolkit.sign import Signer
 
-from ..base import SimulatedCloud
+from ..base import SimulatedCloud, close_server
 from .faults import Faults
 from .http_api import HttpApi
 from .model import (
@@ -91,7 +90,6 @@ class CoolkitCloud(Population, HttpApi, PushSocket, Faults, SimulatedCloud):
         self._last_call: dict[tuple[str, str], float] = {}
         self._window: dict[str, deque[float]] = {}
         self._last_online: dict[str, float] = {}
-        self._runner: web.AppRunner | None = None
         self._ws_server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         if demo:
@@ -110,13 +108,7 @@ class CoolkitCloud(Population, HttpApi, PushSocket, Faults, SimulatedCloud):
         app = web.Application()
         app.router.add_post("/_control/{fault}", self._control)
         app.router.add_route("*", "/{region}/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        if self.port == 0:
-            server: Any = site._server
-            self.port = server.sockets[0].getsockname()[1]
+        await self._serve_http(app)
         if self.push_interval:
             self._tasks.append(asyncio.create_task(self._pusher(self.push_interval)))
         log.info("coolkit emulator on %s (WebSocket port %d)", self.url, self.ws_port)
@@ -127,11 +119,8 @@ class CoolkitCloud(Population, HttpApi, PushSocket, Faults, SimulatedCloud):
         for conn in list(self.conns):
             conn.ws.transport.abort()
         if self._ws_server is not None:
-            self._ws_server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._ws_server.wait_closed(), 2)
-        if self._runner is not None:
-            await self._runner.cleanup()
+            await close_server(self._ws_server)
+        await self._stop_http()
 
     def account_config(
         self,

@@ -19,9 +19,9 @@ from websockets.exceptions import ConnectionClosed
 from protocols.coolkit.rest import RATE_LIMITED
 from protocols.coolkit.sign import canonical_query
 
+from ..base import Reject
 from .model import (
     REGIONS,
-    Reject,
     SimDevice,
     SimSession,
     SimUser,

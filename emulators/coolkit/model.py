@@ -14,14 +14,6 @@ REGIONS = ("cn", "as", "us", "eu", "test")
 Version = Literal[1, 2]
 
 
-class Reject(Exception):
-    def __init__(self, code: int, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.extra = extra
-
-
 @dataclass
 class SimUser:
     email: str

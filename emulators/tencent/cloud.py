@@ -14,7 +14,7 @@ from aiohttp import web
 from websockets.asyncio.server import Server
 from websockets.asyncio.server import serve as ws_serve
 
-from ..base import SimulatedCloud
+from ..base import SimulatedCloud, close_server
 from .faults import Faults
 from .http_api import HttpApi
 from .model import (
@@ -97,7 +97,6 @@ class TencentCloud(DeviceModel, HttpApi, PushSocket, Faults, SimulatedCloud):
         self.set_templates(templates)
         self._nul_pad = 0
         self.nul_pad(nul_pad)
-        self._runner: web.AppRunner | None = None
         self._ws_server: Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
@@ -120,12 +119,7 @@ class TencentCloud(DeviceModel, HttpApi, PushSocket, Faults, SimulatedCloud):
         app.router.add_get("/_control/state", self._state)
         app.router.add_post(API_PREFIX + "/{kind:appapi|tokenapi}", self._http)
         app.router.add_post(API_PREFIX + "/{kind:appapi|tokenapi}/{tail:.*}", self._http)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        if self.port == 0:
-            self.port = self._runner.addresses[0][1]
+        await self._serve_http(app)
         self._ws_server = await ws_serve(
             self._ws_handler, self.host, self.ws_port, compression=None, max_size=1 << 20
         )
@@ -143,17 +137,13 @@ class TencentCloud(DeviceModel, HttpApi, PushSocket, Faults, SimulatedCloud):
         for sock in list(self.sockets):
             sock.conn.transport.abort()
         if self._ws_server is not None:
-            self._ws_server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._ws_server.wait_closed(), 2)
+            await close_server(self._ws_server)
             self._ws_server = None
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._stop_http()
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)

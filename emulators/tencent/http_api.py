@@ -21,6 +21,7 @@ from protocols.tencent.sign import verify
 from protocols.tencent.template import denormalize
 from protocols.tsl import validate
 
+from ..base import Reject
 from .model import (
     ERR_ACTION,
     ERR_APP,
@@ -36,7 +37,6 @@ from .model import (
     ERR_TIMESTAMP,
     ERR_TOKEN,
     PRODUCTS,
-    Reject,
     SimDevice,
     SimToken,
     SimUser,

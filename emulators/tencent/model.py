@@ -93,13 +93,6 @@ PRODUCTS: Final = {
 SCHEMAS: Final = {pid: schema_from_template(tpl) for pid, (_, _, tpl, _) in PRODUCTS.items()}
 
 
-class Reject(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(code)
-        self.code = code
-        self.message = message
-
-
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 

@@ -18,11 +18,11 @@ from websockets.exceptions import ConnectionClosed
 from protocols.model import RemoteProtocolError
 from protocols.tencent import ws as tws
 
+from ..base import Reject
 from .faults import GARBAGE
 from .model import (
     ERR_MISSING,
     ERR_PRODUCT,
-    Reject,
     SimDevice,
     SimUser,
     now_ms,

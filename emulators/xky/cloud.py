@@ -23,7 +23,14 @@ from protocols.xky import api
 from protocols.xky.envelope import ASSUMED_ENVELOPE, encode_error, encode_ok
 from protocols.xky.records import DeviceRecord, encode_device
 
-from ..base import SimulatedCloud, add_common_arguments, control_response, serve_forever
+from ..base import (
+    Reject,
+    SimulatedCloud,
+    add_common_arguments,
+    cancel_tasks,
+    control_response,
+    serve_forever,
+)
 
 __all__ = ["XkyCloud", "add_arguments", "demo_cloud", "serve"]
 
@@ -32,13 +39,6 @@ log = logging.getLogger("cloud2mqtt.sim.xky")
 # Codes of the assumed envelope the emulator answers with (see protocols.xky.envelope).
 SESSION_INVALID = ASSUMED_ENVELOPE.session_invalid
 BAD_ARGS, FORBIDDEN, NOT_FOUND, BAD_LOGIN = 400, 403, 404, 1001
-
-
-class _Reject(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass
@@ -157,7 +157,6 @@ class XkyCloud(SimulatedCloud):
         self.faults: list[Fault] = []
         self.calls: list[Call] = []
         self._ids = itertools.count(1)
-        self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()  # ends pending "slow" replies at stop()
         for i in range(nodes):
@@ -182,12 +181,7 @@ class XkyCloud(SimulatedCloud):
         app = web.Application()
         app.router.add_post("/_control/{fault}", self._control)
         app.router.add_route("*", "/{path:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        if self.port == 0:
-            self.port = self._runner.addresses[0][1]
+        await self._serve_http(app)
         if self.change_interval:
             self._tasks.append(asyncio.create_task(self._every(self.change_interval, self._change)))
         if self.churn_interval:
@@ -196,15 +190,9 @@ class XkyCloud(SimulatedCloud):
 
     async def stop(self) -> None:
         self._stopping.set()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_tasks(self._tasks)
         self._tasks.clear()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._stop_http()
 
     def account_config(self, name: str = "demo", **overrides: Any) -> dict[str, Any]:
         """The ``[[accounts]]`` table that points a gateway at this emulator."""
@@ -360,9 +348,9 @@ class XkyCloud(SimulatedCloud):
         handler = getattr(self, "_api_" + path.strip("/"), None)
         try:
             if handler is None:
-                raise _Reject(NOT_FOUND, f"{endpoint.name} is not emulated")
+                raise Reject(NOT_FOUND, f"{endpoint.name} is not emulated")
             data = await handler(args)
-        except _Reject as exc:
+        except Reject as exc:
             return self._reply(encode_error(exc.code, exc.message))
         if args.get("source") is not True:
             # seed: "source — whether to decrypt the returned result"; without it the payload
@@ -378,16 +366,16 @@ class XkyCloud(SimulatedCloud):
         token = args.get("session")
         sess = self.sessions.get(token) if isinstance(token, str) else None
         if sess is None:
-            raise _Reject(SESSION_INVALID, "session invalid")
+            raise Reject(SESSION_INVALID, "session invalid")
         if sess.expires is not None and asyncio.get_running_loop().time() >= sess.expires:
             del self.sessions[token]  # type: ignore[arg-type]
-            raise _Reject(SESSION_INVALID, "session expired")
+            raise Reject(SESSION_INVALID, "session expired")
         return sess
 
     def _main_only(self, args: dict[str, Any]) -> SimSession:
         sess = self._session(args)
         if sess.sub is not None:
-            raise _Reject(FORBIDDEN, "not allowed for a sub-control account")
+            raise Reject(FORBIDDEN, "not allowed for a sub-control account")
         return sess
 
     def _visible(self, sess: SimSession) -> list[str]:
@@ -399,11 +387,11 @@ class XkyCloud(SimulatedCloud):
     def _device(self, sess: SimSession, args: dict[str, Any]) -> SimDevice:
         sn = args.get("sn")
         if not isinstance(sn, str) or not sn:
-            raise _Reject(BAD_ARGS, "sn is required")
+            raise Reject(BAD_ARGS, "sn is required")
         if sn not in self.devices:
-            raise _Reject(NOT_FOUND, f"no device {sn}")
+            raise Reject(NOT_FOUND, f"no device {sn}")
         if sn not in self._visible(sess):
-            raise _Reject(FORBIDDEN, f"device {sn} is not yours")
+            raise Reject(FORBIDDEN, f"device {sn} is not yours")
         return self.devices[sn]
 
     def _new_session(self, account: str, sub: str | None, ttl: float | None) -> str:
@@ -414,17 +402,17 @@ class XkyCloud(SimulatedCloud):
 
     async def _api_login(self, args: dict[str, Any]) -> Any:
         if args.get("key", api.DEFAULT_KEY) != self.key:
-            raise _Reject(BAD_LOGIN, "unknown software key")
+            raise Reject(BAD_LOGIN, "unknown software key")
         account, password, subname = (
             args.get("account"),
             args.get("password"),
             args.get("subaccount"),
         )
         if account != self.account:
-            raise _Reject(BAD_LOGIN, "wrong account or password")
+            raise Reject(BAD_LOGIN, "wrong account or password")
         if not subname:
             if password != self.password:
-                raise _Reject(BAD_LOGIN, "wrong account or password")
+                raise Reject(BAD_LOGIN, "wrong account or password")
             return {"session": self._new_session(account, None, self.session_ttl), "id": self.uid}
         for sub in self.subs.values():
             if sub.account == subname and sub.password == password:
@@ -432,7 +420,7 @@ class XkyCloud(SimulatedCloud):
                     "session": self._new_session(account, sub.id, self.session_ttl),
                     "id": sub.id,
                 }
-        raise _Reject(BAD_LOGIN, "wrong sub-account or password")
+        raise Reject(BAD_LOGIN, "wrong sub-account or password")
 
     async def _api_logout(self, args: dict[str, Any]) -> Any:
         self._session(args)
@@ -465,9 +453,9 @@ class XkyCloud(SimulatedCloud):
             or not isinstance(password, str)
             or not password
         ):
-            raise _Reject(BAD_ARGS, "account and password are required")
+            raise Reject(BAD_ARGS, "account and password are required")
         if any(s.account == account for s in self.subs.values()):
-            raise _Reject(BAD_ARGS, f"sub-account {account} exists")
+            raise Reject(BAD_ARGS, f"sub-account {account} exists")
         sub_id = str(next(self._ids))
         self.subs[sub_id] = SimSub(sub_id, account, password, str(args.get("description") or ""))
         return {"id": sub_id}
@@ -480,7 +468,7 @@ class XkyCloud(SimulatedCloud):
         self._main_only(args)
         sub = self.subs.get(str(args.get("id")))
         if sub is None:
-            raise _Reject(NOT_FOUND, "no such sub-account")
+            raise Reject(NOT_FOUND, "no such sub-account")
         return sub
 
     async def _api_get_subaccount(self, args: dict[str, Any]) -> Any:
@@ -491,10 +479,10 @@ class XkyCloud(SimulatedCloud):
         devices = args.get("devices")
         if devices is not None:
             if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
-                raise _Reject(BAD_ARGS, "devices must be an array of serial numbers")
+                raise Reject(BAD_ARGS, "devices must be an array of serial numbers")
             unknown = [d for d in devices if d not in self.devices]
             if unknown:
-                raise _Reject(NOT_FOUND, f"no device {unknown[0]}")
+                raise Reject(NOT_FOUND, f"no device {unknown[0]}")
             sub.devices = list(devices)
         if isinstance(args.get("password"), str) and args["password"]:
             sub.password = args["password"]
@@ -514,14 +502,14 @@ class XkyCloud(SimulatedCloud):
         self._main_only(args)
         node = self.nodes.get(str(args.get("id")))
         if node is None:
-            raise _Reject(NOT_FOUND, "no such node")
+            raise Reject(NOT_FOUND, "no such node")
         return node
 
     async def _api_add_node(self, args: dict[str, Any]) -> Any:
         self._main_only(args)
         serial, name = args.get("serial"), args.get("name")
         if not isinstance(serial, str) or not serial or not isinstance(name, str):
-            raise _Reject(BAD_ARGS, "serial and name are required")
+            raise Reject(BAD_ARGS, "serial and name are required")
         node_id = str(next(self._ids))
         self.nodes[node_id] = SimNode(node_id, serial, name)
         return {"id": node_id}
@@ -533,7 +521,7 @@ class XkyCloud(SimulatedCloud):
     async def _api_set_node(self, args: dict[str, Any]) -> Any:
         node = self._node(args)
         if not isinstance(args.get("name"), str):
-            raise _Reject(BAD_ARGS, "name is required")
+            raise Reject(BAD_ARGS, "name is required")
         node.name = args["name"]
         return None
 
@@ -562,12 +550,12 @@ class XkyCloud(SimulatedCloud):
         dev = self._device(self._session(args), args)
         for key in ("name", "desc"):
             if key in args and not isinstance(args[key], str):
-                raise _Reject(BAD_ARGS, f"{key} must be a string")
+                raise Reject(BAD_ARGS, f"{key} must be a string")
         tags = args.get("tags")
         if tags is not None and (
             not isinstance(tags, list) or not all(isinstance(t, str) for t in tags)
         ):
-            raise _Reject(BAD_ARGS, "tags must be an array of strings")
+            raise Reject(BAD_ARGS, "tags must be an array of strings")
         if "name" in args:
             dev.name = args["name"]
         if "desc" in args:
@@ -590,11 +578,11 @@ class XkyCloud(SimulatedCloud):
         sess = self._session(args)
         sns = args.get("sns")
         if not isinstance(sns, list) or not all(isinstance(s, str) for s in sns):
-            raise _Reject(BAD_ARGS, "sns must be an array of serial numbers")
+            raise Reject(BAD_ARGS, "sns must be an array of serial numbers")
         visible = set(self._visible(sess))
         unknown = [s for s in sns if s not in visible]
         if unknown:
-            raise _Reject(NOT_FOUND, f"no device {unknown[0]}")
+            raise Reject(NOT_FOUND, f"no device {unknown[0]}")
         self.multi = list(dict.fromkeys(sns))
         return None
 
