@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+import orjson
+
 __all__ = [
     "ACCESS",
     "EPOCH_MS_FROM",
@@ -35,6 +37,8 @@ __all__ = [
     "Schema",
     "StateChange",
     "VendorError",
+    "json_object",
+    "json_value",
 ]
 
 PropType = Literal["bool", "int", "float", "enum", "string", "timestamp", "struct", "array"]
@@ -63,6 +67,23 @@ class LocalProtocolError(ProtocolError):
 
 class RemoteProtocolError(ProtocolError):
     """The peer sent something we cannot make sense of (garbled frame, bad envelope)."""
+
+
+def json_value(data: str | bytes | bytearray, what: str) -> Any:
+    """``data`` parsed as JSON; ``RemoteProtocolError("<what> is not JSON: …")`` when it is not."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise RemoteProtocolError(f"{what} is not JSON: {exc}") from None
+
+
+def json_object(data: str | bytes | bytearray, what: str) -> dict[str, Any]:
+    """``data`` parsed as a JSON object; ``RemoteProtocolError`` ("<what> is not JSON: …" or
+    "<what> is not a JSON object") when it is not one."""
+    doc = json_value(data, what)
+    if not isinstance(doc, dict):
+        raise RemoteProtocolError(f"{what} is not a JSON object")
+    return doc
 
 
 class VendorError(Exception):

@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import orjson
 
-from ..model import ErrorCode, RemoteProtocolError, VendorError
+from ..model import ErrorCode, RemoteProtocolError, VendorError, json_value
 
 __all__ = [
     "API",
@@ -124,10 +124,7 @@ def build_request(
 
 
 def _loads(body: bytes | str) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise RemoteProtocolError(f"reply is not JSON: {exc}") from None
+    return json_value(body, "reply")
 
 
 def parse_response(status: int, body: bytes, error_message: str | None = None) -> Any:

@@ -28,7 +28,7 @@ from typing import Any, Final, NamedTuple
 
 import orjson
 
-from ..model import Availability, DeviceEvent, RemoteProtocolError, StateChange
+from ..model import Availability, DeviceEvent, RemoteProtocolError, StateChange, json_object
 
 __all__ = [
     "BIND_ACTIVE_ELSEWHERE",
@@ -313,12 +313,7 @@ def decode_app_message(topic: str, payload: bytes, now_ms: int) -> AppMessage | 
     suffix = _suffix(topic)
     if suffix not in DOWN_SUFFIXES:
         return None
-    try:
-        doc = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise RemoteProtocolError(f"push is not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise RemoteProtocolError("push is not a JSON object")
+    doc = json_object(payload, "push")
 
     if suffix in ("account/bind_reply", "account/unbind_reply"):
         code = _int(doc.get("code"))

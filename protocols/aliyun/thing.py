@@ -24,8 +24,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-import orjson
-
 from ..model import (
     ActionSpec,
     DeviceInfo,
@@ -34,6 +32,7 @@ from ..model import (
     PropType,
     RemoteProtocolError,
     Schema,
+    json_value,
 )
 
 __all__ = [
@@ -164,10 +163,7 @@ def _params(entries: Any) -> tuple[Property, ...]:
 def tsl_to_schema(tsl: Mapping[str, Any] | str | bytes) -> Schema:
     """Map a TSL document (object or JSON string) to a ``Schema``."""
     if isinstance(tsl, (str, bytes)):
-        try:
-            tsl = orjson.loads(tsl)
-        except orjson.JSONDecodeError as exc:
-            raise RemoteProtocolError(f"TSL is not JSON: {exc}") from None
+        tsl = json_value(tsl, "TSL")
     if not isinstance(tsl, Mapping):
         raise RemoteProtocolError("TSL is not an object")
     props = []

@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 import orjson
 
-from ..model import ErrorCode, RemoteProtocolError, VendorError
+from ..model import ErrorCode, RemoteProtocolError, VendorError, json_value
 from .sign import Signer, canonical_query
 
 __all__ = [
@@ -315,10 +315,7 @@ def dispatch_request(
 
 
 def _load(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise RemoteProtocolError(f"response is not JSON: {exc}") from None
+    return json_value(body, "response")
 
 
 def _int(value: Any) -> int | None:

@@ -35,7 +35,7 @@ from typing import Any, Final, Literal
 
 import orjson
 
-from ..model import LocalProtocolError, RemoteProtocolError
+from ..model import LocalProtocolError, RemoteProtocolError, json_object
 
 __all__ = [
     "DEAD_GRACE",
@@ -249,13 +249,7 @@ def parse_frame(text: str | bytes) -> dict[str, Any] | Literal["pong", "ping"]:
         return "pong"
     if stripped == PING:
         return "ping"
-    try:
-        doc = orjson.loads(stripped)
-    except orjson.JSONDecodeError as exc:
-        raise RemoteProtocolError(f"frame is not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise RemoteProtocolError("frame is not a JSON object")
-    return doc
+    return json_object(stripped, "frame")
 
 
 def heartbeat_of(config: Any, version: Version) -> Heartbeat:

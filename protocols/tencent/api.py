@@ -23,7 +23,7 @@ from typing import Any, Final
 
 import orjson
 
-from ..model import ErrorCode, LocalProtocolError, RemoteProtocolError, VendorError
+from ..model import ErrorCode, LocalProtocolError, RemoteProtocolError, VendorError, json_value
 from .sign import sign
 
 __all__ = [
@@ -246,10 +246,7 @@ def parse_response(body: bytes | str | Mapping[str, Any]) -> dict[str, Any]:
     Also accepts the ``{"code", "msg", "data"}`` envelope the official JS SDK reads.
     """
     if isinstance(body, (bytes, bytearray, str)):
-        try:
-            body = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise RemoteProtocolError(f"reply is not JSON: {exc}") from None
+        body = json_value(body, "reply")
     envelope = _object(body, "reply")
     if "Response" in envelope:
         response = dict(_object(envelope["Response"], "Response"))
@@ -274,10 +271,7 @@ def _json_field(value: object, what: str) -> Any:
     if isinstance(value, (str, bytes, bytearray)):
         if not value:
             return {}
-        try:
-            return orjson.loads(value)
-        except orjson.JSONDecodeError as exc:
-            raise RemoteProtocolError(f"{what} is not JSON: {exc}") from None
+        return json_value(value, what)
     return value if value is not None else {}
 
 

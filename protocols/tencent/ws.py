@@ -55,6 +55,7 @@ from ..model import (
     Schema,
     StateChange,
     VendorError,
+    json_object,
 )
 from ..tsl import normalize
 from .api import vendor_error
@@ -245,12 +246,7 @@ class Request:
 
 
 def parse_request(data: str | bytes) -> Request:
-    try:
-        obj = _loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise RemoteProtocolError(f"frame is not JSON: {exc}") from None
-    if not isinstance(obj, Mapping):
-        raise RemoteProtocolError("frame is not a JSON object")
+    obj = json_object(data, "frame")
     action = obj.get("action")
     if not isinstance(action, str) or not action:
         raise RemoteProtocolError("frame has no action")
@@ -281,12 +277,7 @@ class Push:
 
 def parse_frame(data: str | bytes) -> Reply | Push:
     """One server frame; ``RemoteProtocolError`` when it is neither a reply nor a push."""
-    try:
-        obj = _loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise RemoteProtocolError(f"frame is not JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise RemoteProtocolError("frame is not a JSON object")
+    obj = json_object(data, "frame")
     if obj.get("push"):
         params = obj.get("params")
         if isinstance(params, (str, bytes)):  # the seed types params as String: tolerate it
