@@ -11,7 +11,7 @@ All timestamps are integer epoch milliseconds.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -37,6 +37,7 @@ __all__ = [
     "Schema",
     "StateChange",
     "VendorError",
+    "denormalize_nested",
     "json_object",
     "json_value",
 ]
@@ -314,3 +315,17 @@ class CommandResult:
     @classmethod
     def error(cls, code: ErrorCode, message: str, vendor_code: object = None) -> CommandResult:
         return cls("error", None, code, vendor_code, message)
+
+
+def denormalize_nested(
+    prop: Property | None, value: Any, leaf: Callable[[Property | None, Any], Any]
+) -> Any:
+    """A value in a vendor's spelling: a struct's fields and an array's items are walked (each
+    with its own ``Property``), every other value is spelled by the vendor's ``leaf`` rule."""
+    if prop is not None:
+        if prop.type == "struct" and isinstance(value, Mapping):
+            by_id = {f.id: f for f in prop.fields}
+            return {k: denormalize_nested(by_id.get(k), v, leaf) for k, v in value.items()}
+        if prop.type == "array" and isinstance(value, (list, tuple)):
+            return [denormalize_nested(prop.item, v, leaf) for v in value]
+    return leaf(prop, value)

@@ -32,6 +32,7 @@ from ..model import (
     PropType,
     RemoteProtocolError,
     Schema,
+    denormalize_nested,
     json_value,
 )
 
@@ -206,7 +207,12 @@ def tsl_to_schema(tsl: Mapping[str, Any] | str | bytes) -> Schema:
 
 
 def denormalize_value(prop: Property | None, value: Any) -> Any:
-    """A validated, normalized value in the TSL's spelling: bool → 0/1, date → ms string."""
+    """A validated, normalized value in the TSL's spelling: bool → 0/1, date → ms string
+    (struct fields and array items each in theirs)."""
+    return denormalize_nested(prop, value, _denormalize_leaf)
+
+
+def _denormalize_leaf(prop: Property | None, value: Any) -> Any:
     if prop is None:
         return int(value) if isinstance(value, bool) else value
     kind = prop.type
@@ -214,11 +220,6 @@ def denormalize_value(prop: Property | None, value: Any) -> Any:
         return 1 if value else 0
     if kind == "timestamp":
         return str(int(value)) if isinstance(value, (int, float)) else value
-    if kind == "struct" and isinstance(value, Mapping):
-        by_id = {f.id: f for f in prop.fields}
-        return {k: denormalize_value(by_id.get(k), v) for k, v in value.items()}
-    if kind == "array" and isinstance(value, (list, tuple)):
-        return [denormalize_value(prop.item, v) for v in value]
     return value
 
 

@@ -38,6 +38,7 @@ from ..model import (
     PropType,
     RemoteProtocolError,
     Schema,
+    denormalize_nested,
 )
 
 __all__ = [
@@ -256,6 +257,10 @@ def schema_from_template(raw: object) -> Schema:
 
 def denormalize_value(prop: Property | None, value: Any) -> Any:
     """One validated value in Tencent's spelling: bool → 1/0, timestamp ms → s, structs recurse."""
+    return denormalize_nested(prop, value, _denormalize_leaf)
+
+
+def _denormalize_leaf(prop: Property | None, value: Any) -> Any:
     if prop is None:
         return 1 if value is True else 0 if value is False else value
     kind = prop.type
@@ -275,11 +280,6 @@ def denormalize_value(prop: Property | None, value: Any) -> Any:
             return int(value)
         except ValueError:
             return value
-    if kind == "struct" and isinstance(value, Mapping):
-        by_id = {f.id: f for f in prop.fields}
-        return {k: denormalize_value(by_id.get(k), v) for k, v in value.items()}
-    if kind == "array" and isinstance(value, (list, tuple)):
-        return [denormalize_value(prop.item, v) for v in value]
     return value
 
 
