@@ -21,7 +21,7 @@ that is not a TSL at all.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
 from ..model import (
@@ -172,38 +172,36 @@ def tsl_to_schema(tsl: Mapping[str, Any] | str | bytes) -> Schema:
         prop = _property(entry)
         if prop is not None:
             props.append(prop)
-    events = []
-    for entry in tsl.get("events") or ():
-        if not isinstance(entry, Mapping):
-            continue
-        ident = entry.get("identifier")
-        if not isinstance(ident, str) or not ident or ident in BUILTIN_EVENTS:
-            continue
-        level = entry.get("type")
-        events.append(
-            EventSpec(
-                ident,
-                str(entry.get("name") or ""),
-                level if isinstance(level, str) and level else "info",
-                _params(entry.get("outputData")),
-            )
+    events = [
+        EventSpec(
+            ident,
+            str(entry.get("name") or ""),
+            level if isinstance(level := entry.get("type"), str) and level else "info",
+            _params(entry.get("outputData")),
         )
-    actions = []
-    for entry in tsl.get("services") or ():
-        if not isinstance(entry, Mapping):
-            continue
-        ident = entry.get("identifier")
-        if not isinstance(ident, str) or not ident or ident in BUILTIN_SERVICES:
-            continue
-        actions.append(
-            ActionSpec(
-                ident,
-                str(entry.get("name") or ""),
-                _params(entry.get("inputData")),
-                _params(entry.get("outputData")),
-            )
+        for ident, entry in _declared(tsl.get("events"), BUILTIN_EVENTS)
+    ]
+    actions = [
+        ActionSpec(
+            ident,
+            str(entry.get("name") or ""),
+            _params(entry.get("inputData")),
+            _params(entry.get("outputData")),
         )
+        for ident, entry in _declared(tsl.get("services"), BUILTIN_SERVICES)
+    ]
     return Schema(tuple(props), tuple(events), tuple(actions))
+
+
+def _declared(entries: Any, builtin: frozenset[str]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """``(identifier, entry)`` of each TSL event or service that is an object with an
+    identifier and not one of the ``builtin`` ones."""
+    for entry in entries or ():
+        if not isinstance(entry, Mapping):
+            continue
+        ident = entry.get("identifier")
+        if isinstance(ident, str) and ident and ident not in builtin:
+            yield ident, entry
 
 
 def denormalize_value(prop: Property | None, value: Any) -> Any:

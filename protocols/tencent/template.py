@@ -25,7 +25,7 @@ Commands go back through ``denormalize``: Tencent devices take ``bool`` as ``1``
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final, Literal, cast
 
 import orjson
@@ -200,52 +200,47 @@ def _section(template: Mapping[str, Any], key: str) -> object:
     return value or ()
 
 
+def _entries(template: Mapping[str, Any], key: str) -> Iterator[Mapping[str, Any]]:
+    """The items of one template section (a list) that are objects with an ``id``."""
+    raw = _section(template, key)
+    if isinstance(raw, Iterable) and not isinstance(raw, (str, bytes, Mapping)):
+        for item in raw:
+            if isinstance(item, Mapping) and item.get("id"):
+                yield item
+
+
 def schema_from_template(raw: object) -> Schema:
     """Map a data template (string or object) to the normalized ``Schema``."""
     template = parse_template(raw)
     passthrough = False
     properties: list[Property] = []
-    props_raw = _section(template, "properties")
-    if isinstance(props_raw, Iterable) and not isinstance(props_raw, (str, bytes, Mapping)):
-        for item in props_raw:
-            if not isinstance(item, Mapping) or not item.get("id"):
-                continue
-            define = item.get("define") or {}
-            access: Literal["r", "rw"] = "r" if str(item.get("mode", "rw")).lower() == "r" else "rw"
-            if not isinstance(define, Mapping):
-                passthrough = True
-                continue
-            try:
-                properties.append(
-                    _property(str(item["id"]), str(item.get("name", "")), define, access)
-                )
-            except _Unknown:
-                passthrough = True
+    for item in _entries(template, "properties"):
+        define = item.get("define") or {}
+        access: Literal["r", "rw"] = "r" if str(item.get("mode", "rw")).lower() == "r" else "rw"
+        if not isinstance(define, Mapping):
+            passthrough = True
+            continue
+        try:
+            properties.append(_property(str(item["id"]), str(item.get("name", "")), define, access))
+        except _Unknown:
+            passthrough = True
     events: list[EventSpec] = []
-    events_raw = _section(template, "events")
-    if isinstance(events_raw, Iterable) and not isinstance(events_raw, (str, bytes, Mapping)):
-        for item in events_raw:
-            if not isinstance(item, Mapping) or not item.get("id"):
-                continue
-            level = str(item.get("type", "info")).lower()
-            params, _ = _params(item.get("params"), "r")
-            events.append(
-                EventSpec(
-                    str(item["id"]),
-                    str(item.get("name", "")),
-                    level if level in EVENT_LEVELS else "info",
-                    params,
-                )
+    for item in _entries(template, "events"):
+        level = str(item.get("type", "info")).lower()
+        params, _ = _params(item.get("params"), "r")
+        events.append(
+            EventSpec(
+                str(item["id"]),
+                str(item.get("name", "")),
+                level if level in EVENT_LEVELS else "info",
+                params,
             )
+        )
     actions: list[ActionSpec] = []
-    actions_raw = _section(template, "actions")
-    if isinstance(actions_raw, Iterable) and not isinstance(actions_raw, (str, bytes, Mapping)):
-        for item in actions_raw:
-            if not isinstance(item, Mapping) or not item.get("id"):
-                continue
-            inputs, _ = _params(item.get("input"), "rw")
-            outputs, _ = _params(item.get("output"), "r")
-            actions.append(ActionSpec(str(item["id"]), str(item.get("name", "")), inputs, outputs))
+    for item in _entries(template, "actions"):
+        inputs, _ = _params(item.get("input"), "rw")
+        outputs, _ = _params(item.get("output"), "r")
+        actions.append(ActionSpec(str(item["id"]), str(item.get("name", "")), inputs, outputs))
     if not properties and not events and not actions:
         passthrough = True  # nothing described: let values through rather than reject them all
     return Schema(tuple(properties), tuple(events), tuple(actions), passthrough=passthrough)
