@@ -270,6 +270,17 @@ def heartbeat_of(config: Any, version: Version) -> Heartbeat:
 # The state machine
 
 
+def _device_params(doc: Mapping[str, Any], action: str) -> tuple[str, dict[str, Any]]:
+    """``(deviceid, params)`` of an ``update`` or ``sysmsg`` frame; both must be there."""
+    deviceid = doc.get("deviceid")
+    params = doc.get("params")
+    if not isinstance(deviceid, str) or not deviceid:
+        raise RemoteProtocolError(f"{action} lacks 'deviceid'")
+    if not isinstance(params, dict):
+        raise RemoteProtocolError(f"{action} lacks a 'params' object")
+    return deviceid, params
+
+
 @dataclass(slots=True)
 class WsSession:
     """One connection's protocol state: handshake, strictly increasing sequences, pending set."""
@@ -356,22 +367,12 @@ class WsSession:
         if not isinstance(action, str):
             raise RemoteProtocolError("frame 'action' is not a string")
         if action == "update":
-            deviceid = doc.get("deviceid")
-            params = doc.get("params")
-            if not isinstance(deviceid, str) or not deviceid:
-                raise RemoteProtocolError("update lacks 'deviceid'")
-            if not isinstance(params, dict):
-                raise RemoteProtocolError("update lacks a 'params' object", )
+            deviceid, params = _device_params(doc, action)
             apikey = doc.get("apikey")
             seq = _int(doc.get("seq", doc.get("d_seq")))
             return DeviceUpdate(deviceid, params, apikey if isinstance(apikey, str) else None, seq)
         if action == "sysmsg":
-            deviceid = doc.get("deviceid")
-            params = doc.get("params")
-            if not isinstance(deviceid, str) or not deviceid:
-                raise RemoteProtocolError("sysmsg lacks 'deviceid'")
-            if not isinstance(params, dict):
-                raise RemoteProtocolError("sysmsg lacks a 'params' object")
+            deviceid, params = _device_params(doc, action)
             online = params.get("online")
             return SysMsg(deviceid, online if isinstance(online, bool) else None, params)
         return Ignored(action)
