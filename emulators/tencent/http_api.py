@@ -41,6 +41,7 @@ from .model import (
     SimToken,
     SimUser,
     now_ms,
+    required_list,
 )
 
 
@@ -223,11 +224,8 @@ class HttpApi:
         return {"DeviceList": rows, "Total": len(user.devices)}
 
     def _statuses(self, user: SimUser, body: Mapping[str, Any]) -> dict[str, Any]:
-        ids = body.get("DeviceIds")
-        if not isinstance(ids, list):
-            raise Reject(ERR_MISSING, "DeviceIds")
         out = []
-        for device in ids:
+        for device in required_list(body, "DeviceIds"):
             dev = self.devices.get(device) if isinstance(device, str) else None
             if dev is not None and dev.owner == user.uid:
                 out.append({"DeviceId": dev.device_id, "ProductId": dev.product_id,
@@ -240,11 +238,8 @@ class HttpApi:
         return {"Data": orjson.dumps(data).decode()}
 
     def _products(self, user: SimUser, body: Mapping[str, Any]) -> dict[str, Any]:
-        ids = body.get("ProductIds")
-        if not isinstance(ids, list):
-            raise Reject(ERR_MISSING, "ProductIds")
         out = []
-        for pid in ids:
+        for pid in required_list(body, "ProductIds"):
             if pid not in PRODUCTS:
                 continue
             _, name, tpl, as_string = PRODUCTS[pid]

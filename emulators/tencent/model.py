@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from protocols.model import Schema
 from protocols.tencent.template import schema_from_template
+
+from ..base import Reject
 
 ERR_SIGNATURE: Final = "InvalidParameterValue.InvalidSignature"
 ERR_TIMESTAMP: Final = "InvalidParameterValue.TimestampExpired"
@@ -95,6 +98,14 @@ SCHEMAS: Final = {pid: schema_from_template(tpl) for pid, (_, _, tpl, _) in PROD
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def required_list(body: Mapping[str, Any], key: str) -> list[Any]:
+    """``body[key]``, which a call must send as a list (``ERR_MISSING`` naming it otherwise)."""
+    value = body.get(key)
+    if not isinstance(value, list):
+        raise Reject(ERR_MISSING, key)
+    return value
 
 
 @dataclass

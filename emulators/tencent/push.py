@@ -26,6 +26,7 @@ from .model import (
     SimDevice,
     SimUser,
     now_ms,
+    required_list,
 )
 
 log = logging.getLogger("cloud2mqtt.sim.tencent")
@@ -340,9 +341,7 @@ class PushSocket:
             if action == tws.HEARTBEAT_ACTION:
                 self.stats["heartbeats"] += 1
                 user = self._user_of(inner.get("AccessToken"))
-                ids = inner.get("DeviceIds")
-                if not isinstance(ids, list):
-                    raise Reject(ERR_MISSING, "DeviceIds")
+                ids = required_list(inner, "DeviceIds")
                 foreign = [
                     d for d in ids if not (d in self.devices and self.devices[d].owner == user.uid)
                 ]

@@ -14,7 +14,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
@@ -35,6 +35,8 @@ from ..base import (
 __all__ = ["XkyCloud", "add_arguments", "demo_cloud", "serve"]
 
 log = logging.getLogger("cloud2mqtt.sim.xky")
+
+_T = TypeVar("_T")
 
 # Codes of the assumed envelope the emulator answers with (see protocols.xky.envelope).
 SESSION_INVALID = ASSUMED_ENVELOPE.session_invalid
@@ -465,11 +467,15 @@ class XkyCloud(SimulatedCloud):
         return [s.record() for s in self.subs.values()]
 
     def _sub(self, args: dict[str, Any]) -> SimSub:
+        return self._by_id(self.subs, args, "sub-account")
+
+    def _by_id(self, table: dict[str, _T], args: dict[str, Any], what: str) -> _T:
+        """The sub-account or node server ``args["id"]`` names (main account only)."""
         self._main_only(args)
-        sub = self.subs.get(str(args.get("id")))
-        if sub is None:
-            raise Reject(NOT_FOUND, "no such sub-account")
-        return sub
+        found = table.get(str(args.get("id")))
+        if found is None:
+            raise Reject(NOT_FOUND, f"no such {what}")
+        return found
 
     async def _api_get_subaccount(self, args: dict[str, Any]) -> Any:
         return self._sub(args).record()
@@ -499,11 +505,7 @@ class XkyCloud(SimulatedCloud):
     # node servers
 
     def _node(self, args: dict[str, Any]) -> SimNode:
-        self._main_only(args)
-        node = self.nodes.get(str(args.get("id")))
-        if node is None:
-            raise Reject(NOT_FOUND, "no such node")
-        return node
+        return self._by_id(self.nodes, args, "node")
 
     async def _api_add_node(self, args: dict[str, Any]) -> Any:
         self._main_only(args)
