@@ -28,6 +28,7 @@ from protocols.aliyun import (
     sign_request,
     string_to_sign,
 )
+from tests.helpers import eventually
 
 
 @pytest.fixture
@@ -144,6 +145,8 @@ class _Paho:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = lambda *a: self.disconnected.set()
         self.client.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload))
+        self.subacks: set[int] = set()
+        self.client.on_subscribe = lambda c, u, mid, *a: self.subacks.add(mid)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
 
@@ -152,19 +155,19 @@ class _Paho:
         self.connected.set()
 
     async def wait(self, event: threading.Event) -> None:
-        for _ in range(200):
-            if event.is_set():
-                return
-            await asyncio.sleep(0.025)
-        raise TimeoutError
+        await eventually(event.is_set, "the paho client's event")
+
+    async def subscribe(self, topics: list[str]) -> None:
+        """Subscribe and wait for every SUBACK (no fixed sleep)."""
+        mids = {self.client.subscribe(topic, 1)[1] for topic in topics}
+        await eventually(lambda: mids <= self.subacks, f"SUBACKs for {topics}")
 
     async def wait_message(self, suffix: str) -> bytes:
-        for _ in range(200):
-            for topic, payload in self.messages:
-                if topic.endswith(suffix):
-                    return payload
-            await asyncio.sleep(0.025)
-        raise TimeoutError(suffix)
+        def found() -> bytes | None:
+            return next((p for t, p in self.messages if t.endswith(suffix)), None)
+
+        payload: bytes = await eventually(found, f"a message on …{suffix}")
+        return payload
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -200,9 +203,7 @@ async def test_bind_push_and_bind_codes(cloud: AliyunCloud) -> None:
     try:
         await client.wait(client.connected)
         assert not client.rc[0].is_failure
-        for topic in down_topics(pk, dn):
-            client.client.subscribe(topic, 1)
-        await asyncio.sleep(0.2)
+        await client.subscribe(list(down_topics(pk, dn)))
         topic, payload = build_bind(pk, dn, "bad-token", "x", msg_id="b1")
         client.client.publish(topic, payload, 1)
         reply = orjson.loads(await client.wait_message("account/bind_reply"))

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-import asyncio
 import json
 
 from gateway.tokens import TokenStore
+from tests.helpers import eventually
 
 
 def test_atomic_0600_and_reload(tmp_path):
@@ -31,7 +31,7 @@ async def test_a_burst_of_saves_is_one_write(tmp_path):
     for i in range(1000):
         store.slot("coolkit", f"acc{i}").save({"at": str(i)})
     assert writes == 1  # the first save goes out at once, the rest are coalesced
-    await asyncio.sleep(0.35)
+    await eventually(lambda: writes == 2, "the coalesced write, once min_interval passed")
     assert writes == 2
     assert len(json.loads(path.read_text())) == 1000
     store.slot("coolkit", "late").save({"at": "x"})

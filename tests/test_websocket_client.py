@@ -27,6 +27,7 @@ from protocols.websocket import (
     accept_key,
     mask,
 )
+from tests.helpers import eventually
 
 
 def _open_core(max_size: int = 1 << 20) -> WebSocketClientCore:
@@ -320,14 +321,11 @@ async def test_backpressure_pauses_reading_until_drained() -> None:
         conn = await wsclient.connect(
             f"ws://127.0.0.1:{port}/", open_timeout=5, on_message=got.append, flow=flow
         )
-        await asyncio.sleep(0.3)
-        stalled = len(got)
-        assert flow.drains == 1 and stalled < 2000  # reading stopped, nothing buffered by us
+        await eventually(lambda: flow.drains == 1, "the connection asked to drain")
+        assert conn._transport is not None and not conn._transport.is_reading()
+        assert len(got) < 2000  # reading stopped, nothing buffered by us
         flow.released.set()
-        for _ in range(100):
-            if len(got) == 2000:
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: len(got) == 2000, "every message once drained")
         assert [m[: len(f"m{i}")] for i, m in enumerate(got)] == [f"m{i}" for i in range(2000)]
         await conn.close()
 

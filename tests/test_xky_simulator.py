@@ -15,6 +15,7 @@ from emulators.xky import XkyCloud
 from protocols.model import RemoteProtocolError, VendorError
 from protocols.xky import api, records
 from protocols.xky.envelope import SessionInvalid, parse_response
+from tests.helpers import eventually
 
 
 @pytest.fixture
@@ -89,9 +90,15 @@ async def test_sessions_are_checked_expire_and_log_out(http: aiohttp.ClientSessi
             await call(http, cloud, api.get_device_list("not-a-session"))
         session = await login(http, cloud)
         await call(http, cloud, api.get_device_list(session))
-        await asyncio.sleep(0.3)
-        with pytest.raises(SessionInvalid):
-            await call(http, cloud, api.get_device_list(session))
+
+        async def expired() -> bool:
+            try:
+                await call(http, cloud, api.get_device_list(session))
+            except SessionInvalid:
+                return True
+            return False
+
+        await eventually(expired, "the session expired after session_ttl")
         session = await login(http, cloud)
         cloud.expire_sessions()
         with pytest.raises(SessionInvalid):
