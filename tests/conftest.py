@@ -170,10 +170,10 @@ async def gateway_factory(
 
 
 def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any] | None:
-    """Integration tests run on both event loops (the gateway's uvloop and stdlib asyncio),
-    as uvloop's own suite does; unit tests run on the default loop."""
-    name = item.path.name
-    if name == "test_gateway_core.py" or "integration" in name:
+    """Tests marked ``both_loops`` (the gateway end to end: ``pytestmark =
+    pytest.mark.both_loops`` in the module) run on both event loops, the gateway's uvloop and
+    stdlib asyncio, as uvloop's own suite does; every other test runs on the default loop."""
+    if item.get_closest_marker("both_loops") is not None:
         import uvloop
 
         return {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}

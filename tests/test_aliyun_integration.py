@@ -18,6 +18,8 @@ import pytest
 from emulators.aliyun import LIGHT_PK, SENSOR_PK, AliyunCloud
 from tests.helpers import eventually
 
+pytestmark = pytest.mark.both_loops  # gateway end to end: uvloop and asyncio
+
 FAST = {
     "reconnect_min": 0.05,
     "reconnect_max": 0.3,

@@ -12,6 +12,8 @@ import pytest
 from emulators.coolkit import CoolkitCloud
 from tests.conftest import Probe
 
+pytestmark = pytest.mark.both_loops  # gateway end to end: uvloop and asyncio
+
 B = "cloud2mqtt"
 D = f"{B}/coolkit"
 CLOUD: dict[str, Any] = {

@@ -12,6 +12,8 @@ from protocols.model import Availability, DeviceEvent, StateChange, VendorError
 
 from .dummy_connector import INSTANCES, DummyConnector
 
+pytestmark = pytest.mark.both_loops  # gateway end to end: uvloop and asyncio
+
 B = "cloud2mqtt"
 LAMP = f"{B}/dummy/lamp%2F1"
 

@@ -11,6 +11,8 @@ import pytest
 from emulators.tencent import TencentCloud
 from gateway.topics import encode_id
 
+pytestmark = pytest.mark.both_loops  # gateway end to end: uvloop and asyncio
+
 B = "cloud2mqtt"
 
 

@@ -11,6 +11,8 @@ import pytest
 
 from emulators.xky import XkyCloud
 
+pytestmark = pytest.mark.both_loops  # gateway end to end: uvloop and asyncio
+
 B = "cloud2mqtt"
 
 
