@@ -166,7 +166,11 @@ async def gateway_factory(
 
     yield factory
     for gw in started:
-        await gw.stop()
+        try:
+            async with asyncio.timeout(20):  # a safety net: a hung stop fails, it does not hang
+                await gw.stop()
+        except TimeoutError:
+            raise AssertionError("Gateway.stop() did not return within 20s") from None
 
 
 def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Any] | None:
