@@ -114,8 +114,10 @@ class Probe:
         self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
 
     def close(self) -> None:
-        self.client.loop_stop()
+        # Disconnect first: it wakes paho's network thread, which then ends at once; stopping
+        # the thread first waits out its 1 s select timeout (most of a test's teardown).
         self.client.disconnect()
+        self.client.loop_stop()
 
 
 @pytest.fixture

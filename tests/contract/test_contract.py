@@ -190,15 +190,15 @@ async def test_socket_drop_resyncs(binding: Binding, gateway_factory: Any, probe
     mark = probe.mark()
     quiet = binding.change_quietly()  # never pushed: only a re-read can bring it
     await binding.drop()
-    again = await account_entry(
-        probe, binding, lambda a: a["state"] == "online" and a["since"] > since, start=mark
-    )
-    assert again["error"] is None, again
     await probe.wait_for(
         state_topic(binding.vendor, binding.device),
         lambda p: isinstance(p, dict) and p.get(quiet.prop) == quiet.value,
         start=mark,
     )
+    again = await account_entry(
+        probe, binding, lambda a: a["state"] == "online" and a["since"] > since, start=mark
+    )
+    assert again["error"] is None, again
 
 
 async def test_garbage_frame_is_counted(
