@@ -102,12 +102,6 @@ async def start(binding: Binding, gateway_factory: Any, probe: Probe) -> tuple[G
     return gw, online["since"]
 
 
-def health_count(probe: Probe, counter: str, vendor: str, start: int = 0) -> int:
-    """The vendor's ``counter`` in the latest ``bridge/health`` seen (0 before any)."""
-    found = probe.find(f"{B}/bridge/health", lambda p: isinstance(p, dict), start)
-    return int(found[-1]["counters"].get(counter, {}).get(vendor, 0)) if found else 0
-
-
 async def test_login_account_online(binding: Binding, gateway_factory: Any, probe: Probe) -> None:
     await gateway_factory([binding.account(ACCOUNT)])
     online = await account_entry(probe, binding, lambda a: a["state"] == "online")
@@ -206,8 +200,11 @@ async def test_garbage_frame_is_counted(
 ) -> None:
     await start(binding, gateway_factory, probe)
     counter, vendor = binding.garbage_counter, binding.vendor
-    await probe.wait_for(f"{B}/bridge/health", lambda p: isinstance(p, dict))
-    before = health_count(probe, counter, vendor)
+    # A snapshot taken after the start: whatever the start itself counted is in ``before``.
+    snapshot = await probe.wait_for(
+        f"{B}/bridge/health", lambda p: isinstance(p, dict), start=probe.mark()
+    )
+    before = snapshot["counters"].get(counter, {}).get(vendor, 0)
     mark = probe.mark()
     await binding.garble()
     health = await probe.wait_for(
