@@ -268,7 +268,8 @@ class Gateway:
     async def _close(self, key: AccountKey) -> None:
         running = self._running[key]
         try:
-            await asyncio.wait_for(running.connector.close(), 5)
+            async with asyncio.timeout(5):
+                await running.connector.close()
         except Exception as exc:
             running.link.log.warning("close failed: %s", exc)
         running.link.link(LinkState.STOPPED)

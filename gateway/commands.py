@@ -258,7 +258,8 @@ class CommandHandler:
             if spec is not None:
                 call = self._normalized_output(call, Schema(spec.output))
         try:
-            return await asyncio.wait_for(call, self.timeout)
+            async with asyncio.timeout(self.timeout):
+                return await call
         except TimeoutError:
             return CommandResult(
                 "timeout", code="timeout", message=f"no answer within {self.timeout:g}s"
@@ -284,7 +285,11 @@ class CommandHandler:
     ) -> CommandResult:
         result = await call
         data = result.data
-        if result.status == "ok" and isinstance(data, dict) and isinstance(data.get("output"), dict):
+        if (
+            result.status == "ok"
+            and isinstance(data, dict)
+            and isinstance(data.get("output"), dict)
+        ):
             result = CommandResult.ok({**data, "output": normalize(output, data["output"])[0]})
         return result
 
@@ -308,9 +313,7 @@ class CommandHandler:
         if response_topic is None:
             return
         reason = (
-            self.check_topic(response_topic)
-            if isinstance(response_topic, str)
-            else "not a string"
+            self.check_topic(response_topic) if isinstance(response_topic, str) else "not a string"
         )
         if reason is not None:
             props.pop("response_topic", None)
@@ -328,7 +331,8 @@ class CommandHandler:
         try:
             request, transaction = _parse_object(payload)
             self._check_response_topic(props)
-            result = await asyncio.wait_for(self.bridge.handle(command, request), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                result = await self.bridge.handle(command, request)
         except TimeoutError:
             result = CommandResult("timeout", code="timeout", message="no answer in time")
         except CommandError as exc:

@@ -107,7 +107,8 @@ class Presence:
         any announcement (a gateway of an older version serves this base topic).
         """
         try:
-            await asyncio.wait_for(self.client.connect(), timeout)
+            async with asyncio.timeout(timeout):
+                await self.client.connect()
         except (OSError, TimeoutError, ConnectionError) as exc:
             log.warning(
                 "could not check for another instance on the broker (%s); starting anyway",
@@ -124,7 +125,8 @@ class Presence:
         # own probe topic comes back after them, so when it is here every announcement is.
         self.client.publish(self._probe_topic, b"", 1, False)
         try:
-            await asyncio.wait_for(self._probe, timeout)
+            async with asyncio.timeout(timeout):
+                await self._probe
         except TimeoutError:
             log.warning("no answer from the broker while checking for another instance")
         others = self.others_online()

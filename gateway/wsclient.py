@@ -294,7 +294,8 @@ class WsConnection(asyncio.Protocol):
         if frame:
             transport.write(frame)
         try:
-            await asyncio.wait_for(self.wait_closed(), timeout)
+            async with asyncio.timeout(timeout):
+                await self.wait_closed()
         except TimeoutError:
             self.abort()
 
@@ -356,6 +357,7 @@ async def connect(
         return proto
 
     try:
-        return await asyncio.wait_for(open_(), open_timeout)
+        async with asyncio.timeout(open_timeout):
+            return await open_()
     except TimeoutError:
         raise TimeoutError(f"WebSocket not open within {open_timeout:g}s") from None

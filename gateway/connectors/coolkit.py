@@ -185,7 +185,9 @@ class CoolkitConnector(Session):
             raise o.error("api_version", "must be 1 or 2")
         region = o.string("region", "eu")
         if region not in REGIONS:  # the seed's "test" region works but is not offered
-            raise o.error("region", f"must be one of {', '.join(r for r in REGIONS if r != 'test')}")
+            raise o.error(
+                "region", f"must be one of {', '.join(r for r in REGIONS if r != 'test')}"
+            )
         email = o.string("email")
         phone = o.string("phone_number")
         password = o.string("password")
@@ -548,7 +550,8 @@ class CoolkitConnector(Session):
         self._pending.clear()
         if ws is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(), 2)
+                async with asyncio.timeout(2):
+                    await ws.close()
 
     async def close(self) -> None:
         PROGRESS.unregister(self._progress_key)
@@ -648,7 +651,8 @@ class CoolkitConnector(Session):
                     continue
                 remaining = min(remaining, to_probe)
             try:
-                raw = await asyncio.wait_for(ws.recv(), max(remaining, 0.0))
+                async with asyncio.timeout(max(remaining, 0.0)):
+                    raw = await ws.recv()
             except TimeoutError:
                 if loop.time() - last_rx < dead_after:
                     continue  # time to probe
@@ -805,7 +809,8 @@ def _token_expired(exc: Exception) -> bool:
 async def _recv(ws: wsclient.WsConnection, timeout: float, silent: str) -> str | bytes:
     """The next message; ``LinkLost`` when none comes within ``timeout`` or the socket ends."""
     try:
-        return await asyncio.wait_for(ws.recv(), timeout)
+        async with asyncio.timeout(timeout):
+            return await ws.recv()
     except TimeoutError:
         raise LinkLost(silent) from None
     except wsclient.ConnectionClosed as exc:

@@ -292,7 +292,8 @@ class TencentConnector(Session):
         self._pending[req_id] = fut
         try:
             conn.send(frame)
-            return await asyncio.wait_for(fut, timeout or self.options.reply_timeout)
+            async with asyncio.timeout(timeout or self.options.reply_timeout):
+                return await fut
         finally:
             self._pending.pop(req_id, None)
 

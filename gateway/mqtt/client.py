@@ -182,7 +182,10 @@ def explain_failure(exc: BaseException, host: str, port: int) -> tuple[str, str]
                 f"{where} refused our credentials ({_REASONS.get(exc.rc, 'reason')}, "
                 f"{exc.rc:#x}); check mqtt.username and mqtt.password"
             )
-        return "connack", f"{where} refused the connection: {_REASONS.get(exc.rc, 'reason')} ({exc.rc:#x})"
+        return (
+            "connack",
+            f"{where} refused the connection: {_REASONS.get(exc.rc, 'reason')} ({exc.rc:#x})",
+        )
     if isinstance(exc, MqttProtocolError):
         return "protocol", f"{where} broke the MQTT protocol: {exc}"
     if isinstance(exc, ConnectionRefusedError):
@@ -442,16 +445,16 @@ class MqttClient:
         self._transport = None
         self._connack = loop.create_future()
         self.protocol = version
-        transport, proto = await asyncio.wait_for(
-            loop.create_connection(
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that
+        # arrives as the operation finishes, and a stopping account then never stops
+        async with asyncio.timeout(self.connect_timeout):
+            transport, proto = await loop.create_connection(
                 lambda: _Proto(self),
                 self.host,
                 self.port,
                 ssl=self.ssl,
                 server_hostname=self.server_hostname if self.ssl else None,
-            ),
-            self.connect_timeout,
-        )
+            )
         self._proto = proto
         self._transport = transport
         will = self.will
@@ -471,7 +474,8 @@ class MqttClient:
         )
         transport.write(encode_connect(packet))
         try:
-            connack = await asyncio.wait_for(self._connack, self.connect_timeout)
+            async with asyncio.timeout(self.connect_timeout):
+                connack = await self._connack
         except BaseException:
             transport.close()
             raise
@@ -645,7 +649,8 @@ class MqttClient:
             transport.write(codec.encode_disconnect(self.protocol))
             transport.close()
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._lost.wait(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await self._lost.wait()
         elif transport is not None:
             transport.close()
         self._cancel_ping()
@@ -885,7 +890,9 @@ class MqttClient:
             tb, payload, retain, props = pending.popleft()
             pid = self._packet_id()
             if v5:
-                pkt = encode_publish(tb, payload, 1, retain, pid, b"\x00" if props is None else props)
+                pkt = encode_publish(
+                    tb, payload, 1, retain, pid, b"\x00" if props is None else props
+                )
             else:
                 pkt = encode_publish(tb, payload, 1, retain, pid, None)
             if len(pkt) > self._max_packet:
@@ -976,7 +983,8 @@ class MqttClient:
         self._out.append(encode_subscribe(pid, topics, self.protocol))
         self._flush()
         try:
-            granted = await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                granted = await fut
         finally:
             self._waiters.pop(pid, None)
         for (topic, _), code in zip(topics, granted, strict=False):
@@ -1028,7 +1036,9 @@ class MqttClient:
                     reason = body[0] if body else 0
                     if reason in _BLAME_REASONS:
                         self._blamed = True
-                    log.warning("MQTT broker %s:%s sent DISCONNECT %#x", self.host, self.port, reason)
+                    log.warning(
+                        "MQTT broker %s:%s sent DISCONNECT %#x", self.host, self.port, reason
+                    )
                 elif ptype == codec.PUBREL:
                     self._out.append(encode_puback(int.from_bytes(body[:2], "big"), codec.PUBCOMP))
                     self._schedule_flush()
