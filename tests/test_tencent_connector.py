@@ -7,8 +7,7 @@ integration tests run the same connector inside the real gateway with a real mos
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,117 +17,12 @@ import pytest
 from emulators.tencent import TencentCloud
 from gateway.connectors.tencent import TencentConnector, TencentOptions
 from gateway.errors import ConfigError
-from gateway.tokens import TokenSlot, TokenStore
+from gateway.tokens import TokenStore
 from protocols.model import (
-    Availability,
     CommandError,
-    DeviceEvent,
-    DeviceInfo,
-    Schema,
-    StateChange,
     VendorError,
 )
-
-
-class Recorder:
-    """Records what a connector reports; ``until`` waits for a condition on the records."""
-
-    vendor = "tencent"
-
-    def __init__(self, tokens: TokenSlot) -> None:
-        self.account = "t"
-        self.log = logging.LoggerAdapter(logging.getLogger("test.tencent"), {})
-        self.tokens = tokens
-        self.listings: list[list[DeviceInfo]] = []
-        self.infos: dict[str, DeviceInfo] = {}
-        self.states: list[StateChange] = []
-        self.avail: list[Availability] = []
-        self.events: list[DeviceEvent] = []
-        self.links: list[tuple[str, str | None, bool]] = []
-        self.token_expiry: int | None = None
-        self.bad: list[tuple[str, str | None, str]] = []
-        self.counts: dict[str, int] = {}
-        self.drains = 0
-        self._changed = asyncio.Event()
-
-    def _poke(self) -> None:
-        self._changed.set()
-
-    def devices(self, infos: Iterable[DeviceInfo]) -> None:
-        listing = list(infos)
-        self.listings.append(listing)
-        self.infos = {i.device: i for i in listing}
-        self._poke()
-
-    def device(self, info: DeviceInfo) -> None:
-        self.infos[info.device] = info
-        self._poke()
-
-    def state(self, change: StateChange) -> None:
-        self.states.append(change)
-        self._poke()
-
-    def availability(self, av: Availability) -> None:
-        self.avail.append(av)
-        self._poke()
-
-    def event(self, ev: DeviceEvent) -> None:
-        self.events.append(ev)
-        self._poke()
-
-    def link(
-        self,
-        state: str,
-        error: str | None = None,
-        *,
-        token_expires_ms: int | None = None,
-        attention: bool = False,
-    ) -> None:
-        self.links.append((state, error, attention))
-        if token_expires_ms is not None:
-            self.token_expiry = token_expires_ms
-        self._poke()
-
-    def bad_input(
-        self, reason: str, device: str | None = None, counter: str = "bad_frames"
-    ) -> None:
-        self.bad.append((reason, device, counter))
-        self.count(counter)
-
-    def count(self, counter: str, n: int = 1) -> None:
-        self.counts[counter] = self.counts.get(counter, 0) + n
-        self._poke()
-
-    def schema(self, device: str) -> Schema | None:
-        info = self.infos.get(device)
-        return info.schema if info else None
-
-    def known_devices(self) -> Sequence[str]:
-        return list(self.infos)
-
-    congested = False  # the MQTT side is never behind here
-
-    async def drain(self) -> None:
-        self.drains += 1
-
-    @property
-    def link_state(self) -> str | None:
-        return self.links[-1][0] if self.links else None
-
-    def latest(self, device: str) -> dict[str, Any]:
-        merged: dict[str, Any] = {}
-        for change in self.states:
-            if change.device == device:
-                merged.update(change.props)
-        return merged
-
-    async def until(self, predicate: Callable[[], bool], timeout: float = 10) -> None:
-        async def wait() -> None:
-            while not predicate():
-                self._changed.clear()
-                await self._changed.wait()
-
-        await asyncio.wait_for(wait(), timeout)
+from tests.helpers import RecordingContext
 
 
 @pytest.fixture
@@ -152,7 +46,7 @@ def store(tmp_path: Path) -> TokenStore:
 
 class Running:
     def __init__(
-        self, connector: TencentConnector, ctx: Recorder, task: asyncio.Task[None]
+        self, connector: TencentConnector, ctx: RecordingContext, task: asyncio.Task[None]
     ) -> None:
         self.connector, self.ctx, self.task = connector, ctx, task
 
@@ -170,7 +64,7 @@ async def start(
         for key in ("vendor", "name"):
             cfg.pop(key)
         options = TencentConnector.parse_options(cfg, "accounts[0]")
-        ctx = Recorder(store.slot("tencent", "t"))
+        ctx = RecordingContext("tencent", "t", store.slot("tencent", "t"))
         connector = TencentConnector(options, ctx, http)
         task = asyncio.create_task(connector.run())
         r = Running(connector, ctx, task)

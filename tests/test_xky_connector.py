@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -17,72 +17,12 @@ import pytest
 from emulators.xky import XkyCloud
 from gateway.connectors.xky import XkyConnector, XkyOptions
 from gateway.errors import ConfigError
-from gateway.tokens import TokenSlot, TokenStore
+from gateway.tokens import TokenStore
 from protocols.model import (
-    Availability,
     CommandError,
-    DeviceEvent,
-    DeviceInfo,
-    Schema,
-    StateChange,
     VendorError,
 )
-
-
-class Recorder:
-    """An ``AccountContext`` that records what the connector reports."""
-
-    def __init__(self, tokens: TokenSlot) -> None:
-        self.vendor = "xky"
-        self.account = "test"
-        self.log = logging.LoggerAdapter(logging.getLogger("test.xky"), {})
-        self.tokens = tokens
-        self.calls: list[tuple[str, Any]] = []
-        self.links: list[tuple[str, str | None, bool]] = []
-        self.bad: list[tuple[str, str | None, str]] = []
-        self.counters: dict[str, int] = {}
-
-    def devices(self, infos: Iterable[DeviceInfo]) -> None:
-        self.calls.append(("devices", sorted(i.device for i in infos)))
-
-    def device(self, info: DeviceInfo) -> None:
-        self.calls.append(("device", info))
-
-    def state(self, change: StateChange) -> None:
-        self.calls.append(("state", change))
-
-    def availability(self, av: Availability) -> None:
-        self.calls.append(("availability", av))
-
-    def event(self, ev: DeviceEvent) -> None:
-        self.calls.append(("event", ev))
-
-    def link(self, state: str, error: str | None = None, *, token_expires_ms: int | None = None,
-             attention: bool = False) -> None:  # fmt: skip
-        self.links.append((state, error, attention))
-
-    def bad_input(
-        self, reason: str, device: str | None = None, counter: str = "bad_frames"
-    ) -> None:
-        self.bad.append((reason, device, counter))
-
-    def count(self, counter: str, n: int = 1) -> None:
-        self.counters[counter] = self.counters.get(counter, 0) + n
-
-    def schema(self, device: str) -> Schema | None:
-        return None
-
-    def known_devices(self) -> Sequence[str]:
-        return []
-
-    async def drain(self) -> None:
-        return None
-
-    def mark(self) -> int:
-        return len(self.calls)
-
-    def since(self, mark: int, kind: str | None = None) -> list[tuple[str, Any]]:
-        return [c for c in self.calls[mark:] if kind is None or c[0] == kind]
+from tests.helpers import RecordingContext
 
 
 async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -108,7 +48,7 @@ def store() -> TokenStore:
     return TokenStore(None)
 
 
-Start = Callable[..., Awaitable[tuple[XkyConnector, Recorder]]]
+Start = Callable[..., Awaitable[tuple[XkyConnector, RecordingContext]]]
 
 
 @pytest.fixture
@@ -117,12 +57,12 @@ async def start(
 ) -> AsyncIterator[Start]:
     tasks: list[asyncio.Task[None]] = []
 
-    async def starter(**overrides: Any) -> tuple[XkyConnector, Recorder]:
+    async def starter(**overrides: Any) -> tuple[XkyConnector, RecordingContext]:
         raw = cloud.account_config(poll_interval=0.05, min_poll_interval=0.05, poll_jitter=0.2)
         raw.update(overrides)
         for k in ("vendor", "name"):
             raw.pop(k)
-        ctx = Recorder(store.slot("xky", "test"))
+        ctx = RecordingContext("xky", "test", store.slot("xky", "test"))
         conn = XkyConnector(XkyConnector.parse_options(raw, "accounts[0]"), ctx, http)
         tasks.append(asyncio.create_task(conn.run()))
         return conn, ctx
@@ -157,7 +97,7 @@ async def test_first_poll_is_a_full_sync(cloud: XkyCloud, start: Start, store: T
     assert ctx.links[0][0] == "connecting"
     saved = store.get("xky/test")
     assert saved is not None and saved["session"] in cloud.sessions and saved["account"] == "demo"
-    assert ctx.counters["logins"] == 1
+    assert ctx.counts["logins"] == 1
 
 
 async def test_only_changes_are_published(cloud: XkyCloud, start: Start) -> None:
@@ -215,7 +155,7 @@ async def test_session_expiry_logs_in_again_without_republishing(
     await until(lambda: cloud.count("/login") == 2)
     await polls(cloud)
     assert ctx.since(mark) == []
-    assert ctx.counters["logins"] == 2
+    assert ctx.counts["logins"] == 2
     assert all(state == "online" for state, _, _ in ctx.links[1:])
 
 
