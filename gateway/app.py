@@ -36,6 +36,7 @@ from .bridge import BridgeRequests
 from .commands import CommandHandler
 from .config import AccountConfig, Config, ensure_state_dir
 from .connectors.base import Connector
+from .connectors.session import Session
 from .consumers.homeassistant import HomeAssistantDiscovery, HomeAssistantSettings
 from .events import EventBus, MqttConnected
 from .health import Health
@@ -45,6 +46,7 @@ from .mqtt.topic import check_publish_topic
 from .observability import attach
 from .presence import Presence
 from .publisher import OFFLINE, Publisher
+from .rates import LocalPacer
 from .registry import Registry
 from .tokens import TokenStore
 from .topics import Topics
@@ -88,6 +90,9 @@ class Gateway:
         self._running: dict[AccountKey, _Account] = {}
         self._background: list[asyncio.Task[Any]] = []
         self._http: aiohttp.ClientSession | None = None
+        #: the rate model: every vendor call of every account takes its slot here
+        self.pacer = LocalPacer(config.rates)
+        self.pacer.on_waiting = self._on_pacing
         m = config.mqtt
         link_settings: dict[str, Any] = {
             "host": m.host,
@@ -172,6 +177,7 @@ class Gateway:
         for account in self.accounts:
             self.start_account(account)
         self._background.append(asyncio.create_task(self._health_loop(), name="health"))
+        self._background.append(asyncio.create_task(self._budget_loop(), name="budgets"))
         log.info(
             "cloud2mqtt started: %d account(s), MQTT %s, speedups=%s",
             len(self.accounts),
@@ -233,6 +239,9 @@ class Gateway:
         )
         cls = account.connector or connector_class(account.vendor)
         connector = cls(account.options, link, self._http)
+        if isinstance(connector, Session):
+            connector.use_pacer(self.pacer)
+        link.budget = lambda: self.pacer.budget(account.vendor, account.name)
         running = self._running[key] = _Account(account, link, connector)
         running.task = asyncio.create_task(self._supervise(running), name=f"{key[0]}/{key[1]}")
         link.link(LinkState.CONNECTING)
@@ -306,6 +315,23 @@ class Gateway:
     async def _on_mqtt_connect(self) -> None:
         """Every (re)connect: announce ourselves and republish every retained topic."""
         self.bus.emit(MqttConnected())
+
+    def _on_pacing(self, vendor: str, account: str, waiting: bool) -> None:
+        link = self.link((vendor, account))
+        if link is not None:
+            link.pacing(waiting)
+
+    async def _budget_loop(self) -> None:
+        """Refresh the ``budget`` of every ``bridge/accounts`` entry whose account made calls
+        since the last round (the publisher debounces the snapshot)."""
+        seen: dict[AccountKey, int] = {}
+        while True:
+            await asyncio.sleep(self.config.gateway.health_interval)
+            for key, running in list(self._running.items()):
+                made = self.pacer.calls_made(*key)
+                if seen.get(key) != made:
+                    seen[key] = made
+                    running.link.republish()
 
     async def _health_loop(self) -> None:
         while True:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from .errors import ConfigError, ConfigErrors, did_you_mean
+from .rates import RatesConfig, parse_rates
 from .vendors import VENDORS, Vendor
 
 if TYPE_CHECKING:
@@ -146,6 +147,8 @@ class Config:
     warnings: list[str] = field(default_factory=list)
     http: HttpConfig = field(default_factory=HttpConfig)
     homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
+    #: ``[rates.<vendor>]``: the rate model's limits (gateway/rates.py, ``ASSUMED_LIMITS``)
+    rates: RatesConfig = field(default_factory=RatesConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,6 +395,7 @@ def _parse(
     accounts_raw = top.get("accounts", list, [])
     http_raw = top.get("http", dict, {})
     ha_raw = top.get("homeassistant", dict, {})
+    rates_raw = top.get("rates", dict, {})
     top.finish()
 
     cfg = Config()
@@ -400,6 +404,10 @@ def _parse(
     _parse_accounts(cfg, accounts_raw, table, errors)
     _parse_http(cfg.http, _Checker(http_raw, "http", errors))
     _parse_homeassistant(cfg.homeassistant, _Checker(ha_raw, "homeassistant", errors))
+    try:  # [rates.<vendor>]: validated by gateway/rates.py
+        cfg.rates = parse_rates(rates_raw, table)
+    except ConfigError as exc:
+        errors.add_error(exc)
     if not cfg.accounts:
         cfg.warnings.append("no [[accounts]]: the gateway will publish nothing but bridge/*")
     elif not any(a.enabled for a in cfg.accounts):

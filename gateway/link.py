@@ -164,6 +164,10 @@ class AccountLink:
         self.link_error: str | None = None
         self.attention = False
         self.token_expires_ms: int | None = None
+        #: waiting for a slot from the rate model (``pacing()``); shown on ``bridge/accounts``
+        self.waiting_for_slot = False
+        #: the account's API budget (``gateway.rates``), set by the gateway; shown as ``budget``
+        self.budget: Callable[[], dict[str, Any]] | None = None
         self._grace: asyncio.TimerHandle | None = None
         self._log_budget: dict[str, tuple[float, int]] = {}
         self._clock = clock
@@ -301,6 +305,16 @@ class AccountLink:
                 AccountLinkChanged(self.vendor, self.account, self.describe(), newly_flagged)
             )
 
+    def pacing(self, waiting: bool) -> None:
+        """The account starts (``True``) or stops waiting for a slot from the rate model."""
+        if waiting != self.waiting_for_slot:
+            self.waiting_for_slot = waiting
+            self.republish()
+
+    def republish(self) -> None:
+        """Report the entry again (its budget moved on)."""
+        self.bus.emit(AccountLinkChanged(self.vendor, self.account, self.describe(), False))
+
     def _grace_expired(self) -> None:
         self._grace = None
         if self.link_state is LinkState.ONLINE:
@@ -327,6 +341,8 @@ class AccountLink:
             "attention": self.attention,
             "token_expires": self.token_expires_ms,
             "devices": len(self.registry.account_devices(self.vendor, self.account)),
+            "waiting_for_slot": self.waiting_for_slot,
+            "budget": self.budget() if self.budget is not None else None,
         }
 
     # ---------------------------------------------------------------- bad input

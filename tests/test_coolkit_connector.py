@@ -19,7 +19,6 @@ import pytest
 
 from emulators.coolkit import CoolkitCloud
 from gateway.connectors.coolkit import CoolkitConnector, CoolkitOptions
-from gateway.connectors.coolkit_rate import RateLimiter, RateRules
 from gateway.errors import ConfigError
 from gateway.tokens import TokenStore
 from protocols.model import (
@@ -360,15 +359,6 @@ async def test_rate_rules_hold_across_accounts(start: Any) -> None:
         await until(lambda: all(r.online() for r in runs), 30)
         assert cloud.violations == []
         assert len(cloud.calls) > 8  # the budget was exceeded in total, so pacing did happen
-
-
-async def test_limiter_reserves_per_endpoint_and_window() -> None:
-    now = [0.0]
-    lim = RateLimiter(RateRules(0.5, 10.0, 3, 5.0, slack=0.0), clock=lambda: now[0])
-    assert lim.reserve("/a") == 0.0
-    assert lim.reserve("/b") == 0.0
-    assert lim.reserve("/a") == pytest.approx(0.505)
-    assert lim.reserve("/c") == pytest.approx(10.0, abs=0.01)  # 3 calls in the window: wait it out
 
 
 async def test_many_things_are_paged(start: Any) -> None:

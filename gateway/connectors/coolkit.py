@@ -25,9 +25,10 @@ configured with ``at``/``rt`` and optionally ``apikey`` instead of a password.
 State values go to the link as the vendor sent them (multi-channel ``switches`` flattened into
 ``switch_<n>``); the link normalizes them against the device schema and counts each misfit once.
 
-Every REST call and every ``userOnline`` takes a slot from the process-wide per-IP budget
-(``coolkit_rate``), so many accounts starting or reconnecting together stay within the seed's
-rules; each account's reconnect delays are jittered independently, which spreads them out.
+Every REST call and every ``userOnline`` takes its slot from the rate model (``gateway.rates``:
+the per-IP rules of seed 001, process-wide, and the per-account ``userOnline`` interval), so many
+accounts starting or reconnecting together stay within the seed's rules; the Session paces the
+attempts themselves (``connect_per_second``).
 """
 
 from __future__ import annotations
@@ -61,9 +62,9 @@ from protocols.model import (
 )
 
 from .. import wsclient
-from ..link import LinkState, now_ms
+from ..link import now_ms
+from ..rates import Pacer, account_scope
 from .base import AccountContext
-from .coolkit_rate import PROGRESS, RateLimiter, RateRules, shared_limiter
 from .options import OptionReader
 from .session import LinkLost, NeedsAttention, Session, Throttled
 
@@ -103,7 +104,9 @@ class CoolkitOptions:
     command_interval: float = 0.1
     heartbeat_grace: float = ckws.DEAD_GRACE
     stall_timeout: float = 30.0
-    rules: RateRules = field(default_factory=RateRules)
+    #: the ``rate_*`` / ``user_online_interval`` keys given on the account, as ``[rates.coolkit]``
+    #: fields (they bind the whole process: the per-IP budget is shared)
+    rate_overrides: tuple[tuple[str, float], ...] = ()
 
     @property
     def identity(self) -> str:
@@ -147,7 +150,6 @@ class CoolkitConnector(Session):
         # attention schedule: a session taken or a refused login waits on it.
         self.attention_base, self.attention_cap = options.attention_backoff, options.attention_cap
         self.signer = Signer(options.app_secret)
-        self.limiter: RateLimiter = shared_limiter(options.rules)
         self._tokens: dict[str, Any] | None = None
         self._tokens_loaded = False
         self._taken = False  # the last session was taken over: its access token is dead
@@ -158,8 +160,6 @@ class CoolkitConnector(Session):
         self._pending: dict[str, asyncio.Future[ckws.CommandReply]] = {}
         self._worked = False  # a handshake succeeded at least once in this process
         self._last_command = 0.0
-        self._progress_key = f"{ctx.account}@{id(self)}"
-        PROGRESS.register(self._progress_key)
 
     # ------------------------------------------------------------------ configuration
 
@@ -232,12 +232,14 @@ class CoolkitConnector(Session):
         max_calls = o.integer("rate_max_calls", 300)
         if max_calls < 1:
             raise o.error("rate_max_calls", "must be at least 1")
-        rules = RateRules(
-            positive("rate_min_interval", 0.5),
-            positive("rate_window", 300.0),
-            max_calls,
-            positive("user_online_interval", 20.0),
-        )
+        overrides: list[tuple[str, float]] = []
+        for key, name in (("rate_min_interval", "endpoint_interval"),
+                          ("rate_window", "window_seconds"),
+                          ("user_online_interval", "account_connect_interval")):  # fmt: skip
+            if key in raw:
+                overrides.append((name, positive(key, 1.0)))
+        if "rate_max_calls" in raw:
+            overrides.append(("window_calls", max_calls))
         return CoolkitOptions(
             app_id=app_id,
             app_secret=app_secret,
@@ -261,7 +263,7 @@ class CoolkitConnector(Session):
             command_interval=o.number("command_interval", 0.1),
             heartbeat_grace=positive("heartbeat_grace", ckws.DEAD_GRACE),
             stall_timeout=o.number("stall_timeout", 30.0, minimum=0.0),
-            rules=rules,
+            rate_overrides=tuple(overrides),
         )
 
     # ------------------------------------------------------------------ tokens
@@ -315,43 +317,45 @@ class CoolkitConnector(Session):
         )
 
     def _throttled(self, why: str) -> Throttled:
-        return Throttled(
-            f"the cloud's per-IP rules: {why}", retry_after=self.opts.rules.user_online_interval
-        )
+        interval = self.pacer.rates(self.vendor).account_connect_interval
+        return Throttled(f"the cloud's per-IP rules: {why}", retry_after=interval or 20.0)
+
+    # ------------------------------------------------------------------ pacing
+
+    def configure_pacer(self, pacer: Pacer) -> None:
+        if self.opts.rate_overrides:
+            pacer.configure(self.vendor, dict(self.opts.rate_overrides), self.ctx.account)
 
     # ------------------------------------------------------------------ HTTP
 
-    async def _send(self, req: HttpRequest) -> tuple[int, bytes]:
-        waited = await self.limiter.acquire(req.endpoint)
-        if waited > 1.0 and not self._worked:
-            self.ctx.link(
-                LinkState.CONNECTING,
-                f"start-up paced by the CoolKit per-IP rate rules ({PROGRESS.describe()})",
-            )
+    async def _send(self, req: HttpRequest, kind: str = "call") -> tuple[int, bytes]:
         timeout = aiohttp.ClientTimeout(total=self.opts.http_timeout)
-        async with self.http.request(
+        async with self.paced(req.endpoint, kind), self.http.request(
             req.method, req.url, headers=dict(req.headers), data=req.body, timeout=timeout
         ) as resp:
             return resp.status, await resp.read()
 
-    async def _signed(self, req: HttpRequest) -> Any:
-        status, body = await self._send(req)
+    async def _signed(self, req: HttpRequest, kind: str = "call") -> Any:
+        status, body = await self._send(req, kind)
         return rest.parse_envelope(status, body, self.opts.api_version)
 
     async def _bearer(
-        self, build: Callable[[str], HttpRequest], version: Literal[1, 2] | None = None
+        self,
+        build: Callable[[str], HttpRequest],
+        version: Literal[1, 2] | None = None,
+        kind: str = "call",
     ) -> Any:
         """A Bearer call's parsed reply (see ``_bearer_reply``)."""
-        return (await self._bearer_reply(build, version or self.opts.api_version))[2]
+        return (await self._bearer_reply(build, version or self.opts.api_version, kind))[2]
 
     async def _bearer_reply(
-        self, build: Callable[[str], HttpRequest], version: Literal[1, 2]
+        self, build: Callable[[str], HttpRequest], version: Literal[1, 2], kind: str = "call"
     ) -> tuple[int, bytes, Any]:
         """A Bearer call: ``402`` refreshes once and retries; ``401`` means the session was taken."""
 
         async def once() -> tuple[int, bytes, Any]:
             tokens = await self._ensure_tokens()
-            status, body = await self._send(build(str(tokens["at"])))
+            status, body = await self._send(build(str(tokens["at"])), kind)
             try:
                 return status, body, rest.parse_envelope(status, body, version)
             except VendorError as exc:
@@ -390,7 +394,8 @@ class CoolkitConnector(Session):
                         opts.hosts, opts.api_version, region, appid=opts.app_id, signer=self.signer,
                         nonce=make_nonce(), password=opts.password or "", country_code=opts.country_code,
                         email=opts.email, phone_number=opts.phone_number, ts=now,
-                    )
+                    ),
+                    "login",
                 )  # fmt: skip
             except RegionRedirect as redirect:
                 if redirect.region not in REGIONS or redirect.region == region:
@@ -444,7 +449,8 @@ class CoolkitConnector(Session):
                 rest.refresh_request(
                     opts.hosts, opts.api_version, self.region, appid=opts.app_id, signer=self.signer,
                     nonce=make_nonce(), rt=rt, ts=int(time.time()),
-                )
+                ),
+                "login",
             )  # fmt: skip
             at, new_rt = rest.parse_refresh(data)
         except (VendorError, RemoteProtocolError) as exc:
@@ -486,16 +492,17 @@ class CoolkitConnector(Session):
             lambda at: rest.dispatch_request(opts.hosts, opts.api_version, self.region, appid=opts.app_id,
                                              at=at, nonce=make_nonce(), ts=int(time.time()))))  # fmt: skip
         url = dispatch.url(opts.hosts.ws_scheme())
-        await self.limiter.user_online(apikey)
         tokens = await self._ensure_tokens()
-        # Our own client (gateway/wsclient.py); flow=ctx stops reading while MQTT is congested.
-        self._ws = ws = await wsclient.connect(
-            url, open_timeout=opts.handshake_timeout, max_size=4 << 20, flow=self.ctx
-        )
-        self._session = session = ckws.WsSession(
-            opts.api_version, opts.app_id, str(tokens["at"]), apikey
-        )
-        ws.send(session.handshake(now_ms=now_ms(), nonce=make_nonce()))
+        # One userOnline: the per-IP interface rules and this account's userOnline interval.
+        async with self.paced("WS userOnline", "handshake"):
+            # Our own client (gateway/wsclient.py); flow=ctx stops reading while MQTT is congested.
+            self._ws = ws = await wsclient.connect(
+                url, open_timeout=opts.handshake_timeout, max_size=4 << 20, flow=self.ctx
+            )
+            self._session = session = ckws.WsSession(
+                opts.api_version, opts.app_id, str(tokens["at"]), apikey
+            )
+            ws.send(session.handshake(now_ms=now_ms(), nonce=make_nonce()))
         event = session.receive(await _recv(ws, opts.handshake_timeout, "no answer to userOnline"))
         if isinstance(event, ckws.HandshakeFailed):
             if event.error == 406:
@@ -520,7 +527,6 @@ class CoolkitConnector(Session):
         # longer than the server tolerates a silent socket.
         self._pinger_task = asyncio.create_task(self._pinger(ws, hb))
         await self._sync(families, apikey)
-        PROGRESS.done(self._progress_key)
         self.mark_online(token_expires_ms=self._expiry())
         await self._reader(ws, session, hb)
 
@@ -554,7 +560,6 @@ class CoolkitConnector(Session):
                     await ws.close()
 
     async def close(self) -> None:
-        PROGRESS.unregister(self._progress_key)
         await self.teardown()
 
     # ------------------------------------------------------------------ sync
@@ -743,7 +748,11 @@ class CoolkitConnector(Session):
         fut: asyncio.Future[ckws.CommandReply] = loop.create_future()
         self._pending[seq] = fut
         try:
-            ws.send(frame)
+            # Counted on the account's budget; the per-IP rules of seed 001 bind its REST
+            # interfaces, not the frames on an open socket.
+            own = (account_scope(self.vendor, self.ctx.account),)
+            async with self.paced(f"WS {action}", "command", scopes=own):
+                ws.send(frame)
             return await fut
         except wsclient.ConnectionClosed:
             raise CommandError(
@@ -771,7 +780,8 @@ class CoolkitConnector(Session):
             gid = dev.thing.id[len(rest.GROUP_PREFIX) :]
             # A session taken (401) or a rate refusal is a LinkError: answered with its code.
             await self._bearer(lambda at: rest.group_status_request(
-                self.opts.hosts, self.region, at=at, nonce=make_nonce(), group_id=gid, params=params), 2)  # fmt: skip
+                self.opts.hosts, self.region, at=at, nonce=make_nonce(), group_id=gid, params=params), 2,
+                "command")  # fmt: skip
             return CommandResult.ok()
         if dev.online is False:
             raise CommandError("offline", "the device is offline (as the cloud last reported)")

@@ -31,6 +31,15 @@ timeouts, HTTP errors,
                                              the log line names the config key to check
 =======================  ==================  ==============================================
 
+Pacing (``gateway.rates``): every attempt first takes a ``connect`` slot from the pacer for the
+account's scopes (``rate_scopes``), at start-up as after a loss, so N accounts that drop at
+once come back spread at the vendor's connect rate. The slot covers the attempt's logins and
+handshakes; one made outside an attempt (a token renewal while online) takes its own. Every
+vendor call runs inside ``async with self.paced(endpoint, kind)``, which counts it by endpoint
+and scope and waits for its slot; ``optional=True`` marks calls that are skipped first when a
+budget runs low (``Deferred``), ``kind="command"`` ones that are answered ``throttled`` at once
+rather than queued past the command's timeout.
+
 A successful ``mark_online()`` resets both schedules. The session's own helpers cover the rest
 of the plumbing every vendor had written for itself: the token slot bound to the configured
 identity (``load_tokens`` / ``save_tokens``) and "call, and on a rejected token re-authenticate
@@ -45,7 +54,8 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, ClassVar, TypeVar
 
 import aiohttp
@@ -53,11 +63,13 @@ import aiohttp
 from protocols.model import ErrorCode, RemoteProtocolError, VendorError
 from protocols.websocket import HandshakeRejected
 
+from .. import rates
 from ..backoff import Backoff
 from ..link import LinkState
+from ..rates import Deferred, Pacer, RateLimited, ScopeKey
 from .base import AccountContext, Connector
 
-__all__ = ["LinkError", "LinkLost", "NeedsAttention", "Session", "Throttled"]
+__all__ = ["Deferred", "LinkError", "LinkLost", "NeedsAttention", "Session", "Throttled"]
 
 T = TypeVar("T")
 
@@ -141,6 +153,10 @@ class Session(Connector):
 
     _backoff: Backoff | None = None
     _attention: Backoff | None = None
+    _pacer: Pacer | None = None
+    #: between the attempt's connect slot and ``mark_online()``: logins and handshakes are
+    #: covered by that slot
+    _in_attempt: bool = False
 
     def __init__(self, options: Any, ctx: AccountContext, http: aiohttp.ClientSession) -> None:
         super().__init__(options, ctx, http)
@@ -166,6 +182,7 @@ class Session(Connector):
 
     def mark_online(self, *, token_expires_ms: int | None = None) -> None:
         """The channel is up and the state resynced: report ONLINE and reset the schedules."""
+        self._in_attempt = False
         self.ctx.link(LinkState.ONLINE, token_expires_ms=token_expires_ms)
         self.backoff.reset()
         self.attention_backoff.reset()
@@ -183,6 +200,62 @@ class Session(Connector):
                 self.attention_base, self.attention_cap, floor=self.attention_base / 2
             )
         return self._attention
+
+    # ------------------------------------------------------------------ pacing
+
+    @property
+    def pacer(self) -> Pacer:
+        """The rate model's pacer: the gateway's (``use_pacer``), else the process-wide one."""
+        if self._pacer is None:
+            self.use_pacer(rates.default_pacer())
+        assert self._pacer is not None
+        return self._pacer
+
+    def use_pacer(self, pacer: Pacer) -> None:
+        self._pacer = pacer
+        self.configure_pacer(pacer)
+
+    def configure_pacer(self, pacer: Pacer) -> None:
+        """Hook: apply this account's own rate options to the pacer (CoolKit's ``rate_*``)."""
+
+    def rate_scopes(self) -> tuple[ScopeKey, ...]:
+        """The scopes this account's calls count against; a vendor adds its app key scope."""
+        return (rates.ip_scope(self.vendor), rates.account_scope(self.vendor, self.ctx.account))
+
+    @contextlib.asynccontextmanager
+    async def paced(
+        self,
+        endpoint: str,
+        kind: str = "call",
+        *,
+        optional: bool = False,
+        scopes: tuple[ScopeKey, ...] | None = None,
+    ) -> AsyncIterator[None]:
+        """Hold a slot for one vendor call to ``endpoint`` while the block runs.
+
+        ``kind``: ``login`` / ``handshake`` (outside an attempt they first take a connect
+        slot), ``call`` or ``command`` (refused with ``Throttled`` when its slot is further
+        away than the vendor's ``command_max_wait``). ``optional``: raise ``Deferred`` at once
+        when a budget runs low; the caller skips the call.
+        """
+        pacer = self.pacer
+        scopes = scopes or self.rate_scopes()
+        max_wait = pacer.rates(self.vendor).command_max_wait if kind == "command" else None
+        try:
+            if kind in ("login", "handshake") and not self._in_attempt:
+                await pacer.acquire("connect", *scopes, endpoint=endpoint, max_wait=max_wait)
+            await pacer.acquire(
+                kind, *scopes, endpoint=endpoint, optional=optional, max_wait=max_wait
+            )
+        except Deferred:
+            raise
+        except RateLimited as exc:
+            raise Throttled(f"rate budget: {exc}", exc.retry_after) from None
+        held = rates.hold()
+        try:
+            yield
+        finally:
+            rates.release(held)
 
     def token_identity(self) -> str:
         """What stored tokens belong to; a change of credentials must not reuse another's.
@@ -257,6 +330,8 @@ class Session(Connector):
                 self.ctx.link(state)
             state = self.retry_state
             try:
+                await self.pacer.acquire("connect", *self.rate_scopes(), endpoint="session")
+                self._in_attempt = True
                 await self.connect()
                 delay = self.backoff.next()
                 self.ctx.link(LinkState.BACKOFF, "connection closed")
@@ -265,6 +340,7 @@ class Session(Connector):
             except Exception as exc:
                 delay = self._failed(exc)
             finally:
+                self._in_attempt = False
                 await self.teardown()
                 for task in list(self._rereads):
                     task.cancel()
@@ -277,6 +353,8 @@ class Session(Connector):
             exc = NeedsAttention(f"credentials refused: {exc.vendor_code}: {exc.message}")
         elif isinstance(exc, VendorError) and exc.code == "throttled":
             exc = Throttled(f"{exc.vendor_code}: {exc.message}")
+        elif isinstance(exc, RateLimited):
+            exc = Throttled(f"rate budget: {exc}", exc.retry_after)
         if isinstance(exc, NeedsAttention):
             delay = exc.retry_after or self.attention_backoff.next()
             keys = (exc.config_key,) if exc.config_key else self.credential_keys

@@ -70,9 +70,10 @@ from protocols.tencent.template import denormalize, schema_from_template
 from .. import wsclient
 from ..errors import ConfigError
 from ..link import LinkState
+from ..rates import ScopeKey, app_scope
 from .base import AccountContext
 from .options import opt, read_options
-from .session import ATTENTION_BASE, ATTENTION_CAP, LinkLost, NeedsAttention, Session
+from .session import ATTENTION_BASE, ATTENTION_CAP, Deferred, LinkLost, NeedsAttention, Session
 
 __all__ = ["TencentConnector", "TencentOptions"]
 
@@ -190,6 +191,9 @@ class TencentConnector(Session):
         self._hb_failures = 0
         self._last_hb = 0.0  # loop time the last trace heartbeat was sent
 
+    def rate_scopes(self) -> tuple[ScopeKey, ...]:
+        return (*super().rate_scopes(), app_scope(self.vendor, self.options.app_key))
+
     # ------------------------------------------------------------------ session
 
     async def connect(self) -> None:
@@ -197,15 +201,16 @@ class TencentConnector(Session):
         await self._ensure_token()
         await self._list_devices()
         opts = self.options
-        self._conn = conn = await wsclient.connect(
-            opts.ws_url,
-            open_timeout=opts.request_timeout,
-            max_size=4 << 20,
-            on_message=self._on_message,
-            on_close=self._poke,
-            flow=self.ctx,
-            ping_interval=opts.ping_interval or None,
-        )
+        async with self.paced("WS connect", "handshake"):
+            self._conn = conn = await wsclient.connect(
+                opts.ws_url,
+                open_timeout=opts.request_timeout,
+                max_size=4 << 20,
+                on_message=self._on_message,
+                on_close=self._poke,
+                flow=self.ctx,
+                ping_interval=opts.ping_interval or None,
+            )
         await self._subscribe()
         await self._resync(self._subscribed)
         self.mark_online(token_expires_ms=self._expires_ms)
@@ -267,7 +272,11 @@ class TencentConnector(Session):
                 if next_refresh is not None:
                     next_refresh = loop.time() + opts.refresh_interval
                 before = set(self._subscribed)
-                await self._list_devices()
+                try:
+                    await self._list_devices(optional=True)
+                except Deferred as exc:
+                    self.ctx.log.info("device-list refresh postponed: %s", exc)
+                    continue
                 if set(self._devices) != before:
                     await self._subscribe()
                     await self._resync([d for d in self._subscribed if d not in before])
@@ -284,14 +293,17 @@ class TencentConnector(Session):
     def _next_req_id(self) -> str:
         return f"c2m-{self._tag}-{next(self._req_ids)}"
 
-    async def _ws_request(self, req_id: str, frame: str, timeout: float | None = None) -> ws.Reply:
+    async def _ws_request(
+        self, req_id: str, frame: str, endpoint: str, timeout: float | None = None
+    ) -> ws.Reply:
         conn = self._conn
         if conn is None:
             raise ConnectionError("WebSocket is not connected")
         fut: asyncio.Future[ws.Reply] = asyncio.get_running_loop().create_future()
         self._pending[req_id] = fut
         try:
-            conn.send(frame)
+            async with self.paced(endpoint):
+                conn.send(frame)
             async with asyncio.timeout(timeout or self.options.reply_timeout):
                 return await fut
         finally:
@@ -307,7 +319,7 @@ class TencentConnector(Session):
                 req_id, ids, token, app_key=self.options.app_key,
                 platform=self.options.platform or None, region_id=self.options.region_id,
             )  # fmt: skip
-            reply = await self._ws_request(req_id, frame)
+            reply = await self._ws_request(req_id, frame, "WS ActivePush")
             try:
                 accepted = ws.active_push_result(reply, ids)
             except VendorError:
@@ -336,7 +348,7 @@ class TencentConnector(Session):
             req_id, self._subscribed, self._token or "", platform=self.options.platform or None
         )
         try:
-            ws.yunapi_result(await self._ws_request(req_id, frame))
+            ws.yunapi_result(await self._ws_request(req_id, frame, "WS AppDeviceTraceHeartBeat"))
             self._hb_failures = 0
         except VendorError as exc:
             if api.is_token_error(exc):
@@ -359,7 +371,7 @@ class TencentConnector(Session):
             req_id, self._subscribed, self._token or "", platform=self.options.platform or None
         )
         try:
-            await self._ws_request(req_id, frame, timeout)
+            await self._ws_request(req_id, frame, "WS AppDeviceTraceHeartBeat", timeout)
         except TimeoutError:
             self.ctx.count("stalls")
             raise LinkLost(
@@ -457,10 +469,13 @@ class TencentConnector(Session):
 
     # ------------------------------------------------------------------ HTTP
 
-    async def _post(self, kind: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    async def _post(
+        self, kind: str, body: Mapping[str, Any], pace: str = "call", optional: bool = False
+    ) -> dict[str, Any]:
         url = f"{self.options.api_url}/{kind}"
         timeout = aiohttp.ClientTimeout(total=self.options.request_timeout)
-        async with self.http.post(
+        endpoint = str(body.get("Action", kind))
+        async with self.paced(endpoint, pace, optional=optional), self.http.post(
             url,
             data=orjson.dumps(body),
             headers={"Content-Type": "application/json"},
@@ -476,8 +491,12 @@ class TencentConnector(Session):
                 raise VendorError("vendor", f"HTTP {resp.status}", message)
             return api.parse_response(raw)
 
-    async def _call(self, action: str, params: Mapping[str, Any]) -> dict[str, Any]:
-        """A tokenapi call; an ``InvalidAccessToken`` answer logs in again once and retries once."""
+    async def _call(
+        self, action: str, params: Mapping[str, Any], pace: str = "call", optional: bool = False
+    ) -> dict[str, Any]:
+        """A tokenapi call; an ``InvalidAccessToken`` answer logs in again once and retries once.
+
+        ``pace``/``optional``: how the rate model paces it (``Session.paced``)."""
         sent = ""
 
         async def once() -> dict[str, Any]:
@@ -487,7 +506,7 @@ class TencentConnector(Session):
             body = api.tokenapi_body(action, params, access_token=sent, request_id=uuid.uuid4().hex)
             if self.options.platform:
                 body["Platform"] = self.options.platform
-            return await self._post(api.TOKENAPI, body)
+            return await self._post(api.TOKENAPI, body, pace, optional)
 
         def rejected(exc: Exception) -> bool:
             return self.options.can_login and _token_error(exc)
@@ -549,7 +568,7 @@ class TencentConnector(Session):
             )
             # A refused login is an ``auth`` VendorError: a command gets that reply, and the
             # Session flags the account and names the credential keys.
-            token = api.parse_token(await self._post(api.APPAPI, body))
+            token = api.parse_token(await self._post(api.APPAPI, body, "login"))
             self._token, self._expires_ms = token.token, token.expire_at_ms
             self.save_tokens({"token": token.token, "expires_ms": token.expire_at_ms})
             expires = token.expire_at_ms
@@ -569,20 +588,28 @@ class TencentConnector(Session):
 
     # ------------------------------------------------------------------ devices and state
 
-    async def _paged(self, action: str, params: Mapping[str, Any], parse: Any) -> list[Any]:
+    async def _paged(
+        self, action: str, params: Mapping[str, Any], parse: Any, optional: bool = False
+    ) -> list[Any]:
         items: list[Any] = []
         offset: int | None = 0
         while offset is not None:
             page: api.Page = parse(
-                await self._call(action, {**params, "Offset": offset, "Limit": api.MAX_LIMIT})
-            )
+                await self._call(
+                    action, {**params, "Offset": offset, "Limit": api.MAX_LIMIT},
+                    optional=optional,
+                )
+            )  # fmt: skip
             items.extend(page.items)
             offset = page.next_offset(offset)
         return items
 
-    async def _list_devices(self) -> None:
+    async def _list_devices(self, optional: bool = False) -> None:
+        """The complete device list; ``optional`` (a periodic refresh): the family listing may be
+        refused for budget (``Deferred``) before anything is reported, so a refresh is either
+        skipped or complete."""
         families: list[api.FamilyRecord] = await self._paged(
-            "AppGetFamilyList", {}, api.parse_family_list
+            "AppGetFamilyList", {}, api.parse_family_list, optional
         )
         wanted = set(self.options.families)
         devices: dict[str, api.DeviceRecord] = {}
@@ -659,9 +686,9 @@ class TencentConnector(Session):
 
         await asyncio.gather(*(one(d) for d in ids))
 
-    async def _read_state(self, device: str) -> dict[str, Any]:
+    async def _read_state(self, device: str, pace: str = "call") -> dict[str, Any]:
         values, stamps = api.parse_device_data(
-            await self._call("AppGetDeviceData", api.device_data_params(device))
+            await self._call("AppGetDeviceData", api.device_data_params(device), pace)
         )
         if values:
             ts = max(stamps.values()) if stamps else time.time_ns() // 1_000_000
@@ -681,14 +708,14 @@ class TencentConnector(Session):
             params = api.control_params(device, denormalize(schema, props))
         except LocalProtocolError as exc:
             raise CommandError("invalid", str(exc)) from None
-        await self._call("AppControlDeviceData", params)
+        await self._call("AppControlDeviceData", params, "command")
         return CommandResult.ok()
 
     async def get(self, device: str, props: list[str]) -> CommandResult:
         """The device's values as read (the command handler normalizes and filters them)."""
         self._schema_of(device)
         try:
-            return CommandResult.ok(await self._read_state(device))
+            return CommandResult.ok(await self._read_state(device, "command"))
         except RemoteProtocolError as exc:
             raise VendorError("vendor", "BadReply", str(exc)) from None
 
@@ -702,7 +729,9 @@ class TencentConnector(Session):
         except LocalProtocolError as exc:
             raise CommandError("invalid", str(exc)) from None
         if self.options.action_mode == "sync":
-            result = api.parse_action_result(await self._call("AppCallDeviceActionSync", request))
+            result = api.parse_action_result(
+                await self._call("AppCallDeviceActionSync", request, "command")
+            )
             if not result.ok:
                 return CommandResult.error(
                     "rejected", f"action status {result.status}", result.status
@@ -710,7 +739,9 @@ class TencentConnector(Session):
             return CommandResult.ok(
                 {"output": dict(result.output or {}), "client_token": result.client_token}
             )
-        sent = api.parse_action_result(await self._call("AppCallDeviceActionAsync", request))
+        sent = api.parse_action_result(
+            await self._call("AppCallDeviceActionAsync", request, "command")
+        )
         if not sent.ok:
             return CommandResult.error("rejected", f"action status {sent.status}", sent.status)
         recent = self._recent_replies

@@ -68,7 +68,7 @@ from ..errors import ConfigError
 from ..link import LinkState
 from .base import AccountContext
 from .options import opt, read_options
-from .session import LinkLost, Session
+from .session import Deferred, LinkLost, Session
 
 __all__ = ["XkyConnector", "XkyOptions"]
 
@@ -140,6 +140,8 @@ class XkyConnector(Session):
                 self.ctx.bad_input(f"malformed reply, poll skipped: {exc}")
             except SessionInvalid as exc:  # rejected again right after a fresh login
                 raise LinkLost(f"{exc.vendor_code}: {exc.message}") from None
+            except Deferred as exc:  # the budget runs low: this round's poll is skipped
+                self.ctx.log.info("poll skipped: %s", exc)
             else:
                 self.mark_online()
             await asyncio.sleep(self._next_interval())
@@ -159,7 +161,10 @@ class XkyConnector(Session):
         self._last_poll = loop.time()
 
     async def _poll(self) -> None:
-        records = parse_device_list(await self._call(api.get_device_list, paced=True))
+        # A poll after a good one may be skipped when the budget runs low; a resync may not.
+        records = parse_device_list(
+            await self._call(api.get_device_list, paced=True, optional=not self._resync)
+        )
         ts = now_ms()
         ctx = self.ctx
         # A resync is a diff against nothing: every device is "added", with its whole state.
@@ -199,7 +204,9 @@ class XkyConnector(Session):
     async def _login(self) -> str:
         opts = self.options
         result = parse_login(
-            await self._send(api.login(opts.account, opts.password, opts.subaccount, opts.key))
+            await self._send(
+                api.login(opts.account, opts.password, opts.subaccount, opts.key), "login"
+            )
         )
         self._session = result.session
         self.save_tokens(
@@ -222,22 +229,32 @@ class XkyConnector(Session):
                 self.ctx.log.info("session rejected; logging in again")
             return await self._login()
 
-    async def _call(self, build: Callable[[str], api.Request], *, paced: bool = False) -> Any:
-        """Send one call with the session; on a rejected session log in again and retry once."""
+    async def _call(
+        self,
+        build: Callable[[str], api.Request],
+        *,
+        paced: bool = False,
+        kind: str = "call",
+        optional: bool = False,
+    ) -> Any:
+        """Send one call with the session; on a rejected session log in again and retry once.
+
+        ``kind`` / ``optional``: how the rate model paces it (``Session.paced``)."""
         session = await self._session_for()
         if paced:
             await self._pace()
         try:
-            return await self._send(build(session))
+            return await self._send(build(session), kind, optional)
         except SessionInvalid:
             session = await self._session_for(rejected=session)
             if paced:
                 await self._pace()
-            return await self._send(build(session))
+            return await self._send(build(session), kind)
 
-    async def _send(self, req: api.Request) -> Any:
+    async def _send(self, req: api.Request, kind: str = "call", optional: bool = False) -> Any:
         headers = {"content-type": "application/json"} if req.body is not None else None
-        async with self.http.request(
+        endpoint = f"{req.method} {req.path}"
+        async with self.paced(endpoint, kind, optional=optional), self.http.request(
             req.method,
             req.url(self.options.base_url),
             params=req.query,
@@ -252,7 +269,7 @@ class XkyConnector(Session):
 
     async def _command(self, build: Callable[[str], api.Request]) -> Any:
         try:
-            return await self._call(build)
+            return await self._call(build, kind="command")
         except RemoteProtocolError as exc:
             self.ctx.bad_input(f"malformed reply to a command: {exc}")
             raise CommandError("vendor", f"malformed reply: {exc}") from None
