@@ -1,0 +1,231 @@
+"""The rate model (gateway/rates.py): buckets, windows, intervals and scopes, on an injected clock."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import random
+from typing import Any
+
+import pytest
+
+from gateway.config import parse_config
+from gateway.errors import ConfigError
+from gateway.rates import (
+    ASSUMED,
+    ASSUMED_LIMITS,
+    Deferred,
+    LocalPacer,
+    RateLimited,
+    RatesConfig,
+    VendorRates,
+    account_scope,
+    app_scope,
+    ip_scope,
+    parse_rates,
+)
+
+
+class Clock:
+    """A fake clock whose ``sleep`` wakes sleepers in time order: ``run()`` drives it, moving
+    the time to the earliest wake-up whenever every task is blocked on a sleep."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._n = 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._n += 1
+        heapq.heappush(self._sleepers, (self.now + max(seconds, 0.0), self._n, fut))
+        await fut
+
+    async def run(self, *coros: Any) -> list[Any]:
+        tasks = [asyncio.ensure_future(c) for c in coros]
+        while not all(t.done() for t in tasks):
+            for _ in range(5):
+                await asyncio.sleep(0)
+            if self._sleepers:
+                at, _, fut = heapq.heappop(self._sleepers)
+                self.now = max(self.now, at)
+                fut.set_result(None)
+        return [t.result() for t in tasks]
+
+
+def pacer(clock: Clock, **vendors: VendorRates) -> LocalPacer:
+    cfg = RatesConfig()
+    cfg.vendors.update(vendors)
+    return LocalPacer(cfg, clock=clock, sleep=clock.sleep, rng=random.Random(1))
+
+
+def max_in_any_second(times: list[float]) -> int:
+    times = sorted(times)
+    best, lo = 0, 0
+    for hi, t in enumerate(times):
+        while times[lo] <= t - 1.0:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+def test_coolkit_rules_reserve_per_endpoint_and_window() -> None:
+    """Moved from test_coolkit_connector (the old coolkit_rate.RateLimiter), same assertions."""
+    clock = Clock()
+    rules = VendorRates(1.0, 1, window_calls=3, window_seconds=10.0, endpoint_interval=0.5,
+                        account_connect_interval=5.0, slack=0.0)  # fmt: skip
+    p = pacer(clock, coolkit=rules)
+    ip = ip_scope("coolkit")
+    assert p.reserve("call", ip, endpoint="/a") == 0.0
+    assert p.reserve("call", ip, endpoint="/b") == 0.0
+    assert p.reserve("call", ip, endpoint="/a") == pytest.approx(0.505)
+    assert p.reserve("call", ip, endpoint="/c") == pytest.approx(10.0, abs=0.01)  # wait it out
+
+
+def test_bucket_grants_burst_then_rate() -> None:
+    clock = Clock()
+    p = pacer(clock, tencent=VendorRates(connect_per_second=5.0, connect_burst=10))
+    ip = ip_scope("tencent")
+    delays = [p.reserve("connect", ip) for _ in range(30)]
+    assert delays[:10] == [0.0] * 10
+    assert delays[10:] == pytest.approx([0.2 * (i + 1) for i in range(20)])
+    # never more than burst + rate in any second
+    assert max_in_any_second(delays) <= 10 + 5
+
+
+def test_bucket_refills_with_time() -> None:
+    clock = Clock()
+    p = pacer(clock, tencent=VendorRates(connect_per_second=2.0, connect_burst=2))
+    ip = ip_scope("tencent")
+    assert [p.reserve("connect", ip) for _ in range(3)] == pytest.approx([0.0, 0.0, 0.5])
+    clock.now = 10.0  # a long quiet spell refills the burst, no more
+    assert [p.reserve("connect", ip) for _ in range(3)] == pytest.approx([0.0, 0.0, 0.5])
+
+
+def test_scopes_are_separate_and_all_apply() -> None:
+    clock = Clock()
+    rates = VendorRates(connect_per_second=100.0, connect_burst=100,
+                        app_calls_per_second=1.0, app_calls_burst=1)  # fmt: skip
+    p = pacer(clock, aliyun=rates)
+    a, b = app_scope("aliyun", "key-a"), app_scope("aliyun", "key-b")
+    ip = ip_scope("aliyun")
+    assert p.reserve("call", ip, a) == 0.0
+    assert p.reserve("call", ip, b) == 0.0  # another app key has its own bucket
+    assert p.reserve("call", ip, a) == pytest.approx(1.0)  # the tighter scope decides
+    # connect slots are not calls: the app bucket does not hold them back
+    assert p.reserve("connect", ip, a) == 0.0
+
+
+def test_account_handshake_interval_is_per_account() -> None:
+    clock = Clock()
+    rates = dict(ASSUMED_LIMITS)["coolkit"]
+    p = pacer(clock, coolkit=rates)
+    ip = ip_scope("coolkit")
+    one, two = account_scope("coolkit", "one"), account_scope("coolkit", "two")
+    assert p.reserve("handshake", ip, one, endpoint="WS userOnline") == 0.0
+    # the other account waits only for the per-IP interface spacing
+    assert p.reserve("handshake", ip, two, endpoint="WS userOnline") == pytest.approx(
+        0.5 * 1.05 + 0.005
+    )
+    # the same account waits the userOnline interval (20 s assumed, with the seed's slack)
+    assert p.reserve("handshake", ip, one, endpoint="WS userOnline") == pytest.approx(
+        20 * 1.05 + 0.005
+    )
+
+
+def test_optional_calls_degrade_first_and_commands_are_refused_not_queued() -> None:
+    clock = Clock()
+    rates = VendorRates(connect_per_second=1.0, connect_burst=1, calls_per_second=1.0,
+                        calls_burst=8)  # fmt: skip
+    p = pacer(clock, xky=rates)
+    ip = ip_scope("xky")
+    for _ in range(7):
+        assert p.reserve("call", ip, endpoint="poll", optional=True) == 0.0
+    # 1 of 8 tokens left: below the headroom (25 %) optional calls must leave
+    with pytest.raises(Deferred):
+        p.reserve("call", ip, endpoint="poll", optional=True)
+    # a required call still goes, at once; a command waits within its bound
+    assert p.reserve("call", ip, endpoint="list") == 0.0
+    assert p.reserve("command", ip, endpoint="set", max_wait=2.0) == pytest.approx(1.0)
+    assert p.reserve("call", ip, endpoint="list") == pytest.approx(2.0)
+    with pytest.raises(RateLimited) as info:
+        p.reserve("command", ip, endpoint="set", max_wait=0.5)
+    assert info.value.retry_after == pytest.approx(3.0)
+    # a refused command reserved nothing: the next call's slot did not move
+    assert p.reserve("call", ip, endpoint="list") == pytest.approx(3.0)
+
+
+async def test_acquire_spreads_a_mass_reconnect_and_reports_waiting() -> None:
+    clock = Clock()
+    p = pacer(clock, tencent=VendorRates(connect_per_second=5.0, connect_burst=10))
+    changes: list[tuple[str, bool]] = []
+    p.on_waiting = lambda vendor, account, waiting: changes.append((account, waiting))
+    granted: list[float] = []
+
+    async def one(i: int) -> None:
+        await p.acquire("connect", ip_scope("tencent"), account_scope("tencent", f"a{i}"))
+        granted.append(clock.now)
+
+    n = 200
+    await clock.run(*(one(i) for i in range(n)))
+    assert len(granted) == n
+    assert max_in_any_second(granted) <= 5 + 10
+    assert max(granted) <= 1.2 * n / 5  # all back within 1.2 × N / rate
+    waited = {a for a, w in changes if w}
+    assert len(waited) >= n - 10 and all(changes.count((a, False)) == 1 for a in waited)
+    assert p.waiting() == {}
+
+
+def test_budget_shows_usage_limits_and_share() -> None:
+    clock = Clock()
+    p = pacer(clock, coolkit=ASSUMED_LIMITS["coolkit"], tencent=ASSUMED_LIMITS["tencent"])
+    ip = ip_scope("coolkit")
+    for name, n in (("a", 3), ("b", 1)):
+        for i in range(n):
+            p.reserve("call", ip, account_scope("coolkit", name), endpoint=f"GET /v2/x{i}")
+    p.reserve("connect", ip, account_scope("coolkit", "a"))
+    budget = p.budget("coolkit", "a")
+    calls = budget["ip"]["calls"]
+    assert (calls["used"], calls["share"], calls["limit"], calls["window_s"]) == (4, 3, 300, 300.0)
+    assert "seed 001" in calls["source"]
+    assert budget["ip"]["connects"]["share"] == 1
+    assert budget["account"]["calls"] == {
+        "used": 3, "limit": None, "window_s": 60.0, "source": "none documented or configured"
+    }  # fmt: skip
+    assert budget["by_endpoint"] == {"GET /v2/x0": 1, "GET /v2/x1": 1, "GET /v2/x2": 1}
+    # no documented call limit for Tencent: the limit reads null, usage still shows
+    tip, acc = ip_scope("tencent"), account_scope("tencent", "t")
+    p.reserve("call", tip, acc, endpoint="AppGetDeviceData")
+    tb = p.budget("tencent", "t")
+    assert tb["ip"]["calls"]["limit"] is None and tb["ip"]["calls"]["used"] == 1
+    assert tb["ip"]["connects"]["limit"] == 10 + 5 * 60
+    assert tb["ip"]["connects"]["source"] == ASSUMED
+
+
+def test_rates_table_names_its_assumptions() -> None:
+    for vendor in ("tencent", "aliyun", "xky"):
+        assert ASSUMED_LIMITS[vendor].source("connect_per_second") == ASSUMED
+    assert "seed 001" in ASSUMED_LIMITS["coolkit"].source("window_calls")
+
+
+def test_rates_config_per_vendor() -> None:
+    cfg = parse_config({"rates": {"tencent": {"connect_per_second": 50, "connect_burst": 20},
+                                  "coolkit": {"endpoint_interval": False}}})  # fmt: skip
+    t = cfg.rates.for_vendor("tencent")
+    assert (t.connect_per_second, t.connect_burst, t.source("connect_burst")) == (50.0, 20, "configured")
+    assert cfg.rates.for_vendor("coolkit").endpoint_interval is None
+    assert cfg.rates.for_vendor("xky") == ASSUMED_LIMITS["xky"]
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"nope": {}}, "rates.nope"),
+        ({"tencent": {"connect_per_second": 0}}, "rates.tencent.connect_per_second"),
+        ({"tencent": {"connect_burst": 1.5}}, "rates.tencent.connect_burst"),
+        ({"tencent": {"speed": 1}}, "rates.tencent.speed"),
+        ({"tencent": {"window_calls": 10}}, "rates.tencent.window_calls"),
+    ]
+    for raw, key in bad:
+        with pytest.raises(ConfigError) as info:
+            parse_rates(raw, ASSUMED_LIMITS)
+        assert info.value.key == key
