@@ -146,7 +146,8 @@ async def gateway_factory(
     async def factory(
         accounts: list[dict[str, Any]], *, connectors: Any = None,
         homeassistant: dict[str, Any] | None = None,
-        http: dict[str, Any] | None = None, **gateway_opts: Any,
+        http: dict[str, Any] | None = None, rates: dict[str, Any] | None = None,
+        **gateway_opts: Any,
     ) -> Gateway:
         opts = {
             "state_dir": str(tmp_path / "state"),
@@ -156,6 +157,8 @@ async def gateway_factory(
         }
         opts.update(gateway_opts)
         raw = {"mqtt": {"url": mosquitto.url, "client_id": f"gw-{len(started)}"}, "gateway": opts, "accounts": accounts}
+        if rates is not None:  # [rates.<vendor>] (gateway/rates.py)
+            raw["rates"] = rates
         if http is not None:  # [http] (gateway/http.py)
             raw["http"] = http
         if homeassistant is not None:  # [homeassistant] (gateway/consumers/homeassistant.py)

@@ -81,6 +81,9 @@ class TencentCloud(DeviceModel, HttpApi, PushSocket, Faults, SimulatedCloud):
         self.sockets: set[SimSocket] = set()
         self._watchers: dict[str, set[SimSocket]] = {}  # device -> sockets that ActivePushed it
         self.calls: collections.deque[str] = collections.deque(maxlen=10_000)
+        #: when each WebSocket connection was accepted (monotonic seconds): the rate tests' and
+        #: the reconnect bench's record of how connects were spread
+        self.connect_times: collections.deque[float] = collections.deque(maxlen=100_000)
         self.stats: collections.Counter[str] = collections.Counter()
         self._nonces: dict[tuple[int, int], float] = {}
         self._seq = itertools.count(1)

@@ -220,6 +220,7 @@ class PushSocket:
         sock = SimSocket(conn)
         self.sockets.add(sock)
         self.stats["ws_connections"] += 1
+        self.connect_times.append(time.monotonic())
         sock.writer = self._spawn(self._writer(sock))
         firehose: asyncio.Task[None] | None = None
         try:
