@@ -26,6 +26,7 @@ from emulators.tencent import TencentCloud
 from emulators.xky import XkyCloud
 from gateway.mqtt.client import MqttClient
 from gateway.rates import slot_held
+from gateway.topics import encode_id
 from tests.helpers import eventually
 
 B = "cloud2mqtt"
@@ -168,7 +169,7 @@ async def test_no_vendor_call_bypasses_the_model(
         keys = [("tencent", "t"), ("coolkit", "c"), ("xky", "x")]
         await eventually(lambda: all(gw.link(k).link_state == "online" for k in keys))
         # commands, a reconnect, a token renewal, refreshes and polls: every path out
-        light = tencent.device_ids()[0]
+        light = encode_id(tencent.device_ids()[0])
         probe.publish(f"{B}/tencent/{light}/set", {"power_switch": True, "transaction": "t1"})
         probe.publish(f"{B}/coolkit/1000000001/set", {"switch": True, "transaction": "c1"})
         for topic in (f"{B}/tencent/{light}/response/set", f"{B}/coolkit/1000000001/response/set"):
@@ -177,7 +178,8 @@ async def test_no_vendor_call_bypasses_the_model(
         mark = len(entry_points)
         tencent.drop_sockets()
         tencent.expire_tokens()
-        coolkit.drop_sockets()
+        coolkit.expire_tokens()
+        coolkit.drop()
         await eventually(lambda: len({p for p, _, _ in entry_points[mark:]}) >= 2)
         await eventually(lambda: all(gw.link(k).link_state == "online" for k in keys))
         polls = sum(1 for c in xky.calls if c.path.endswith("get_device_list"))
