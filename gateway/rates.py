@@ -13,7 +13,8 @@ rule                scope       counts
 ==================  ==========  ===============================================================
 token bucket        ip          ``connect`` slots: one per session attempt (start-up, reconnect)
                                 and one per login outside an attempt; ``connect_per_second``
-                                refill, ``connect_burst`` at once
+                                refill, ``connect_burst`` at once; logins and handshakes
+                                themselves each keep to the same rate
 token bucket        ip          vendor calls (``calls_per_second`` / ``calls_burst``)
 sliding window      ip          vendor calls: at most ``window_calls`` per ``window_seconds``
 endpoint interval   ip          vendor calls to one endpoint at least ``endpoint_interval`` apart
@@ -340,13 +341,18 @@ _Rule = _Bucket | _Window | _Interval
 _CALLS = CALL_KINDS
 _CONNECT = frozenset({"connect"})
 _HANDSHAKE = frozenset({"handshake"})
+_LOGIN = frozenset({"login"})
 
 
 def rules_for(scope: ScopeKey, rates: VendorRates) -> list[_Rule]:
     """The rules a scope carries under its vendor's row."""
     rules: list[_Rule] = []
     if scope[0] == "ip":
-        rules.append(_Bucket("connects", _CONNECT, rates.connect_per_second, rates.connect_burst))
+        # Attempts, logins and push-channel handshakes each keep to the connect rate: attempts
+        # are granted at it, and what an attempt does before its login or handshake (listing,
+        # vendor latency) must not bunch them up again on the way to the cloud.
+        for name, kinds in (("connects", _CONNECT), ("logins", _LOGIN), ("handshakes", _HANDSHAKE)):
+            rules.append(_Bucket(name, kinds, rates.connect_per_second, rates.connect_burst))
         if rates.calls_per_second is not None:
             rules.append(_Bucket("calls", _CALLS, rates.calls_per_second, rates.calls_burst))
         if rates.window_calls is not None and rates.window_seconds is not None:
@@ -421,7 +427,7 @@ class _Scope:
 
     def limit_of(self, cls: str) -> tuple[int | None, float, str]:
         """The tightest shown limit of a class: (limit, window seconds, source)."""
-        kinds = _CONNECT if cls == "connects" else _CALLS
+        kinds = _CONNECT if cls == "connects" else frozenset({"call"})
         best: tuple[int | None, float, str] = (None, BUCKET_VIEW_WINDOW, "none documented or configured")
         for rule in self.rules:
             if not (rule.kinds & kinds) or isinstance(rule, _Interval):
