@@ -86,7 +86,7 @@ async def test_200_tencent_accounts_dropped_at_once_reconnect_at_the_configured_
         names = [f"t{i}" for i in range(n)]
         accounts = [
             cloud.account_config(name, open_id=f"user{i}", heartbeat=30.0, backoff_base=0.05,
-                                 backoff_cap=0.2, refresh_interval=0)  # fmt: skip
+                                 backoff_cap=0.2, refresh_interval=0)
             for i, name in enumerate(names)
         ]
         gw = await gateway_factory(
