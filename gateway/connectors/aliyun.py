@@ -89,6 +89,7 @@ from protocols.tsl import normalize
 
 from ..errors import ConfigError
 from ..link import AccountContext, LinkState, now_ms
+from ..rates import ScopeKey, app_scope
 from .options import opt, read_options
 from .session import LinkLost, NeedsAttention, Session, Throttled
 
@@ -256,6 +257,9 @@ class AliyunConnector(Session):
         # The first session gets an iotToken first (none known) or checks it (check_session).
         self._startup_check = self.iot_token is None or (options.check_session and bool(self.refresh_token))
 
+    def rate_scopes(self) -> tuple[ScopeKey, ...]:
+        return (*super().rate_scopes(), app_scope(self.vendor, self.opts.app_key))
+
     def token_identity(self) -> str:
         """A fingerprint of the configured credentials: persisted tokens apply only to them."""
         seed = f"{self.opts.iot_token}|{self.opts.refresh_token}|{self.opts.identity_id}"
@@ -334,7 +338,8 @@ class AliyunConnector(Session):
         # Pushes may follow the bind at once (seed 004 §6.1.2), in the very read that carries
         # bind_reply: hold everything from now until the device list is in.
         self._held = []
-        await client.connect()
+        async with self.paced("MQTT CONNECT", "handshake"):
+            await client.connect()
         granted = await client.subscribe([(t, 1) for t in down_topics(o.product_key, o.device_name)])
         if any(g >= 0x80 for g in granted):
             raise LinkLost("the platform refused a subscription")
@@ -472,7 +477,8 @@ class AliyunConnector(Session):
             self._bind_waiters[msg_id] = fut
             topic, payload = build_bind(o.product_key, o.device_name, self.iot_token, self.bare_client_id, msg_id)
             self.binds += 1
-            client.publish(topic, payload, qos=1)
+            async with self.paced("account/bind"):
+                client.publish(topic, payload, qos=1)
             try:
                 lost: asyncio.Future[Any] = asyncio.ensure_future(self._lost.wait())
                 waiting: set[asyncio.Future[Any]] = {fut, lost}
@@ -509,6 +515,7 @@ class AliyunConnector(Session):
                 "refresh_session",
                 {"request": {"refreshToken": self.refresh_token, "identityId": self.identity_id}},
                 token=False,
+                kind="login",
             )
         except VendorError as exc:
             if exc.code == "auth":
@@ -535,7 +542,11 @@ class AliyunConnector(Session):
 
     # ------------------------------------------------------------------ HTTP
 
-    async def _call(self, name: str, params: Mapping[str, Any], *, token: bool = True) -> Any:
+    async def _call(
+        self, name: str, params: Mapping[str, Any], *, token: bool = True, kind: str = "call"
+    ) -> Any:
+        """One signed API call; ``kind``: how the rate model paces it (``Session.paced``). The
+        429 breaker below is the platform's answer; the rate model keeps us from earning it."""
         self.breaker.check()
         api = API[name]
         body = build_request(api.version, params, self.iot_token if token else None)
@@ -543,7 +554,7 @@ class AliyunConnector(Session):
         async with self._sem:
             probe = self.breaker.admit()
             try:
-                async with self.http.post(
+                async with self.paced(api.path, kind), self.http.post(
                     self.opts.api_url + api.path,
                     data=body,
                     headers=headers,
@@ -725,11 +736,11 @@ class AliyunConnector(Session):
 
     async def set(self, device: str, props: dict[str, Any]) -> CommandResult:
         items = denormalize(props, self.ctx.schema(device))
-        await self._call("properties_set", {"iotId": device, "items": items})
+        await self._call("properties_set", {"iotId": device, "items": items}, kind="command")
         return CommandResult.ok()
 
     async def get(self, device: str, props: list[str]) -> CommandResult:
-        data = await self._call("properties_get", {"iotId": device})
+        data = await self._call("properties_get", {"iotId": device}, kind="command")
         if not isinstance(data, dict):
             raise VendorError("vendor", None, "properties reply is not an object")
         values, prop_ts = decode_items(data, now_ms())
@@ -745,7 +756,9 @@ class AliyunConnector(Session):
         schema = self.ctx.schema(device)
         spec = schema.action(action) if schema is not None else None
         args = denormalize(params, Schema(spec.input) if spec is not None else None)
-        data = await self._call("service_invoke", {"iotId": device, "identifier": action, "args": args})
+        data = await self._call(
+            "service_invoke", {"iotId": device, "identifier": action, "args": args}, kind="command"
+        )
         # The seed's example wraps the service output: {"data": {"data": {...}}}.
         if isinstance(data, dict) and set(data) == {"data"}:
             data = data["data"]
