@@ -5,7 +5,7 @@
 - 200 Tencent accounts dropped at once reconnect at the configured rate (connect times are
   taken by the emulator), show the wait on ``bridge/accounts``, and carry their budget;
 - no vendor call bypasses the model: the HTTP, WebSocket and MQTT connect entry points are
-  patched in-process to record any call made while no pacer slot is held.
+  patched in-process to record any call made while no pacer slot is held, for all four vendors.
 
 (Not named ``*integration*``: these run on one event loop; the pacing is loop-independent and
 the 200-account test is the heaviest of the suite.)
@@ -14,13 +14,14 @@ the 200-account test is the heaviest of the suite.)
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
 import pytest
 
 import gateway.wsclient
+from emulators.aliyun import AliyunCloud
 from emulators.coolkit import CoolkitCloud
 from emulators.tencent import TencentCloud
 from emulators.xky import XkyCloud
@@ -150,7 +151,7 @@ def entry_points(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, st
         return await ws_connect(url, *args, **kwargs)
 
     async def _mqtt(self: MqttClient, *args: Any, **kwargs: Any) -> Any:
-        seen.append(("mqtt", f"{self.host}:{self.port}", slot_held()))
+        seen.append(("mqtt", f"{self.client_id}@{self.host}:{self.port}", slot_held()))
         return await mqtt_connect(self, *args, **kwargs)
 
     monkeypatch.setattr(aiohttp.ClientSession, "_request", _request)
@@ -159,42 +160,53 @@ def entry_points(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, st
     yield seen
 
 
-async def test_no_vendor_call_bypasses_the_model(
-    gateway_factory: Any, probe: Any, mosquitto: Any, entry_points: list[tuple[str, str, bool]]
-) -> None:
+@pytest.fixture
+async def clouds() -> AsyncIterator[tuple[TencentCloud, CoolkitCloud, XkyCloud, AliyunCloud]]:
+    """The four emulators, set up before the gateway and so torn down after it."""
     async with (
         TencentCloud(devices=2, latency=0.0) as tencent,
         CoolkitCloud(rate_min_interval=0.02, rate_window=5.0, user_online_interval=0.05) as coolkit,
         XkyCloud(devices=2, seed=7) as xky,
+        AliyunCloud(devices=2) as aliyun,
     ):
-        accounts = [
-            tencent.account_config("t", heartbeat=0.3, backoff_base=0.05, refresh_interval=0.5),
-            coolkit.account_config("c", backoff_base=0.05),
-            xky.account_config("x", poll_interval=0.2, min_poll_interval=0.1),
-        ]
-        gw = await gateway_factory(accounts)
-        keys = [("tencent", "t"), ("coolkit", "c"), ("xky", "x")]
-        await eventually(lambda: all(gw.link(k).link_state == "online" for k in keys))
-        # commands, a reconnect, a token renewal, refreshes and polls: every path out
-        light = encode_id(tencent.device_ids()[0])
-        probe.publish(f"{B}/tencent/{light}/set", {"power_switch": True, "transaction": "t1"})
-        probe.publish(f"{B}/coolkit/1000000001/set", {"switch": True, "transaction": "c1"})
-        for topic in (f"{B}/tencent/{light}/response/set", f"{B}/coolkit/1000000001/response/set"):
-            reply = await probe.wait_for(topic)
-            assert reply["status"] == "ok", reply
-        mark = len(entry_points)
-        tencent.drop_sockets()
-        tencent.expire_tokens()
-        coolkit.expire_tokens()
-        coolkit.drop()
-        await eventually(lambda: len({p for p, _, _ in entry_points[mark:]}) >= 2)
-        await eventually(lambda: all(gw.link(k).link_state == "online" for k in keys))
-        polls = sum(1 for c in xky.calls if c.path.endswith("get_device_list"))
-        await eventually(lambda: sum(1 for c in xky.calls if c.path.endswith("get_device_list"))
-                         >= polls + 3, "more polls")  # fmt: skip
-        await eventually(lambda: tencent.calls.count("AppGetFamilyList") >= 3, "a refresh ran")
-    vendor = [e for e in entry_points if not (e[0] == "mqtt" and e[1].endswith(f":{mosquitto.port}"))]
-    assert {p for p, _, _ in vendor} >= {"http", "ws"}
+        yield tencent, coolkit, xky, aliyun
+
+
+async def test_no_vendor_call_bypasses_the_model(
+    clouds: Any, gateway_factory: Any, probe: Any, entry_points: list[tuple[str, str, bool]]
+) -> None:
+    tencent, coolkit, xky, aliyun = clouds
+    accounts = [
+        tencent.account_config("t", heartbeat=0.3, backoff_base=0.05, refresh_interval=0.5),
+        coolkit.account_config("c", backoff_base=0.05),
+        xky.account_config("x", poll_interval=0.2, min_poll_interval=0.1),
+        aliyun.account_config("a", reconnect_min=0.05, reconnect_max=0.3, keepalive=30),
+    ]
+    gw = await gateway_factory(accounts)
+    keys = [("tencent", "t"), ("coolkit", "c"), ("xky", "x"), ("aliyun", "a")]
+    await eventually(lambda: all(gw.link(k).link_state == "online" for k in keys))
+    # commands, a reconnect, a token renewal, refreshes and polls: every path out
+    light = encode_id(tencent.device_ids()[0])
+    probe.publish(f"{B}/tencent/{light}/set", {"power_switch": True, "transaction": "t1"})
+    probe.publish(f"{B}/coolkit/1000000001/set", {"switch": True, "transaction": "c1"})
+    for topic in (f"{B}/tencent/{light}/response/set", f"{B}/coolkit/1000000001/response/set"):
+        reply = await probe.wait_for(topic)
+        assert reply["status"] == "ok", reply
+    mark = len(entry_points)
+    tencent.drop_sockets()
+    tencent.expire_tokens()
+    coolkit.expire_tokens()
+    coolkit.drop()
+    aliyun.drop_mqtt()
+    await eventually(lambda: len({p for p, _, _ in entry_points[mark:]}) >= 2)
+    await eventually(lambda: all(gw.link(k).link_state == "online" for k in keys))
+    polls = sum(1 for c in xky.calls if c.path.endswith("get_device_list"))
+    await eventually(lambda: sum(1 for c in xky.calls if c.path.endswith("get_device_list"))
+                     >= polls + 3, "more polls")  # fmt: skip
+    await eventually(lambda: tencent.calls.count("AppGetFamilyList") >= 3, "a refresh ran")
+    # the gateway's own broker clients (client ids "gw-0", "gw-0-presence-…") are not vendor calls
+    vendor = [e for e in entry_points if not (e[0] == "mqtt" and e[1].startswith("gw-"))]
+    assert {p for p, _, _ in vendor} >= {"http", "ws", "mqtt"}
     bypassed = [(p, target) for p, target, held in vendor if not held]
     assert bypassed == []
     for key in keys:
