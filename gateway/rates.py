@@ -312,14 +312,15 @@ class _Window:
 class _Interval:
     """Calls at least ``interval`` apart, per endpoint (``per_endpoint``) or for all of them."""
 
-    __slots__ = ("gap", "kinds", "name", "next", "per_endpoint", "sent")
+    __slots__ = ("gap", "inflight", "kinds", "name", "next", "per_endpoint", "sent")
 
     def __init__(self, name: str, kinds: frozenset[str], interval: float, slack: float,
                  per_endpoint: bool) -> None:  # fmt: skip
         self.name, self.kinds, self.per_endpoint = name, kinds, per_endpoint
         self.gap = interval * (1 + slack)
         self.next: dict[str, float] = {}
-        self.sent: dict[str, float] = {}  # when each endpoint's last call actually went out
+        self.sent: dict[str, float] = {}  # when each endpoint's last call went out / finished
+        self.inflight: dict[str, int] = {}
 
     def _key(self, endpoint: str) -> str:
         return endpoint if self.per_endpoint else ""
@@ -490,6 +491,11 @@ class Pacer(Protocol):
 
     def rates(self, vendor: str) -> VendorRates: ...
 
+    def release(self, kind: str, *scopes: ScopeKey, endpoint: str = "") -> None:
+        """The call granted by ``acquire`` is over; every ``acquire`` of a vendor call is
+        paired with one (``Session.paced`` does it)."""
+        ...
+
     def configure(self, vendor: str, values: Mapping[str, Any], source: str) -> None: ...
 
     def budget(self, vendor: str, account: str) -> dict[str, Any]: ...
@@ -628,21 +634,38 @@ class LocalPacer:
             finally:
                 self._wait_ends(account)
             waited = delay
-        # A busy loop can wake us late and an earlier caller of the same endpoint later still:
-        # space calls by when they really go out, not only by their reservations.
-        spacing = [
-            r for key in scopes for r in self._scope(key).rules
-            if isinstance(r, _Interval) and r.per_endpoint and kind in r.kinds
-        ]  # fmt: skip
-        for rule in spacing:
-            gap = rule.sent.get(endpoint, float("-inf")) + rule.gap - self._clock()
-            while gap > 0:
+        # A busy loop can wake us late, and a request reaches the cloud some time after it is
+        # granted: space calls to one endpoint by when the previous one *finished* (``release``),
+        # one in flight at a time, not only by their reservations.
+        for rule in self._spacing(kind, scopes):
+            while True:
+                gap = rule.sent.get(endpoint, float("-inf")) + rule.gap - self._clock()
+                if rule.inflight.get(endpoint, 0) > 0:
+                    gap = max(gap, 0.01)
+                if gap <= 0:
+                    break
                 await self._sleep(gap)
                 waited += gap
-                gap = rule.sent.get(endpoint, float("-inf")) + rule.gap - self._clock()
+            rule.inflight[endpoint] = rule.inflight.get(endpoint, 0) + 1
             rule.sent[endpoint] = self._clock()
         self.waited += waited
         return waited
+
+    def release(self, kind: str, *scopes: ScopeKey, endpoint: str = "") -> None:
+        """The call granted by ``acquire`` is over (answered or failed)."""
+        for rule in self._spacing(kind, scopes):
+            n = rule.inflight.get(endpoint, 0) - 1
+            if n > 0:
+                rule.inflight[endpoint] = n
+            else:
+                rule.inflight.pop(endpoint, None)
+            rule.sent[endpoint] = self._clock()
+
+    def _spacing(self, kind: str, scopes: tuple[ScopeKey, ...]) -> list[_Interval]:
+        return [
+            r for key in scopes for r in self._scope(key).rules
+            if isinstance(r, _Interval) and r.per_endpoint and kind in r.kinds
+        ]  # fmt: skip
 
     # ------------------------------------------------------------------ waiting
 

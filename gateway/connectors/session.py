@@ -256,6 +256,7 @@ class Session(Connector):
             yield
         finally:
             rates.release(held)
+            pacer.release(kind, *scopes, endpoint=endpoint)
 
     def token_identity(self) -> str:
         """What stored tokens belong to; a change of credentials must not reuse another's.
