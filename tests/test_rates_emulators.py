@@ -7,8 +7,8 @@
 - no vendor call bypasses the model: the HTTP, WebSocket and MQTT connect entry points are
   patched in-process to record any call made while no pacer slot is held, for all four vendors.
 
-(Not named ``*integration*``: these run on one event loop; the pacing is loop-independent and
-the 200-account test is the heaviest of the suite.)
+(No ``both_loops`` marker: the pacing is loop-independent and the 200-account test is the
+heaviest of the suite, so these run on the default loop only.)
 """
 
 from __future__ import annotations
