@@ -87,6 +87,9 @@ class Ctx:
     def count(self, counter: str, n: int = 1) -> None:
         pass
 
+    def api_call(self, endpoint: str, n: int = 1) -> None:
+        pass
+
     def schema(self, device: str) -> Schema | None:
         info = self.infos.get(device)
         return info.schema if info else None

@@ -694,6 +694,7 @@ class AliyunConnector(Session):
     # ------------------------------------------------------------------ pushes
 
     def _on_message(self, topic: str, payload: bytes, props: dict[str, Any]) -> None:
+        self.ctx.count("frames")
         if self._held is not None and not topic.endswith("/account/bind_reply"):
             if len(self._held) >= _MAX_HELD:
                 # The resync's snapshot covers what is dropped here; count it, do not grow.

@@ -414,6 +414,7 @@ class CoolkitConnector(Session):
                 at=result.at, rt=result.rt, apikey=result.apikey, region=result.region or region,
                 issued_ms=now_ms(),
             )  # fmt: skip
+            self.ctx.count("logins")
             self.ctx.log.info("logged in (region %s)", self.region)
             return
         raise NeedsAttention("login kept redirecting between regions", "region")
@@ -668,6 +669,7 @@ class CoolkitConnector(Session):
             last_rx = loop.time()
             probed = False
             try:
+                self.ctx.count("frames")
                 event = session.receive(raw)
             except RemoteProtocolError as exc:
                 self.ctx.bad_input(f"unreadable frame: {exc}")

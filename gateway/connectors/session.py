@@ -251,6 +251,7 @@ class Session(Connector):
             raise
         except RateLimited as exc:
             raise Throttled(f"rate budget: {exc}", exc.retry_after) from None
+        self.ctx.api_call(endpoint)  # /metrics: vendor API calls by endpoint
         held = rates.hold()
         try:
             yield

@@ -392,6 +392,7 @@ class TencentConnector(Session):
         """Every frame, straight from the socket's read (no task, no await; the connection
         pauses reading while the MQTT side is congested)."""
         ctx = self.ctx
+        ctx.count("frames")
         # Fast path: a property report becomes its StateChange in one compiled call;
         # every other frame (and anything malformed) takes the full, error-wording path.
         report = ws.decode_report(message, now_ms=time.time_ns() // 1_000_000)
@@ -571,6 +572,7 @@ class TencentConnector(Session):
             token = api.parse_token(await self._post(api.APPAPI, body, "login"))
             self._token, self._expires_ms = token.token, token.expire_at_ms
             self.save_tokens({"token": token.token, "expires_ms": token.expire_at_ms})
+            self.ctx.count("logins")
             expires = token.expire_at_ms
             until = (
                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(expires / 1000))
