@@ -15,7 +15,7 @@ compiled twin from here (yarl's ``_quoting.py`` pattern)::
 A twin never imports its owner (nothing here imports ``protocols`` or ``gateway``): the owner
 calls the twin's ``configure(...)`` once at import with the constants and the pure functions the
 twin needs (bool spellings, limits, error classes, the reference it declines to), so no rule or
-constant is copied by hand. Hypothesis tests hold both builds equal (tests/test_speedups.py).
+constant is copied by hand. Hypothesis tests hold both builds equal (tests/speedups/test_speedups.py).
 
 Switches, read once at import:
 

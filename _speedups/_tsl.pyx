@@ -10,7 +10,7 @@ owner's pure ``coerce``, so the rule itself is written once, in ``protocols/tsl.
 It imports nothing of ``protocols``: ``protocols.tsl`` calls ``configure(...)`` at import with
 its rule (``coerce``), its "does not fit" sentinel, its bool spellings and the seconds/ms bound
 of timestamps, and gets the kernel back. Hypothesis tests hold it equal to the pure rule for
-every schema type and number spelling (tests/test_speedups.py).
+every schema type and number spelling (tests/speedups/test_speedups.py).
 """
 
 cimport cython

@@ -182,7 +182,7 @@ def normalize_reference(
 normalize: Callable[[Schema, Mapping[str, Any]], tuple[dict[str, Any], list[str]]]
 normalize = normalize_reference
 """``normalize_reference``, or its compiled twin ``_speedups._tsl`` when that loaded, bound here
-to this module's ``coerce`` and constants (tests/test_speedups.py proves equal results for every
+to this module's ``coerce`` and constants (tests/speedups/test_speedups.py proves equal results for every
 schema type and value spelling, ``bench/RESULTS.md`` the gain)."""
 
 _twin = _speedups.twin("_tsl")

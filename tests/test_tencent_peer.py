@@ -28,7 +28,7 @@ import pytest
 from emulators.tencent import TencentCloud
 from protocols.tencent import api
 from tests.conftest import peer_unavailable
-from tests.test_tencent_simulator import Client
+from tests.emulators.test_tencent import Client
 
 pytestmark = pytest.mark.peer
 

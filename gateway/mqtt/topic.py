@@ -7,7 +7,7 @@ close on 3.1.1). So every such topic is checked first, and the client checks eve
 asked to publish to (``MqttClient.publish`` refuses, counts and logs an invalid one).
 
 Rejected, as mosquitto 2.0 rejects them (each checked against it, see
-tests/test_mqtt_topic.py):
+tests/gateway/mqtt/test_topic.py):
 
 - the empty string;
 - the wildcards ``+`` and ``#`` (they are for subscriptions only);

@@ -12,7 +12,7 @@ before there is an access token -- login, refresh, region lookup -- carries
 
 The official docs' own vector (secret ``OdPuCZ4PkPPi0rVKRVcGmll2NM6vVk0c``, body
 ``{"email":"1234@gmail.com","password":"12345678","countryCode":"+1"}``) must give
-``ttZ/gluzqrafvGonjMD20p4//arW6KoZKbo1SOMEzCA=``; ``tests/test_coolkit_sign.py`` checks it and
+``ttZ/gluzqrafvGonjMD20p4//arW6KoZKbo1SOMEzCA=``; ``tests/protocols/test_coolkit.py`` checks it and
 cross-checks the official npm client.
 """
 

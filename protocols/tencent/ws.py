@@ -554,7 +554,7 @@ def decode_report(data: str | bytes, *, now_ms: int) -> StateChange | None:
 
     ``None`` for every other frame (replies, other pushes, anything malformed): the caller then
     takes ``parse_frame`` → ``parse_device_change`` → ``decode_device_change``, which yields the
-    same ``StateChange`` for a report (tests/test_speedups.py) and words the errors.
+    same ``StateChange`` for a report (tests/speedups/test_speedups.py) and words the errors.
     """
     hit = tencent_report(data, now_ms)
     if hit is None:

@@ -1,5 +1,5 @@
 """/metrics, /healthz, /readyz, bridge/info, bridge/request/options and bridge/logging on a real
-mosquitto, with the gateway in-process (the dummy connector of tests/test_gateway_core.py)."""
+mosquitto, with the gateway in-process (the dummy connector of tests/gateway/test_app.py)."""
 
 from __future__ import annotations
 

@@ -317,7 +317,7 @@ async def test_persisted_token_reused(cloud: TencentCloud, start: Any) -> None:
 async def test_pre_issued_token(
     cloud: TencentCloud, start: Any, http: aiohttp.ClientSession
 ) -> None:
-    from tests.test_tencent_simulator import Client
+    from tests.emulators.test_tencent import Client
 
     client = Client(cloud, http)
     token = await client.login()

@@ -9,8 +9,7 @@ import pytest
 from gateway.link import LinkState
 from gateway.presence import InstanceConflict
 from protocols.model import Availability, DeviceEvent, StateChange, VendorError
-
-from .dummy_connector import INSTANCES, DummyConnector
+from tests.dummy_connector import INSTANCES, DummyConnector
 
 pytestmark = pytest.mark.both_loops  # gateway end to end: uvloop and asyncio
 

@@ -24,7 +24,7 @@ from protocols.tencent import api, template, ws
 from protocols.tencent.push import decode_payload
 from protocols.tsl import normalize, validate_props
 
-FIXTURES = Path(__file__).parent / "fixtures" / "tencent"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "tencent"
 RESP = json.loads((FIXTURES / "responses.json").read_text("utf-8"))
 PUSHES = json.loads((FIXTURES / "pushes.json").read_text("utf-8"))
 DAMAGED = json.loads((FIXTURES / "pushes_damaged.json").read_text("utf-8"))

@@ -19,8 +19,7 @@ from gateway.config import (
 )
 from gateway.errors import ConfigError, ConfigErrors
 from gateway.vendors import VENDORS
-
-from .dummy_connector import DummyConnector
+from tests.dummy_connector import DummyConnector
 
 # The tests' own vendor table: the real vendors plus the scripted one, no global touched.
 TABLE = {**VENDORS, "dummy": DummyConnector}
