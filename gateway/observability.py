@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -39,9 +39,15 @@ from .logflags import DEBUG, current_level, refresh, set_level
 from .redact import redact
 
 if TYPE_CHECKING:
-    from .app import Gateway
+    from .bridge import BridgeRequests
+    from .config import Config
     from .consumers.metrics import Metrics
+    from .health import Health
     from .http import HttpEndpoints
+    from .mqtt.client import MqttClient
+    from .publisher import Publisher
+    from .registry import Registry
+    from .topics import Topics
 
 __all__ = ["LOG_RATE", "BridgeLogHandler", "Observability", "Readiness", "attach", "build_info"]
 
@@ -50,6 +56,22 @@ log = logging.getLogger("cloud2mqtt.observability")
 #: at most this many ``bridge/logging`` messages per second
 LOG_RATE = 10
 AccountKey = tuple[str, str]
+
+
+class Gateway(Protocol):
+    """The parts of the running gateway observability reads (``gateway.app.Gateway`` is one;
+    declared here so that this module does not import the supervisor it is wired into)."""
+
+    config: Config
+    bus: EventBus
+    mqtt: MqttClient
+    registry: Registry
+    publisher: Publisher
+    health: Health
+    bridge: BridgeRequests
+    topics: Topics
+
+    def account_keys(self) -> list[tuple[str, str]]: ...
 
 
 def attach(gateway: Gateway) -> Observability:
