@@ -208,3 +208,21 @@ async def test_a_second_instance_on_the_same_base_topic_refuses_to_start(
     assert not probe.find(f"{B}/bridge/state", lambda p: p == {"state": "offline"})
     await first.stop()
     await probe.wait_for(f"{B}/bridge/instances/first", lambda p: p.get("state") == "offline")
+
+
+async def test_a_wildcard_response_topic_is_answered_invalid_and_the_link_stays(
+    gateway_factory, probe
+):
+    """Issue 11 finding 1, end to end: a command whose MQTT 5 Response Topic holds a wildcard
+    made the gateway publish to it, mosquitto dropped the link, and the resent packet kept it
+    down for good. Now: one `invalid` reply on the normal response topic, the link stays up,
+    and the next command is answered as usual."""
+    gw, _dummy = await start(gateway_factory)
+    probe.publish(f"{LAMP}/get", {"transaction": "w1"}, response_topic="x/#", correlation=b"c")
+    reply = await probe.wait_for(f"{LAMP}/response/get", lambda p: p.get("transaction") == "w1")
+    assert reply["error"]["code"] == "invalid" and "Response Topic" in reply["error"]["message"]
+    probe.publish(f"{LAMP}/set", {"power": True, "transaction": "w2"})
+    ok = await probe.wait_for(f"{LAMP}/response/set", lambda p: p.get("transaction") == "w2")
+    assert ok["status"] == "ok"
+    assert gw.mqtt.connected and gw.mqtt.stats()["reconnects"] == 0
+    assert not probe.find(f"{B}/bridge/state", lambda p: p == {"state": "offline"})
