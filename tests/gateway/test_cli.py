@@ -336,14 +336,16 @@ def _retained(host: str, port: int) -> dict[str, bytes]:
 
 
 async def test_demo_leaves_no_retained_topic_behind(mosquitto):
-    """With --homeassistant too: one device config per emulated device while it runs (issue
-    13), and nothing retained — state, bridge, discovery — once it has gone (issue 12.2)."""
+    """Every vendor, with --homeassistant: one device config per emulated device while it runs
+    (issue 13), every account's API budget on bridge/accounts (issue 15), and nothing retained
+    — state, bridge, discovery — once it has gone (issue 12.2)."""
     import paho.mqtt.client as paho
 
     seen: dict[str, Any] = {}
     watcher = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="demo-watcher")
     watcher.on_connect = lambda c, u, f, rc, p: c.subscribe(
-        [("homeassistant/device/+/config", 1), ("cloud2mqtt/bridge/devices", 1)]
+        [("homeassistant/device/+/config", 1), ("cloud2mqtt/bridge/devices", 1),
+         ("cloud2mqtt/bridge/accounts", 1)]
     )
     watcher.on_message = lambda c, u, m: seen.__setitem__(m.topic, m.payload) if m.payload else None
     watcher.connect(mosquitto.host, mosquitto.port)
@@ -351,7 +353,7 @@ async def test_demo_leaves_no_retained_topic_behind(mosquitto):
     try:
         out = await asyncio.to_thread(
         subprocess.run,
-            [*CLI, "demo", "--duration", "4", "--vendors", "tencent,xky", "--homeassistant",
+            [*CLI, "demo", "--duration", "6", "--homeassistant",
              "--broker", mosquitto.url],
             capture_output=True, text=True, timeout=120, check=False,
         )
@@ -362,6 +364,10 @@ async def test_demo_leaves_no_retained_topic_behind(mosquitto):
     devices = json.loads(seen["cloud2mqtt/bridge/devices"])
     configs = [t for t in seen if t.startswith("homeassistant/device/")]
     assert len(devices) >= 8 and len(configs) == len(devices), (len(devices), configs)
+    # issue 15: every vendor's account shows its API budget on bridge/accounts
+    accounts = json.loads(seen["cloud2mqtt/bridge/accounts"])
+    assert {a["vendor"] for a in accounts} == set(VENDORS)
+    assert all(isinstance(a.get("budget"), dict) and a["budget"] for a in accounts), accounts
     assert "using the broker at" in out.stdout and "devices" in out.stdout
     assert "discovery: mosquitto_sub" in out.stdout
     left = await asyncio.to_thread(_retained, mosquitto.host, mosquitto.port)
