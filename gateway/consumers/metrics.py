@@ -245,6 +245,44 @@ class _Collector:
                 fam.add_metric([vendor, counter], n)
         yield fam
 
+        # ---------------------------------------------------------------- API budgets
+        # From each bridge/accounts entry's "budget" (gateway/rates.py): per scope and class,
+        # what was used in the window and the limit (absent where none is known).
+        budget_labels = [*names, "scope", "kind"]
+        used = GaugeMetricFamily(
+            "cloud2mqtt_budget_used",
+            "Vendor calls (kind=calls) or connects (kind=connects) used in the scope's window; "
+            "for shared scopes (ip, app) the process-wide figure",
+            labels=budget_labels,
+        )
+        limit = GaugeMetricFamily(
+            "cloud2mqtt_budget_limit",
+            "The scope's limit for that window, where documented or configured",
+            labels=budget_labels,
+        )
+        budgets: dict[tuple[str, ...], tuple[float, float | None]] = {}
+        for a in accounts:
+            budget = a.get("budget")
+            if not isinstance(budget, dict):
+                continue
+            for scope, entry in budget.items():
+                if not isinstance(entry, dict) or (scope == "account" and not per_account):
+                    continue  # without account labels only the shared scopes are told
+                for kind, item in entry.items():
+                    if isinstance(item, dict):
+                        at = (*sample((a["vendor"], a["name"])), scope, kind)
+                        cap = item.get("limit")
+                        budgets[at] = (
+                            float(item.get("used") or 0),
+                            float(cap) if isinstance(cap, int | float) else None,
+                        )
+        for at, (spent, ceiling) in sorted(budgets.items()):
+            used.add_metric(list(at), spent)
+            if ceiling is not None:
+                limit.add_metric(list(at), ceiling)
+        yield used
+        yield limit
+
         # ---------------------------------------------------------------- gauges
         gauge = GaugeMetricFamily(
             "cloud2mqtt_accounts", "Accounts by link state", labels=["vendor", "state"]

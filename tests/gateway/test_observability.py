@@ -105,6 +105,27 @@ async def test_metrics_show_counters_gauges_and_latency_per_vendor(gateway_facto
     assert {s.labels["le"] for s in lat.samples if s.name.endswith("_bucket")} >= {"0.001", "60.0", "+Inf"}
 
 
+async def test_metrics_show_each_accounts_api_budget(gateway_factory):
+    """Issue 15 on /metrics: the budget each bridge/accounts entry carries (gateway/rates.py),
+    used and limit per scope and kind; no limit sample where none is known."""
+    gw, _dummy = await start(gateway_factory, http={"listen": "127.0.0.1:0"})
+    entry = gw.publisher._accounts[("dummy", "acc")]
+    entry["budget"] = {
+        "ip": {"calls": {"used": 12, "limit": 300, "window_s": 300.0},
+               "connects": {"used": 1, "limit": None, "window_s": 1.0}},
+        "by_endpoint": {"AppGetDeviceList": 12},
+    }  # fmt: skip
+    assert gw.observability.http is not None
+    status, text = await get(f"{gw.observability.http.url}/metrics")
+    assert status == 200
+    f = families(text)
+    at = {"vendor": "dummy", "account": "acc", "scope": "ip"}
+    assert value(f, "cloud2mqtt_budget_used", "cloud2mqtt_budget_used", kind="calls", **at) == 12
+    assert value(f, "cloud2mqtt_budget_limit", "cloud2mqtt_budget_limit", kind="calls", **at) == 300
+    assert value(f, "cloud2mqtt_budget_used", "cloud2mqtt_budget_used", kind="connects", **at) == 1
+    assert value(f, "cloud2mqtt_budget_limit", "cloud2mqtt_budget_limit", kind="connects", **at) is None
+
+
 async def test_metrics_without_account_labels_and_whole_second_vendor(gateway_factory):
     gw, dummy = await start(gateway_factory)
     gw.observability.metrics.account_labels = False
