@@ -142,7 +142,8 @@ class Topics:
             if prop.endswith("_") and prop[:-1] in RESERVED:
                 prop = prop[:-1]
             return CommandTopic(parts[0], decode_id(parts[1]), "set", decode_id(prop))
-        if len(parts) > 3 and parts[-1] in COMMAND_KINDS and parts[0]:
+        if len(parts) > 3 and parts[-1] in COMMAND_KINDS and parts[0] and parts[-2] != "response":
+            # (…/response/<kind> is our own reply, which the same subscription also matches)
             kind = parts[-1]
             raw = "/".join(parts[1:-1])
             encoded = self.device(parts[0], raw) if raw else f"{self.base}/{parts[0]}/<id>"
