@@ -23,6 +23,7 @@ from gateway.app import Gateway
 from gateway.config import parse_config
 from gateway.mosquitto import Mosquitto
 from gateway.vendors import VENDORS
+from tests.helpers import eventually
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -51,6 +52,8 @@ class Probe:
             paho.CallbackAPIVersion.VERSION2, client_id=f"probe-{id(self)}", protocol=paho.MQTTv5
         )
         self.client.on_message = self._on_message
+        self._subscribed = threading.Event()
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_connect = lambda c, u, f, rc, p: (c.subscribe(topic, qos=1), self._connected.set())
         self.client.connect(host, port)
         self.client.loop_start()
@@ -61,12 +64,7 @@ class Probe:
             self.props.append(msg.properties)
 
     async def ready(self) -> None:
-        for _ in range(200):
-            if self._connected.is_set():
-                await asyncio.sleep(0.1)  # let the SUBACK land
-                return
-            await asyncio.sleep(0.05)
-        raise TimeoutError("probe did not connect")
+        await eventually(self._subscribed.is_set, "the probe connected and got its SUBACK")
 
     def find(self, topic: str, predicate: Callable[[Any], bool] | None = None, start: int = 0) -> list[Any]:
         with self._lock:

@@ -82,6 +82,7 @@ class CoolkitCloud(Population, HttpApi, PushSocket, Faults, SimulatedCloud):
         self.calls: list[tuple[float, str]] = []
         self.logins: list[str] = []
         self.handshakes: list[tuple[float, str, int]] = []  # (t, apikey, error)
+        self.pings = 0  # app-level pings answered (tests wait on it)
         self.commands: list[dict[str, Any]] = []
         # Faults.
         self._never_answer = 0

@@ -30,7 +30,7 @@ class PushSocket:
 
     State it shares (set by ``CoolkitCloud.__init__``): ``_by_at``, ``_fail_504``,
     ``_last_online``, ``_never_answer``, ``apps``, ``commands``, ``conns``, ``devices``,
-    ``handshakes``, ``hb_grace``, ``hb_interval``, ``rng``, ``sessions``,
+    ``handshakes``, ``pings``, ``hb_grace``, ``hb_interval``, ``rng``, ``sessions``,
     ``user_online_interval``, ``violations``. From the other concerns it calls ````.
     """
 
@@ -139,6 +139,7 @@ class PushSocket:
             if conn.stalled:
                 continue
             if raw == "ping":
+                self.pings += 1
                 with contextlib.suppress(ConnectionClosed):
                     await conn.ws.send("pong")
                 continue

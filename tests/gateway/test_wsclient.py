@@ -273,7 +273,7 @@ async def _silent_server(answer_upgrade: bool) -> tuple[asyncio.Server, int]:
         )
         if answer_upgrade:
             writer.write(_upgrade(key))
-        await asyncio.sleep(30)  # then nothing: no pongs, no data
+        await asyncio.Event().wait()  # then nothing, ever: no pongs, no data
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1]

@@ -6,7 +6,6 @@ gateway's broker, so assertions are on the topic tree a user sees.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -169,13 +168,15 @@ async def test_throttling_opens_the_breaker(cloud: AliyunCloud, gateway_factory:
     assert cloud.stats["throttled"] == 1
     cloud.throttle(0)
     # Once it closes, calls go through again.
-    for n in range(100):
+    tries = iter(range(100))
+
+    async def goes_through() -> bool:
+        n = next(tries)
         probe.publish(topic(light, "set"), {"Brightness": 3, "transaction": f"r{n}"})
-        reply = await probe.wait_for(topic(light, "response/set"), lambda p, n=n: p["transaction"] == f"r{n}")
-        if reply["status"] == "ok":
-            break
-        await asyncio.sleep(0.2)
-    assert reply["status"] == "ok"
+        reply = await probe.wait_for(topic(light, "response/set"), lambda p: p["transaction"] == f"r{n}")
+        return bool(reply["status"] == "ok")
+
+    await eventually(goes_through, "a set goes through once the breaker closes", interval=0.2)
     assert cloud.stats["throttled"] == 1
 
 

@@ -295,7 +295,9 @@ async def test_a_stall_is_found_within_stall_timeout_not_hbinterval(start: Any) 
 
 async def test_pings_keep_the_socket_alive(cloud: CoolkitCloud, start: Any) -> None:
     r = await start(cloud.account_config())
-    await asyncio.sleep(3.5)  # several hbIntervals (1 s) with no pushes at all
+    pings = cloud.pings
+    # several hbIntervals (1 s) with no pushes at all: only the pings keep the socket alive
+    await eventually(lambda: cloud.pings >= pings + 3, "three pings answered")
     assert r.online() and r.ctx.syncs == 1
     assert len(cloud.handshakes) == 1
 
@@ -327,9 +329,8 @@ async def test_session_taken_backs_off_and_flags(cloud: CoolkitCloud, start: Any
     _state, error, _ = r.ctx.links[-1]
     assert "session taken" in (error or "")
     logins_before = len(cloud.logins)
-    await asyncio.sleep(0.1)
-    assert len(cloud.logins) == logins_before  # no immediate re-login fight
     await until(r.online)  # after the (short, in tests) hard backoff it logs in once more
+    assert len(cloud.logins) <= logins_before + 1  # no re-login fight: at most that one
 
 
 async def test_first_406_is_a_config_error(cloud: CoolkitCloud, start: Any) -> None:
