@@ -26,18 +26,9 @@ from emulators.tencent import TencentCloud
 from gateway.app import Gateway
 from gateway.config import parse_config
 from gateway.mosquitto import Mosquitto
+from tests.helpers import max_in_any_second
 
 from ._proc import machine, raise_nofile, run
-
-
-def max_in_any_second(times: list[float]) -> int:
-    times = sorted(times)
-    best, lo = 0, 0
-    for hi, t in enumerate(times):
-        while times[lo] <= t - 1.0:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
 
 
 def online(gw: Gateway, n: int) -> int:

@@ -24,7 +24,7 @@ from protocols.model import Availability, DeviceEvent, DeviceInfo, Schema, State
 if TYPE_CHECKING:
     from gateway.link import AccountContext
 
-__all__ = ["RecordingContext", "eventually"]
+__all__ = ["RecordingContext", "eventually", "max_in_any_second"]
 
 
 def _describe(predicate: Callable[[], Any]) -> str:
@@ -60,6 +60,17 @@ async def eventually(
                 f"not within {timeout:g}s: {what or _describe(predicate)}"
             ) from None
         await asyncio.sleep(interval)
+
+
+def max_in_any_second(times: list[float]) -> int:
+    """The most events within any one-second window (rate-limit checks in tests and benches)."""
+    times = sorted(times)
+    best, lo = 0, 0
+    for hi, t in enumerate(times):
+        while times[lo] <= t - 1.0:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
 
 
 class RecordingContext:
@@ -126,7 +137,9 @@ class RecordingContext:
         if token_expires_ms is not None:
             self.token_expiry = token_expires_ms
 
-    def bad_input(self, reason: str, device: str | None = None, counter: str = "bad_frames") -> None:
+    def bad_input(
+        self, reason: str, device: str | None = None, counter: str = "bad_frames"
+    ) -> None:
         self.bad.append((reason, device, counter))
         self.count(counter)
 
@@ -167,7 +180,9 @@ class RecordingContext:
                 merged.update(change.props)
         return merged
 
-    async def until(self, predicate: Callable[[], Any], what: str | None = None, timeout: float = 10) -> Any:
+    async def until(
+        self, predicate: Callable[[], Any], what: str | None = None, timeout: float = 10
+    ) -> Any:
         return await eventually(predicate, what, timeout=timeout)
 
 

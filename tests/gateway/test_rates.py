@@ -24,6 +24,7 @@ from gateway.rates import (
     ip_scope,
     parse_rates,
 )
+from tests.helpers import max_in_any_second
 
 
 class Clock:
@@ -60,16 +61,6 @@ def pacer(clock: Clock, **vendors: VendorRates) -> LocalPacer:
     cfg = RatesConfig()
     cfg.vendors.update(vendors)
     return LocalPacer(cfg, clock=clock, sleep=clock.sleep, rng=random.Random(1))
-
-
-def max_in_any_second(times: list[float]) -> int:
-    times = sorted(times)
-    best, lo = 0, 0
-    for hi, t in enumerate(times):
-        while times[lo] <= t - 1.0:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
 
 
 def test_coolkit_rules_reserve_per_endpoint_and_window() -> None:

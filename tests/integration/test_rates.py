@@ -28,19 +28,9 @@ from emulators.xky import XkyCloud
 from gateway.mqtt.client import MqttClient
 from gateway.rates import slot_held
 from gateway.topics import encode_id
-from tests.helpers import eventually
+from tests.helpers import eventually, max_in_any_second
 
 B = "cloud2mqtt"
-
-
-def max_in_any_second(times: list[float]) -> int:
-    times = sorted(times)
-    best, lo = 0, 0
-    for hi, t in enumerate(times):
-        while times[lo] <= t - 1.0:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
 
 
 def all_online(gw: Any, vendor: str, names: list[str]) -> bool:
