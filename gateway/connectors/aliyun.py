@@ -85,7 +85,6 @@ from protocols.model import (
     StateChange,
     VendorError,
 )
-from protocols.tsl import normalize
 
 from ..errors import ConfigError
 from ..link import AccountContext, LinkState, now_ms
@@ -747,11 +746,7 @@ class AliyunConnector(Session):
         values, prop_ts = decode_items(data, now_ms())
         if values:
             self.ctx.state(StateChange(device, values, max(prop_ts.values()), prop_ts=prop_ts))
-        schema = self.ctx.schema(device) or EMPTY_SCHEMA
-        normalized, _ = normalize(schema, values)
-        if props:
-            normalized = {k: v for k, v in normalized.items() if k in props}
-        return CommandResult.ok(normalized)
+        return CommandResult.ok(values)  # as read: the command handler normalizes and filters
 
     async def action(self, device: str, action: str, params: dict[str, Any]) -> CommandResult:
         schema = self.ctx.schema(device)
