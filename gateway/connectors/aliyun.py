@@ -102,12 +102,14 @@ _MAX_HELD = 20_000
 @dataclass(frozen=True, slots=True)
 class AliyunOptions:
     app_key: str = opt(nonempty=True, help="API gateway AppKey (X-Ca-Key)")
-    app_secret: str = opt(nonempty=True, help="API gateway AppSecret (signature)")
+    app_secret: str = opt(secret=True, nonempty=True, help="API gateway AppSecret (signature)")
     product_key: str = opt(nonempty=True, help="the app's virtual-device triple ...")
     device_name: str = opt(nonempty=True, help="... for the MQTT app channel ...")
-    device_secret: str = opt(nonempty=True, help="... and its secret")
-    iot_token: str | None = opt(None, nonempty=True, help="the user session")
-    refresh_token: str | None = opt(None, nonempty=True, help="refreshes the iotToken")
+    device_secret: str = opt(secret=True, nonempty=True, help="... and its secret")
+    iot_token: str | None = opt(None, secret=True, nonempty=True, help="the user session")
+    refresh_token: str | None = opt(
+        None, secret=True, nonempty=True, help="refreshes the iotToken"
+    )
     identity_id: str | None = opt(None, nonempty=True, help="needed with refresh_token")
     check_session: bool = opt(False, help="check the iotToken at start")
     api_url: str = opt("https://api.link.aliyun.com", nonempty=True, schemes=("http", "https"))

@@ -39,7 +39,7 @@ import dataclasses
 import hashlib
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import aiohttp
@@ -62,10 +62,11 @@ from protocols.model import (
 )
 
 from .. import wsclient
+from ..errors import ConfigError
 from ..link import now_ms
 from ..rates import Pacer, account_scope
 from .base import AccountContext
-from .options import OptionReader
+from .options import opt, read_options
 from .session import LinkLost, NeedsAttention, Session, Throttled
 
 __all__ = ["CoolkitConnector", "CoolkitOptions"]
@@ -80,33 +81,61 @@ DEDICATED_ACCOUNT_HINT = (
 )
 
 
+_DEFAULT_HOSTS = Hosts()
+#: the account's ``rate_*`` keys → the ``[rates.coolkit]`` fields they override (they bind the
+#: whole process: the per-IP budget is shared)
+_RATE_KEYS = (
+    ("rate_min_interval", "endpoint_interval"),
+    ("rate_window", "window_seconds"),
+    ("rate_max_calls", "window_calls"),
+    ("user_online_interval", "account_connect_interval"),
+)
+_URL = ("http", "https")
+
+
 @dataclass(frozen=True, slots=True)
 class CoolkitOptions:
-    app_id: str
-    app_secret: str = field(repr=False)
-    api_version: Literal[1, 2] = 2
-    region: str = "eu"
-    email: str | None = None
-    phone_number: str | None = None
-    password: str | None = field(default=None, repr=False)
-    country_code: str = "+1"
-    at: str | None = field(default=None, repr=False)
-    rt: str | None = field(default=None, repr=False)
-    apikey: str | None = None
-    hosts: Hosts = rest.DEFAULT_HOSTS
-    page_size: int = 30
-    handshake_timeout: float = 10.0
-    http_timeout: float = 15.0
-    backoff_base: float = 2.0
-    backoff_cap: float = 300.0
-    attention_backoff: float = 900.0
-    attention_cap: float = 4 * 3600.0
-    command_interval: float = 0.1
-    heartbeat_grace: float = ckws.DEAD_GRACE
-    stall_timeout: float = 30.0
-    #: the ``rate_*`` / ``user_online_interval`` keys given on the account, as ``[rates.coolkit]``
-    #: fields (they bind the whole process: the per-IP budget is shared)
-    rate_overrides: tuple[tuple[str, float], ...] = ()
+    app_id: str = opt(nonempty=True, help="the APPID from the eWeLink developer centre")
+    app_secret: str = opt(nonempty=True, secret=True, help="the APP SECRET beside it")
+    api_version: Literal[1, 2] = opt(2, help="the REST generation (v2, or the legacy v1)")
+    # the seed's "test" region works but is not offered (checked in parse_options)
+    region: str = opt("eu", help="cn, as, us or eu")
+    email: str | None = opt(None, help="log in with email + password ...")
+    phone_number: str | None = opt(None, help="... or phone_number (+country code) + password")
+    password: str | None = opt(None, secret=True)
+    country_code: str = opt("+1", help='like "+44"')
+    at: str | None = opt(None, secret=True, help="an OAuth access token, with rt")
+    rt: str | None = opt(None, secret=True, help="its refresh token")
+    apikey: str | None = opt(None, help="the user's apikey (learned at login otherwise)")
+    api_url: str = opt(_DEFAULT_HOSTS.api, schemes=_URL, help="URL template ({region}, {tld})")
+    dispatch_url: str = opt(_DEFAULT_HOSTS.dispatch, schemes=_URL, help="URL template")
+    v1_api_url: str = opt(_DEFAULT_HOSTS.v1_api, schemes=_URL, help="URL template")
+    page_size: int = opt(30, minimum=1, maximum=30, help="the cloud times out on larger pages")
+    handshake_timeout: float = opt(10.0, above=0)
+    http_timeout: float = opt(15.0, above=0)
+    backoff_base: float = opt(2.0, above=0)
+    backoff_cap: float = opt(300.0, above=0)
+    attention_backoff: float = opt(900.0, above=0, help="documented: 15 min doubling ...")
+    attention_cap: float = opt(4 * 3600.0, above=0, help="... to 4 h")
+    command_interval: float = opt(0.1, minimum=0.0)
+    heartbeat_grace: float = opt(ckws.DEAD_GRACE, above=0)
+    stall_timeout: float = opt(30.0, minimum=0.0)
+    rate_min_interval: float | None = opt(None, above=0, help="[rates.coolkit] endpoint_interval")
+    rate_window: float | None = opt(None, above=0, help="[rates.coolkit] window_seconds")
+    rate_max_calls: int | None = opt(None, minimum=1, help="[rates.coolkit] window_calls")
+    user_online_interval: float | None = opt(
+        None, above=0, help="[rates.coolkit] account_connect_interval"
+    )
+
+    @property
+    def hosts(self) -> Hosts:
+        return Hosts(self.api_url, self.dispatch_url, self.v1_api_url)
+
+    @property
+    def rate_overrides(self) -> dict[str, float]:
+        """The ``rate_*`` keys given on this account, as ``[rates.coolkit]`` fields."""
+        given = ((name, getattr(self, key)) for key, name in _RATE_KEYS)
+        return {name: value for name, value in given if value is not None}
 
     @property
     def identity(self) -> str:
@@ -165,106 +194,31 @@ class CoolkitConnector(Session):
 
     @classmethod
     def parse_options(cls, raw: Mapping[str, Any], key: str) -> CoolkitOptions:
-        known = {
-            "vendor", "name", "enabled", "app_id", "app_secret", "api_version", "region", "email",
-            "phone_number", "password", "country_code", "at", "rt", "apikey", "api_url", "dispatch_url",
-            "v1_api_url", "page_size", "handshake_timeout", "http_timeout", "backoff_base", "backoff_cap",
-            "attention_backoff", "attention_cap", "command_interval", "rate_min_interval", "rate_window",
-            "rate_max_calls", "user_online_interval", "heartbeat_grace", "stall_timeout",
-        }  # fmt: skip
-        o = OptionReader(raw, key)
-        o.refuse_unknown(known, "unknown option for a coolkit account")
-        app_id = o.string("app_id")
-        app_secret = o.string("app_secret")
-        if not app_id:
-            raise o.error("app_id", "missing (the APPID from the eWeLink developer centre)")
-        if not app_secret:
-            raise o.error("app_secret", "missing")
-        version = o.integer("api_version", 2)
-        if version not in (1, 2):
-            raise o.error("api_version", "must be 1 or 2")
-        region = o.string("region", "eu")
-        if region not in REGIONS:  # the seed's "test" region works but is not offered
-            raise o.error(
-                "region", f"must be one of {', '.join(r for r in REGIONS if r != 'test')}"
-            )
-        email = o.string("email")
-        phone = o.string("phone_number")
-        password = o.string("password")
-        at = o.string("at")
-        rt = o.string("rt")
+        opts = read_options(CoolkitOptions, raw, key)
+
+        def error(name: str, message: str) -> ConfigError:
+            return ConfigError(f"{key}.{name}", message)
+
+        if opts.region not in REGIONS:
+            raise error("region", f"must be one of {', '.join(r for r in REGIONS if r != 'test')}")
+        email, phone, at, rt = opts.email, opts.phone_number, opts.at, opts.rt
         if email and phone:
-            raise o.error("phone_number", "give email or phone_number, not both")
-        if (email or phone) and not password:
-            raise o.error("password", "missing (needed with email/phone_number)")
+            raise error("phone_number", "give email or phone_number, not both")
+        if (email or phone) and not opts.password:
+            raise error("password", "missing (needed with email/phone_number)")
         if not (email or phone) and not (at and rt):
-            raise o.error(
+            raise error(
                 "email",
                 "give email (or phone_number) and password, or an at/rt pair from the OAuth flow",
             )
         if bool(at) != bool(rt):
-            raise o.error("rt" if at else "at", "at and rt come as a pair")
+            raise error("rt" if at else "at", "at and rt come as a pair")
         if phone and not phone.startswith("+"):
-            raise o.error("phone_number", 'must start with the country code, e.g. "+8618023456789"')
-        cc = o.string("country_code", "+1") or ""
+            raise error("phone_number", 'must start with the country code, e.g. "+8618023456789"')
+        cc = opts.country_code
         if not cc.startswith("+") or not cc[1:].isdigit():
-            raise o.error("country_code", 'must look like "+44"')
-        defaults = Hosts()
-        hosts = Hosts(
-            o.string("api_url", defaults.api) or "",
-            o.string("dispatch_url", defaults.dispatch) or "",
-            o.string("v1_api_url", defaults.v1_api) or "",
-        )
-        for name, value in (
-            ("api_url", hosts.api),
-            ("dispatch_url", hosts.dispatch),
-            ("v1_api_url", hosts.v1_api),
-        ):
-            if not value.startswith(("http://", "https://")):
-                raise o.error(name, "must be an http(s) URL template ({region}, {tld})")
-
-        def positive(name: str, default: float) -> float:
-            return o.number(name, default, above=0)
-
-        page_size = o.integer("page_size", 30)
-        if not 1 <= page_size <= 30:
-            raise o.error("page_size", "must be 1..30 (the cloud times out on larger pages)")
-        max_calls = o.integer("rate_max_calls", 300)
-        if max_calls < 1:
-            raise o.error("rate_max_calls", "must be at least 1")
-        overrides: list[tuple[str, float]] = []
-        for key, name in (("rate_min_interval", "endpoint_interval"),
-                          ("rate_window", "window_seconds"),
-                          ("user_online_interval", "account_connect_interval")):  # fmt: skip
-            if key in raw:
-                overrides.append((name, positive(key, 1.0)))
-        if "rate_max_calls" in raw:
-            overrides.append(("window_calls", max_calls))
-        return CoolkitOptions(
-            app_id=app_id,
-            app_secret=app_secret,
-            api_version=1 if version == 1 else 2,
-            region=region,
-            email=email,
-            phone_number=phone,
-            password=password,
-            country_code=cc,
-            at=at,
-            rt=rt,
-            apikey=o.string("apikey"),
-            hosts=hosts,
-            page_size=page_size,
-            handshake_timeout=positive("handshake_timeout", 10.0),
-            http_timeout=positive("http_timeout", 15.0),
-            backoff_base=positive("backoff_base", 2.0),
-            backoff_cap=positive("backoff_cap", 300.0),
-            attention_backoff=positive("attention_backoff", 900.0),
-            attention_cap=positive("attention_cap", 4 * 3600.0),
-            command_interval=o.number("command_interval", 0.1),
-            heartbeat_grace=positive("heartbeat_grace", ckws.DEAD_GRACE),
-            stall_timeout=o.number("stall_timeout", 30.0, minimum=0.0),
-            rate_overrides=tuple(overrides),
-        )
+            raise error("country_code", 'must look like "+44"')
+        return opts
 
     # ------------------------------------------------------------------ tokens
 
@@ -324,7 +278,7 @@ class CoolkitConnector(Session):
 
     def configure_pacer(self, pacer: Pacer) -> None:
         if self.opts.rate_overrides:
-            pacer.configure(self.vendor, dict(self.opts.rate_overrides), self.ctx.account)
+            pacer.configure(self.vendor, self.opts.rate_overrides, self.ctx.account)
 
     # ------------------------------------------------------------------ HTTP
 

@@ -135,11 +135,12 @@ class Opt:
 DERIVED: Final = Opt(help="derived")
 
 
-def opt(default: Any = MISSING, *, help: str = "", **rules: Any) -> Any:
+def opt(default: Any = MISSING, *, help: str = "", secret: bool = False, **rules: Any) -> Any:
     """Declare an option on a connector's options dataclass: its default (none: required),
     its checks (``minimum``, ``maximum``, ``above``, ``below``, ``nonempty``, ``schemes``) and
-    its help. ``read_options`` reads every field declared so, by its annotated type."""
-    return field(default=default, metadata={"opt": Opt(help=help, **rules)})
+    its help. ``read_options`` reads every field declared so, by its annotated type. A
+    ``secret`` is left out of the dataclass's repr (a logged options object shows no secret)."""
+    return field(default=default, repr=not secret, metadata={"opt": Opt(help=help, **rules)})
 
 
 def derived(default: Any = MISSING, *, factory: Any = MISSING) -> Any:
@@ -161,6 +162,8 @@ def _read_field(o: OptionReader, f: Field[Any], kind: Any, spec: Opt) -> Any:
         args = get_args(kind)
     if optional and o.raw.get(name) is None:
         return None
+    if required and o.raw.get(name) is None:
+        raise o.error(name, f"missing ({spec.help})" if spec.help else "missing")
     if kind is bool:
         return o.boolean(name, default)
     if kind is int:
@@ -184,7 +187,7 @@ def _read_field(o: OptionReader, f: Field[Any], kind: Any, spec: Opt) -> Any:
         return text
     if get_origin(kind) is Literal:
         value = o.raw.get(name, default)
-        if value not in args:
+        if value not in args or (isinstance(value, bool) and bool not in map(type, args)):
             raise o.error(name, f"must be {' or '.join(repr(a) for a in args)}")
         return value
     if get_origin(kind) is tuple and args in ((str, ...),):

@@ -84,11 +84,15 @@ _RECENT_REPLIES = 256
 @dataclass(frozen=True)
 class TencentOptions:
     app_key: str = opt(nonempty=True, help="the application's AppKey")
-    app_secret: str | None = opt(None, help="AppSecret for the signed appapi (to log in)")
+    app_secret: str | None = opt(
+        None, secret=True, help="AppSecret for the signed appapi (to log in)"
+    )
     wx_open_id: str | None = opt(None, help="the login call's user identity")
     nick_name: str = opt("")
     avatar: str = opt("")
-    access_token: str | None = opt(None, help="a pre-issued AccessToken instead of a login")
+    access_token: str | None = opt(
+        None, secret=True, help="a pre-issued AccessToken instead of a login"
+    )
     access_token_expire_at: int | None = opt(None, above=0, help="its ExpireAt, UNIX seconds")
     region: Literal["china", "oversea"] = opt("china", help="selects the default hosts")
     api_url: str = opt("", schemes=("http", "https"), help="base of appapi/tokenapi")

@@ -80,9 +80,9 @@ def now_ms() -> int:
 @dataclass(frozen=True, slots=True)
 class XkyOptions:
     account: str = opt(nonempty=True, help="the XiakeCloud account")
-    password: str = opt(help="its password")
+    password: str = opt(secret=True, help="its password")
     subaccount: str = opt("", help="log in as this sub-account")
-    key: str = opt(api.DEFAULT_KEY, help="the login key")
+    key: str = opt(api.DEFAULT_KEY, secret=True, help="the login key")
     base_url: str = opt(api.DEFAULT_BASE_URL, schemes=("http", "https"), help="API base")
     poll_interval: float = opt(30.0, above=0, help="seconds between polls")
     min_poll_interval: float = opt(5.0, above=0, help="never poll faster than this")

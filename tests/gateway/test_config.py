@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import re
 import stat
 import subprocess
 import sys
+import typing
 
 import pytest
 
@@ -17,8 +20,9 @@ from gateway.config import (
     load_config,
     parse_config,
 )
+from gateway.connectors.coolkit import CoolkitConnector
 from gateway.errors import ConfigError, ConfigErrors
-from gateway.vendors import VENDORS
+from gateway.vendors import VENDORS, connector_class
 from tests.dummy_connector import DummyConnector
 
 # The tests' own vendor table: the real vendors plus the scripted one, no global touched.
@@ -347,3 +351,24 @@ def test_coolkit_region_error_lists_only_the_real_regions(tmp_path):
     [error] = problems(tmp_path, COOLKIT + 'region = "europe"\n')
     assert error.key == "accounts[0].region"
     assert "cn, as, us, eu" in error.message and "test" not in error.message
+
+
+SECRET_NAME = re.compile(r"secret|password|token$|^(at|rt|key)$")
+
+
+@pytest.mark.parametrize("vendor", list(VENDORS))
+def test_no_vendor_options_repr_shows_a_secret(vendor):
+    """Options objects reach logs and tracebacks: every credential field is out of the repr."""
+    hints = typing.get_type_hints(connector_class(vendor).parse_options)
+    fields = dataclasses.fields(hints["return"])
+    secrets = [f.name for f in fields if SECRET_NAME.search(f.name)]
+    assert secrets, f"{vendor}: no credential field found (is the pattern out of date?)"
+    shown = [name for name in secrets if next(f for f in fields if f.name == name).repr]
+    assert not shown, f"{vendor}: {shown} would appear in repr()"
+
+
+def test_a_literal_option_refuses_a_bool_that_equals_one_of_its_values():
+    with pytest.raises(ConfigError) as err:
+        CoolkitConnector.parse_options({"app_id": "a", "app_secret": "s", "at": "x", "rt": "y",
+                                        "api_version": True}, "k")  # fmt: skip
+    assert err.value.key == "k.api_version"
