@@ -316,6 +316,8 @@ class Session(Connector):
             try:
                 await read(device)
                 self.ctx.count("rereads")
+            except Deferred as exc:  # an optional read, refused for budget: skipped
+                self.ctx.log.info("device %s: state re-read skipped: %s", device[:200], exc)
             except Exception as exc:
                 self.ctx.log.warning("device %s: state re-read failed: %s", device[:200], exc)
 

@@ -112,6 +112,12 @@ class TencentOptions:
     request_timeout: float = opt(10.0, minimum=0.05)
     reply_timeout: float = opt(20.0, minimum=0.05)
     refresh_interval: float = opt(3600.0, minimum=0.0)
+    quiet_resync: bool = opt(
+        True,
+        help="at each periodic refresh, re-read the state of the devices that reported nothing "
+        "since the last one (a push the cloud lost); optional calls, skipped first when the "
+        "rate budget runs low",
+    )
     backoff_base: float = opt(1.0, minimum=0.01)
     backoff_cap: float = opt(60.0, minimum=0.01)
     attention_backoff: float = opt(ATTENTION_BASE, minimum=0.01)
@@ -189,6 +195,7 @@ class TencentConnector(Session):
         self._action_waiters: dict[str, asyncio.Future[ActionReply]] = {}
         self._recent_replies: collections.OrderedDict[str, ActionReply] | None = None
         self._refresh = False  # a device-list refresh was asked for (Bind/Unbind push, request)
+        self._heard: set[str] = set()  # devices that reported state since the last refresh
         self._wake: asyncio.Future[None] | None = None  # what the idle _live loop awaits
         self._subscribed: tuple[str, ...] = ()
         self._tag = secrets.token_hex(3)
@@ -216,6 +223,7 @@ class TencentConnector(Session):
                 ping_interval=opts.ping_interval or None,
             )
         await self._subscribe()
+        self._heard.clear()  # the resync reads them all: "quiet" counts from here
         await self._resync(self._subscribed)
         self.mark_online(token_expires_ms=self._expires_ms)
         await self._live(conn)
@@ -272,6 +280,7 @@ class TencentConnector(Session):
                 await self._probe(half)
                 continue
             if self._refresh or (next_refresh is not None and loop.time() >= next_refresh):
+                periodic = not self._refresh
                 self._refresh = False
                 if next_refresh is not None:
                     next_refresh = loop.time() + opts.refresh_interval
@@ -284,6 +293,8 @@ class TencentConnector(Session):
                 if set(self._devices) != before:
                     await self._subscribe()
                     await self._resync([d for d in self._subscribed if d not in before])
+                if periodic and opts.quiet_resync:
+                    await self._resync_quiet(before)
                 continue
             if self._token_expiring() and self.options.can_login:
                 await self._relogin(self._token)
@@ -401,6 +412,7 @@ class TencentConnector(Session):
         # every other frame (and anything malformed) takes the full, error-wording path.
         report = ws.decode_report(message, now_ms=time.time_ns() // 1_000_000)
         if report is not None:
+            self._heard.add(report.device)
             ctx.state(report)
             return
         try:
@@ -432,12 +444,13 @@ class TencentConnector(Session):
             known = device if isinstance(device, str) and device in self._devices else None
             ctx.bad_input(f"bad DeviceChange: {exc}", device if isinstance(device, str) else None)
             if known is not None:  # its state may now be stale: read it (rate-limited)
-                self.reread(known, self._read_state)
+                self.reread(known, lambda d: self._read_state(d, optional=True))
             return
         if decoded.flagged:
             ctx.count("flagged_values", len(decoded.flagged))
         for event in decoded.events:
             if isinstance(event, StateChange):
+                self._heard.add(event.device)
                 ctx.state(event)
             elif isinstance(event, Availability):
                 ctx.availability(event)
@@ -665,24 +678,51 @@ class TencentConnector(Session):
         self._schemas = {d: schemas[r.product_id] for d, r in devices.items()}
         self.ctx.devices(infos)
 
-    async def _resync(self, device_ids: Sequence[str]) -> None:
-        """Availability and full state of the devices, fetched fresh (pushes in a gap are lost)."""
+    async def _resync_quiet(self, known: set[str]) -> None:
+        """Re-read the devices that were listed before this refresh and reported nothing since
+        the last one: a push the cloud lost otherwise leaves their state stale for good. These
+        reads are optional (``Deferred`` when the budget runs low): skipped, never queued."""
+        quiet = [d for d in self._subscribed if d in known and d not in self._heard]
+        self._heard.clear()
+        if not quiet:
+            return
+        try:
+            skipped = await self._resync(quiet, optional=True)
+        except Deferred as exc:
+            skipped = len(quiet)
+            self.ctx.log.info("quiet-device resync postponed: %s", exc)
+        if skipped < len(quiet):
+            self.ctx.count("quiet_resyncs", len(quiet) - skipped)
+        if skipped:
+            self.ctx.count("quiet_resyncs_deferred", skipped)
+
+    async def _resync(self, device_ids: Sequence[str], optional: bool = False) -> int:
+        """Availability and full state of the devices, fetched fresh (pushes in a gap are lost).
+
+        ``optional``: every call may be refused for budget; the status listing raises
+        ``Deferred``, a refused state read is skipped. Returns how many reads were skipped."""
         ids = list(device_ids)
         now = time.time_ns() // 1_000_000
         for start in range(0, len(ids), 100):
             chunk = ids[start : start + 100]
             statuses = api.parse_device_statuses(
-                await self._call("AppGetDeviceStatuses", api.device_statuses_params(chunk))
+                await self._call(
+                    "AppGetDeviceStatuses", api.device_statuses_params(chunk), optional=optional
+                )
             )
             for device, online in statuses.items():
                 if device in self._devices:
                     self.ctx.availability(Availability(device, online, now))
         limit = asyncio.Semaphore(8)
+        skipped = 0
 
         async def one(device: str) -> None:
+            nonlocal skipped
             async with limit:
                 try:
-                    await self._read_state(device)
+                    await self._read_state(device, optional=optional)
+                except Deferred:
+                    skipped += 1
                 except VendorError as exc:
                     if exc.code == "auth":
                         raise
@@ -691,10 +731,15 @@ class TencentConnector(Session):
                     self.ctx.bad_input(f"AppGetDeviceData: {exc}", device, "bad_replies")
 
         await asyncio.gather(*(one(d) for d in ids))
+        return skipped
 
-    async def _read_state(self, device: str, pace: str = "call") -> dict[str, Any]:
+    async def _read_state(
+        self, device: str, pace: str = "call", optional: bool = False
+    ) -> dict[str, Any]:
         values, stamps = api.parse_device_data(
-            await self._call("AppGetDeviceData", api.device_data_params(device), pace)
+            await self._call(
+                "AppGetDeviceData", api.device_data_params(device), pace, optional=optional
+            )
         )
         if values:
             ts = max(stamps.values()) if stamps else time.time_ns() // 1_000_000

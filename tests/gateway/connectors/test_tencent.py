@@ -17,6 +17,7 @@ import pytest
 from emulators.tencent import TencentCloud
 from gateway.connectors.tencent import TencentConnector, TencentOptions
 from gateway.errors import ConfigError
+from gateway.rates import Deferred, LocalPacer
 from gateway.tokens import TokenStore
 from protocols.model import (
     CommandError,
@@ -358,3 +359,58 @@ def test_options() -> None:
         with pytest.raises(ConfigError) as err:
             _opts(**raw)
         assert err.value.key == key
+
+
+class StarvedPacer(LocalPacer):
+    """The process pacer, except that optional calls to ``starve``'s endpoints are refused as
+    a low budget refuses them (issue 15: optional calls degrade first)."""
+
+    def __init__(self, starve: set[str]) -> None:
+        super().__init__()
+        self.starve = starve
+
+    async def acquire(self, kind: str, *scopes: Any, endpoint: str | None = None,
+                      optional: bool = False, max_wait: float | None = None) -> None:  # fmt: skip
+        if optional and endpoint in self.starve:
+            raise Deferred(f"{endpoint}: budget low (test)", 1.0)
+        await super().acquire(kind, *scopes, endpoint=endpoint, optional=optional,
+                              max_wait=max_wait)  # fmt: skip
+
+
+async def test_a_periodic_refresh_rereads_the_devices_that_stayed_quiet(
+    cloud: TencentCloud, start: Any
+) -> None:
+    """A push the cloud lost leaves a quiet device stale for good; the periodic refresh reads
+    the state of every device that reported nothing since the last one."""
+    r = await start(cloud, refresh_interval=0.2)
+    await online(r)
+    light = cloud.device_ids()[0]
+    cloud.devices[light].values["brightness"] = 77  # changed in the cloud, the push lost
+    await r.ctx.until(lambda: r.ctx.latest(light).get("brightness") == 77)
+    assert r.ctx.counts.get("quiet_resyncs", 0) >= 1
+
+
+async def test_only_the_quiet_devices_are_reread(cloud: TencentCloud, start: Any) -> None:
+    r = await start(cloud, refresh_interval=3600.0)
+    await online(r)
+    ids = cloud.device_ids()
+    cloud.report(ids[1], {"temperature": 21.5})
+    await r.ctx.until(lambda: r.ctx.latest(ids[1]).get("temperature") == 21.5)
+    await r.connector._resync_quiet(set(ids))  # what the periodic refresh calls
+    assert r.ctx.counts.get("quiet_resyncs") == len(ids) - 1  # all but the one that reported
+
+
+async def test_quiet_device_resync_is_skipped_when_the_budget_runs_low(
+    cloud: TencentCloud, start: Any
+) -> None:
+    """Optional calls degrade first: the resync of quiet devices is skipped (counted, not
+    queued) while a command still goes through."""
+    pacer = StarvedPacer({"AppGetDeviceStatuses", "AppGetDeviceData"})
+    r = await start(cloud, refresh_interval=0.2)
+    r.connector.use_pacer(pacer)  # before the task first runs
+    await online(r)
+    light = cloud.device_ids()[0]
+    await r.ctx.until(lambda: r.ctx.counts.get("quiet_resyncs_deferred", 0) >= 1)
+    assert "quiet_resyncs" not in r.ctx.counts
+    result = await r.connector.set(light, {"brightness": 12})
+    assert result.ok
