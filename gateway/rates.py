@@ -21,10 +21,13 @@ endpoint interval   ip          vendor calls to one endpoint at least ``endpoint
 token bucket        app         vendor calls per app key (``app_calls_per_second`` / ``_burst``)
 interval            account     push-channel handshakes of one account (``handshake``) at least
                                 ``account_connect_interval`` apart (CoolKit ``userOnline``)
+interval            account     one account's polls (``poll``) at least ``account_poll_interval``
+                                apart (XiakeCloud ``get_device_list``; an account's own
+                                ``min_poll_interval`` overrides it for that account)
 ==================  ==========  ===============================================================
 
 Kinds of acquisition: ``connect`` (a slot, not itself a vendor call), and the vendor calls
-``login``, ``handshake``, ``call`` and ``command``.
+``login``, ``handshake``, ``call``, ``poll`` and ``command``.
 
 How a slot is granted: every rule is a *reservation* schedule (GCRA for the buckets), so a caller
 reserves the earliest instant that satisfies every rule of every scope it names, commits it in
@@ -82,7 +85,7 @@ log = logging.getLogger("cloud2mqtt.rates")
 
 ScopeKey = tuple[str, ...]
 #: the kinds that are vendor calls (``connect`` is a slot only)
-CALL_KINDS = frozenset({"login", "handshake", "call", "command"})
+CALL_KINDS = frozenset({"login", "handshake", "call", "poll", "command"})
 KINDS = CALL_KINDS | {"connect"}
 #: an optional call is refused when a rule has less than this fraction of its room left
 OPTIONAL_HEADROOM = 0.25
@@ -132,6 +135,7 @@ class VendorRates:
     window_seconds: float | None = None
     endpoint_interval: float | None = None
     account_connect_interval: float | None = None
+    account_poll_interval: float | None = None
     app_calls_per_second: float | None = None
     app_calls_burst: int = 1
     #: how long a command may wait for its slot before it is answered ``throttled``
@@ -170,8 +174,11 @@ ASSUMED_LIMITS: dict[str, VendorRates] = {
     "aliyun": VendorRates(
         connect_per_second=5.0, connect_burst=10, app_calls_per_second=10.0, app_calls_burst=20
     ),
-    # Seed 000 names no limit.
-    "xky": VendorRates(connect_per_second=5.0, connect_burst=10),
+    # Seed 000 names no limit. Polling is the whole protocol: one account lists its devices at
+    # most every 5 s (an account's min_poll_interval sets its own).
+    "xky": VendorRates(
+        connect_per_second=5.0, connect_burst=10, account_poll_interval=5.0
+    ),
 }
 #: any vendor without a row (a new one) gets this until it has its own
 FALLBACK = VendorRates(connect_per_second=5.0, connect_burst=10)
@@ -179,12 +186,13 @@ FALLBACK = VendorRates(connect_per_second=5.0, connect_burst=10)
 _NUMBERS = {
     "connect_per_second": float, "connect_burst": int, "calls_per_second": float,
     "calls_burst": int, "window_calls": int, "window_seconds": float, "endpoint_interval": float,
-    "account_connect_interval": float, "app_calls_per_second": float, "app_calls_burst": int,
+    "account_connect_interval": float, "account_poll_interval": float,
+    "app_calls_per_second": float, "app_calls_burst": int,
     "command_max_wait": float, "slack": float,
 }  # fmt: skip
 _OPTIONAL = {
     "calls_per_second", "window_calls", "window_seconds", "endpoint_interval",
-    "account_connect_interval", "app_calls_per_second",
+    "account_connect_interval", "account_poll_interval", "app_calls_per_second",
 }  # fmt: skip
 
 
@@ -312,11 +320,12 @@ class _Window:
 class _Interval:
     """Calls at least ``interval`` apart, per endpoint (``per_endpoint``) or for all of them."""
 
-    __slots__ = ("gap", "inflight", "kinds", "name", "next", "per_endpoint", "sent")
+    __slots__ = ("gap", "inflight", "interval", "kinds", "name", "next", "per_endpoint", "sent")
 
     def __init__(self, name: str, kinds: frozenset[str], interval: float, slack: float,
                  per_endpoint: bool) -> None:  # fmt: skip
         self.name, self.kinds, self.per_endpoint = name, kinds, per_endpoint
+        self.interval = interval
         self.gap = interval * (1 + slack)
         self.next: dict[str, float] = {}
         self.sent: dict[str, float] = {}  # when each endpoint's last call went out / finished
@@ -343,6 +352,7 @@ _CALLS = CALL_KINDS
 _CONNECT = frozenset({"connect"})
 _HANDSHAKE = frozenset({"handshake"})
 _LOGIN = frozenset({"login"})
+_POLL = frozenset({"poll"})
 
 
 def rules_for(scope: ScopeKey, rates: VendorRates) -> list[_Rule]:
@@ -367,10 +377,12 @@ def rules_for(scope: ScopeKey, rates: VendorRates) -> list[_Rule]:
             rules.append(
                 _Bucket("calls", _CALLS, rates.app_calls_per_second, rates.app_calls_burst)
             )
-    elif scope[0] == "account" and rates.account_connect_interval is not None:
-        rules.append(
-            _Interval("handshake", _HANDSHAKE, rates.account_connect_interval, rates.slack, False)
-        )
+    elif scope[0] == "account":
+        if rates.account_connect_interval is not None:
+            rules.append(_Interval("handshake", _HANDSHAKE, rates.account_connect_interval,
+                                   rates.slack, False))  # fmt: skip
+        if rates.account_poll_interval is not None:
+            rules.append(_Interval("poll", _POLL, rates.account_poll_interval, 0.0, False))
     return rules
 
 
@@ -498,6 +510,8 @@ class Pacer(Protocol):
 
     def configure(self, vendor: str, values: Mapping[str, Any], source: str) -> None: ...
 
+    def configure_account(self, vendor: str, account: str, values: Mapping[str, Any]) -> None: ...
+
     def budget(self, vendor: str, account: str) -> dict[str, Any]: ...
 
     def waiting(self) -> dict[str, int]: ...
@@ -530,6 +544,7 @@ class LocalPacer:
         self.report_every = report_every
         self.on_waiting: Callable[[str, str, bool], None] | None = None
         self.waited = 0.0  # total seconds callers were held back
+        self._account_rates: dict[ScopeKey, dict[str, Any]] = {}  # account scope → its own rules
         self.refused = 0
 
     # ------------------------------------------------------------------ configuration
@@ -556,10 +571,22 @@ class LocalPacer:
         for key in [k for k in self._scopes if k[1] == vendor]:
             del self._scopes[key]
 
+    def configure_account(self, vendor: str, account: str, values: Mapping[str, Any]) -> None:
+        """Rules of one account's own scope (XiakeCloud's ``min_poll_interval``): they bind only
+        that account, so unlike ``configure`` they differ freely between accounts."""
+        key = account_scope(vendor, account)
+        with_overrides(self.rates(vendor), values, key[2])  # validated like [rates.<vendor>]
+        self._account_rates[key] = dict(values)
+        self._scopes.pop(key, None)
+
     def _scope(self, key: ScopeKey) -> _Scope:
         scope = self._scopes.get(key)
         if scope is None:
-            scope = self._scopes[key] = _Scope(key, self.rates(key[1]))
+            rates = self.rates(key[1])
+            own = self._account_rates.get(key)
+            if own:
+                rates = with_overrides(rates, own, key[2])
+            scope = self._scopes[key] = _Scope(key, rates)
         return scope
 
     # ------------------------------------------------------------------ slots
@@ -745,6 +772,9 @@ class LocalPacer:
                 if share is not None:
                     item["share"] = share[cls].used(now, window)
                 entry[cls] = item
+            intervals = {r.name: r.interval for r in scope.rules if isinstance(r, _Interval)}
+            if intervals:  # minimum spacings (seconds): endpoint, handshake, poll
+                entry["intervals_s"] = intervals
             name = key[0] if key[0] != "app" else "app"
             out[name] = entry
         mine = self._scopes.get(me)

@@ -66,9 +66,13 @@ from protocols.xky.records import (
 
 from ..errors import ConfigError
 from ..link import LinkState
+from ..rates import ASSUMED_LIMITS, Pacer
 from .base import AccountContext
 from .options import opt, read_options
 from .session import Deferred, LinkLost, Session
+
+#: the backoff floor when the account sets no min_poll_interval (the rate model's default)
+DEFAULT_MIN_POLL = ASSUMED_LIMITS["xky"].account_poll_interval or 5.0
 
 __all__ = ["XkyConnector", "XkyOptions"]
 
@@ -85,7 +89,9 @@ class XkyOptions:
     key: str = opt(api.DEFAULT_KEY, secret=True, help="the login key")
     base_url: str = opt(api.DEFAULT_BASE_URL, schemes=("http", "https"), help="API base")
     poll_interval: float = opt(30.0, above=0, help="seconds between polls")
-    min_poll_interval: float = opt(5.0, above=0, help="never poll faster than this")
+    min_poll_interval: float | None = opt(
+        None, above=0, help="never poll faster than this ([rates.xky] account_poll_interval: 5)"
+    )
     poll_jitter: float = opt(0.1, minimum=0, below=1, help="fraction of the interval")
     request_timeout: float = opt(10.0, above=0, help="seconds")
     backoff_cap: float = opt(300.0, above=0, help="seconds")
@@ -103,10 +109,10 @@ class XkyConnector(Session):
         opts = read_options(XkyOptions, raw, key)
         if not opts.key:
             opts = dataclasses.replace(opts, key=api.DEFAULT_KEY)
-        if opts.poll_interval < opts.min_poll_interval:
+        floor = opts.min_poll_interval or DEFAULT_MIN_POLL
+        if opts.poll_interval < floor:
             raise ConfigError(
-                f"{key}.poll_interval",
-                f"{opts.poll_interval:g}s is below min_poll_interval ({opts.min_poll_interval:g}s)",
+                f"{key}.poll_interval", f"{opts.poll_interval:g}s is below min_poll_interval ({floor:g}s)"
             )
         return opts
 
@@ -114,12 +120,11 @@ class XkyConnector(Session):
         self, options: XkyOptions, ctx: AccountContext, http: aiohttp.ClientSession
     ) -> None:
         super().__init__(options, ctx, http)
-        self.backoff_base = self.backoff_floor = options.min_poll_interval
+        self.backoff_base = self.backoff_floor = options.min_poll_interval or DEFAULT_MIN_POLL
         self.backoff_cap = options.backoff_cap
         self._session: str | None = None
         self._snapshot: dict[str, DeviceRecord] = {}
         self._resync = True
-        self._last_poll: float | None = None  # loop time of the last get_device_list start
         self._lock = asyncio.Lock()  # one poll or one set at a time: the snapshot stays true
         self._login_lock = asyncio.Lock()
         self._rng = random.Random()
@@ -146,24 +151,24 @@ class XkyConnector(Session):
                 self.mark_online()
             await asyncio.sleep(self._next_interval())
 
+    def configure_pacer(self, pacer: Pacer) -> None:
+        # The minimum poll spacing is a rule of this account's scope in the rate model (kind
+        # ``poll``): the pacer holds every listing request to it, retries and re-logins included.
+        if self.options.min_poll_interval is not None:
+            pacer.configure_account(
+                self.vendor, self.ctx.account,
+                {"account_poll_interval": self.options.min_poll_interval},
+            )  # fmt: skip
+
     def _next_interval(self) -> float:
         opts = self.options
         spread = opts.poll_interval * opts.poll_jitter
-        return max(opts.min_poll_interval, opts.poll_interval + self._rng.uniform(-spread, spread))
-
-    async def _pace(self) -> None:
-        """Wait until ``min_poll_interval`` has passed since the last listing request."""
-        loop = asyncio.get_running_loop()
-        if self._last_poll is not None:
-            wait = self._last_poll + self.options.min_poll_interval - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-        self._last_poll = loop.time()
+        return opts.poll_interval + self._rng.uniform(-spread, spread)
 
     async def _poll(self) -> None:
         # A poll after a good one may be skipped when the budget runs low; a resync may not.
         records = parse_device_list(
-            await self._call(api.get_device_list, paced=True, optional=not self._resync)
+            await self._call(api.get_device_list, kind="poll", optional=not self._resync)
         )
         ts = now_ms()
         ctx = self.ctx
@@ -230,25 +235,17 @@ class XkyConnector(Session):
             return await self._login()
 
     async def _call(
-        self,
-        build: Callable[[str], api.Request],
-        *,
-        paced: bool = False,
-        kind: str = "call",
-        optional: bool = False,
+        self, build: Callable[[str], api.Request], *, kind: str = "call", optional: bool = False
     ) -> Any:
         """Send one call with the session; on a rejected session log in again and retry once.
 
-        ``kind`` / ``optional``: how the rate model paces it (``Session.paced``)."""
+        ``kind`` / ``optional``: how the rate model paces it (``Session.paced``; a ``poll`` keeps
+        to the account's minimum poll spacing)."""
         session = await self._session_for()
-        if paced:
-            await self._pace()
         try:
             return await self._send(build(session), kind, optional)
         except SessionInvalid:
             session = await self._session_for(rejected=session)
-            if paced:
-                await self._pace()
             return await self._send(build(session), kind)
 
     async def _send(self, req: api.Request, kind: str = "call", optional: bool = False) -> Any:

@@ -220,3 +220,25 @@ def test_rates_config_per_vendor() -> None:
         with pytest.raises(ConfigError) as info:
             parse_rates(raw, ASSUMED_LIMITS)
         assert info.value.key == key
+
+
+def test_polls_keep_each_accounts_own_minimum_interval() -> None:
+    """XiakeCloud's minimum poll spacing is a rule of the account scope (kind ``poll``): the
+    vendor default for one account, its own ``min_poll_interval`` for another; other calls of
+    the same account (commands, get_device) are not held to it."""
+    clock = Clock()
+    p = pacer(clock, xky=VendorRates(5.0, 10, account_poll_interval=5.0))
+    p.configure_account("xky", "fast", {"account_poll_interval": 1.0})
+    ip, slow, fast = ip_scope("xky"), account_scope("xky", "slow"), account_scope("xky", "fast")
+    assert [p.reserve("poll", ip, slow, endpoint="GET /get_device_list") for _ in range(3)] == (
+        pytest.approx([0.0, 5.005, 10.01])
+    )
+    assert [p.reserve("poll", ip, fast, endpoint="GET /get_device_list") for _ in range(3)] == (
+        pytest.approx([0.0, 1.005, 2.01])
+    )
+    assert p.reserve("command", ip, slow, endpoint="POST /set_device") == 0.0
+    assert p.budget("xky", "slow")["account"]["intervals_s"] == {"poll": 5.0}
+    assert p.budget("xky", "fast")["account"]["intervals_s"] == {"poll": 1.0}
+    assert ASSUMED_LIMITS["xky"].source("account_poll_interval") == ASSUMED
+    with pytest.raises(ConfigError):
+        p.configure_account("xky", "bad", {"account_poll_interval": 0})
