@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
@@ -112,34 +113,24 @@ def result_label(result: CommandResult) -> str:
     return result.code or ("timeout" if result.status == "timeout" else "vendor")
 
 
+@dataclass(kw_only=True, eq=False)
 class CommandHandler:
     """Turns command messages into vendor calls and answers each exactly once.
 
     Feed it every message of the command subscriptions with ``on_message`` (the MQTT client's
-    callback); it spawns one task per command. ``cancel_all()`` on shutdown.
+    callback); it spawns one task per command. ``cancel_all()`` on shutdown. It sees the
+    registry, the publisher and a connector lookup, never the gateway.
     """
 
-    def __init__(
-        self,
-        *,
-        topics: Topics,
-        registry: Registry,
-        publisher: Publisher,
-        health: Health,
-        connector: Callable[[tuple[str, str]], Connector | None],
-        bridge: BridgeRequests,
-        timeout: float,
-        check_topic: Callable[[str], str | None] = lambda topic: None,
-    ) -> None:
-        self.topics = topics
-        self.registry = registry
-        self.publisher = publisher
-        self.health = health
-        self.connector = connector
-        self.bridge = bridge
-        self.timeout = timeout
-        self.check_topic = check_topic
-        self._tasks: set[asyncio.Task[None]] = set()
+    topics: Topics
+    registry: Registry
+    publisher: Publisher
+    health: Health
+    connector: Callable[[tuple[str, str]], Connector | None]
+    bridge: BridgeRequests
+    timeout: float
+    check_topic: Callable[[str], str | None] = lambda topic: None
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)
 
     def on_message(self, topic: str, payload: bytes, props: dict[str, Any]) -> None:
         target = self.topics.parse(topic)

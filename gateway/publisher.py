@@ -39,6 +39,7 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Protocol
 
 import orjson
@@ -92,35 +93,30 @@ class MqttPort(Protocol):
     ) -> None: ...  # fmt: skip
 
 
+@dataclass(eq=False)
 class Publisher:
-    def __init__(
-        self,
-        mqtt: MqttPort,
-        topics: Topics,
-        registry: Registry,
-        bus: EventBus,
-        health: Health,
-        *,
-        qos: int = 0,
-        per_property_topics: bool = False,
-        stats: Callable[[], dict[str, Any]] | None = None,
-    ) -> None:
-        self.mqtt = mqtt
-        self.topics = topics
-        self.registry = registry
-        self.bus = bus
-        self.health = health
-        self._qos = qos
-        self._per_prop = per_property_topics
-        self._stats = stats
-        self._accounts: dict[tuple[str, str], dict[str, Any]] = {}
-        self._unsubscribe: list[Callable[[], None]] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._devices_dirty: asyncio.TimerHandle | None = None
-        self._accounts_dirty: asyncio.TimerHandle | None = None
-        self._devices_cost = 0.0  # seconds the last bridge/devices publish took
-        self._accounts_cost = 0.0
-        self._connecting = 0  # accounts connecting at the last bridge/accounts publish
+    """Owns every topic the gateway publishes. ``start()`` subscribes it to the bus; from then
+    on registry changes reach MQTT without anyone calling it; ``goodbye`` / ``stop`` end it
+    (see the module docstring)."""
+
+    mqtt: MqttPort
+    topics: Topics
+    registry: Registry
+    bus: EventBus
+    health: Health
+    _: KW_ONLY
+    qos: int = 0
+    per_property_topics: bool = False
+    #: extra fields for the ``bridge/health`` snapshot (the gateway's own figures)
+    stats: Callable[[], dict[str, Any]] | None = None
+    _accounts: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict, init=False)
+    _unsubscribe: list[Callable[[], None]] = field(default_factory=list, init=False)
+    _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False)
+    _devices_dirty: asyncio.TimerHandle | None = field(default=None, init=False)
+    _accounts_dirty: asyncio.TimerHandle | None = field(default=None, init=False)
+    _devices_cost: float = field(default=0.0, init=False)  # seconds the last bridge/devices took
+    _accounts_cost: float = field(default=0.0, init=False)
+    _connecting: int = field(default=0, init=False)  # connecting at the last bridge/accounts
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -179,7 +175,7 @@ class Publisher:
 
     def publish_raw(self, topic: str | bytes, payload: bytes, retain: bool = False) -> None:
         self.health.totals["published"] += 1
-        self.mqtt.publish(topic, payload, self._qos, retain, JSON_PROPS)
+        self.mqtt.publish(topic, payload, self.qos, retain, JSON_PROPS)
 
     def _on_state(self, ev: StateChanged) -> None:
         self.publish_state(ev.record, ev.changed)
@@ -189,13 +185,13 @@ class Publisher:
         payload = _dumps({**state, "last_seen": rec.last_seen})
         self.health.totals["published"] += 1
         mqtt = self.mqtt
-        mqtt.publish(rec.topic_bytes, payload, self._qos, True, JSON_PROPS)
-        if self._per_prop:
+        mqtt.publish(rec.topic_bytes, payload, self.qos, True, JSON_PROPS)
+        if self.per_property_topics:
             for key in changed if changed is not None else state:
                 topic = rec.prop_topics.get(key)
                 if topic is None:
                     topic = rec.prop_topics[key] = self.topics.prop(rec.topic, key).encode()
-                mqtt.publish(topic, _dumps(state[key]), self._qos, True, JSON_PROPS)
+                mqtt.publish(topic, _dumps(state[key]), self.qos, True, JSON_PROPS)
 
     def _on_availability(self, ev: AvailabilityChanged) -> None:
         self.publish_availability(ev.record)
@@ -215,7 +211,7 @@ class Publisher:
         at QoS 1, so one written just before a broker dies is resent, not lost (state is
         retained and republished on reconnect; an event has no second chance)."""
         self.health.totals["published"] += 1
-        self.mqtt.publish(topic, payload, max(self._qos, 1), False, JSON_PROPS)
+        self.mqtt.publish(topic, payload, max(self.qos, 1), False, JSON_PROPS)
 
     # ------------------------------------------------------------------ devices
 
@@ -312,8 +308,8 @@ class Publisher:
             "speedups": _speedups.IMPLEMENTATION,
             "pid": os.getpid(),
         }
-        if self._stats is not None:
-            extra.update(self._stats())
+        if self.stats is not None:
+            extra.update(self.stats())
         return self.health.snapshot(extra)
 
     def publish_health(self) -> None:

@@ -30,7 +30,7 @@ async def test_state_availability_and_events_follow_registry_changes(core: Core)
 
 
 async def test_removal_clears_every_retained_topic(core: Core) -> None:
-    core.publisher._per_prop = True
+    core.publisher.per_property_topics = True
     core.publisher.start()
     rec, _ = core.registry.upsert("v", "acc", DeviceInfo("d1", "Lamp", "M", SCHEMA))
     core.registry.apply_state(rec, {"power": True, "set": 2}, 1000, None)
