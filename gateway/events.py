@@ -37,6 +37,7 @@ __all__ = [
     "AvailabilityChanged",
     "BridgeEvent",
     "DeviceAdded",
+    "DeviceChanged",
     "DeviceEventRaised",
     "DeviceRemoved",
     "EventBus",
@@ -49,24 +50,28 @@ log = logging.getLogger("cloud2mqtt.events")
 
 
 @dataclass(slots=True, eq=False)
-class DeviceAdded:
+class DeviceChanged:
+    """The base of the events that carry only the device's record, as it now reads."""
+
+    record: DeviceRecord
+
+
+class DeviceAdded(DeviceChanged):
     """A device appeared in an account's list (with its schema, before any state)."""
 
-    record: DeviceRecord
+    __slots__ = ()
 
 
-@dataclass(slots=True, eq=False)
-class DeviceRemoved:
+class DeviceRemoved(DeviceChanged):
     """A device vanished from its account; its retained topics are to be cleared."""
 
-    record: DeviceRecord
+    __slots__ = ()
 
 
-@dataclass(slots=True, eq=False)
-class SchemaChanged:
+class SchemaChanged(DeviceChanged):
     """A known device's info (schema, name or model) changed."""
 
-    record: DeviceRecord
+    __slots__ = ()
 
 
 @dataclass(slots=True, eq=False)
@@ -81,11 +86,10 @@ class StateChanged:
     precision_ms: int = 1
 
 
-@dataclass(slots=True, eq=False)
-class AvailabilityChanged:
+class AvailabilityChanged(DeviceChanged):
     """A device went online or offline (or the reason changed)."""
 
-    record: DeviceRecord
+    __slots__ = ()
 
 
 @dataclass(slots=True, eq=False)
