@@ -641,13 +641,8 @@ class CoolkitConnector(Session):
             if fut is not None and not fut.done():
                 fut.set_result(event)
         elif isinstance(event, ckws.DeviceUpdate):
-            dev = self._devs.get(event.deviceid)
+            dev = self._listed(event.deviceid, "update")
             if dev is None:
-                self.ctx.bad_input(
-                    "update for a device the thing list does not hold",
-                    event.deviceid,
-                    "unknown_device",
-                )
                 return
             self._state(dev, event.params, now, event.seq)
             if dev.online is False and set(event.params) - {"subDevRssi"}:
@@ -655,13 +650,8 @@ class CoolkitConnector(Session):
                 dev.online = True
                 self.ctx.availability(Availability(dev.thing.id, True, now, "update"))
         elif isinstance(event, ckws.SysMsg):
-            dev = self._devs.get(event.deviceid)
+            dev = self._listed(event.deviceid, "sysmsg")
             if dev is None:
-                self.ctx.bad_input(
-                    "sysmsg for a device the thing list does not hold",
-                    event.deviceid,
-                    "unknown_device",
-                )
                 return
             if event.online is not None:
                 dev.online = event.online
@@ -675,6 +665,15 @@ class CoolkitConnector(Session):
                     f"the cloud ended the session (406 {event.reason})".strip()
                 )
             self.ctx.bad_input(f"unsolicited error frame {event.error} {event.reason}".strip())
+
+    def _listed(self, device: str, frame: str) -> _Dev | None:
+        """The device a pushed frame names, or ``None`` (counted) when the list lacks it."""
+        dev = self._devs.get(device)
+        if dev is None:
+            self.ctx.bad_input(
+                f"{frame} for a device the thing list does not hold", device, "unknown_device"
+            )
+        return dev
 
     # ------------------------------------------------------------------ commands
 
