@@ -29,7 +29,7 @@ from cpython.object cimport PyObject
 from libc.limits cimport LLONG_MIN
 from libc.math cimport floor, isfinite
 from libc.stdlib cimport free, malloc
-from libc.string cimport memchr, memcmp, memcpy, memset
+from libc.string cimport memchr, memcmp, memcpy, memset, strlen
 
 import orjson
 
@@ -523,24 +523,19 @@ cdef int _top_slot(const unsigned char* s, Py_ssize_t a, Py_ssize_t b) noexcept:
     return -1
 
 
+# The keys of a DeviceChange push's ``Params`` (seed 002), in P_* slot order.
+cdef const char* _PARAM_KEYS[6]
+_PARAM_KEYS[:] = [b"Type", b"SubType", b"DeviceId", b"Payload", b"Seq", b"Time"]
+cdef Py_ssize_t _PARAM_LENS[6]
+for _i in range(6):
+    _PARAM_LENS[_i] = strlen(_PARAM_KEYS[_i])
+
+
 cdef int _params_slot(const unsigned char* s, Py_ssize_t a, Py_ssize_t b) noexcept:
-    cdef Py_ssize_t size = b - a
-    if size == 4:
-        if memcmp(s + a, b"Type", 4) == 0:
-            return P_TYPE
-        if memcmp(s + a, b"Time", 4) == 0:
-            return P_TIME
-    elif size == 3:
-        if memcmp(s + a, b"Seq", 3) == 0:
-            return P_SEQ
-    elif size == 7:
-        if memcmp(s + a, b"SubType", 7) == 0:
-            return P_SUBTYPE
-        if memcmp(s + a, b"Payload", 7) == 0:
-            return P_PAYLOAD
-    elif size == 8:
-        if memcmp(s + a, b"DeviceId", 8) == 0:
-            return P_DEVICE
+    cdef int slot
+    for slot in range(6):
+        if _key_is(s, a, b, _PARAM_KEYS[slot], _PARAM_LENS[slot]):
+            return slot
     return -1
 
 

@@ -66,22 +66,14 @@ cdef enum:
     K_GENERIC = 7  # struct, array: the owner's coerce
 
 
+_KIND_CODES = {
+    "bool": K_BOOL, "int": K_INT, "float": K_FLOAT, "timestamp": K_TIMESTAMP, "enum": K_ENUM,
+    "string": K_STRING, "struct": K_GENERIC, "array": K_GENERIC,
+}
+
+
 cdef int _kind_code(object kind) except -1:
-    if kind == "bool":
-        return K_BOOL
-    if kind == "int":
-        return K_INT
-    if kind == "float":
-        return K_FLOAT
-    if kind == "timestamp":
-        return K_TIMESTAMP
-    if kind == "enum":
-        return K_ENUM
-    if kind == "string":
-        return K_STRING
-    if kind == "struct" or kind == "array":
-        return K_GENERIC
-    return K_OTHER
+    return _KIND_CODES.get(kind, K_OTHER)
 
 
 cdef inline object _ascii_int(object text):
