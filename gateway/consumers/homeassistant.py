@@ -30,7 +30,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol
 
@@ -611,6 +611,7 @@ class Publish(Protocol):
 Subscribe = Callable[[str, Callable[[str, bytes], None]], Any]
 
 
+@dataclass(eq=False)
 class HomeAssistantDiscovery:
     """Publishes discovery configs from registry events (an extension, zigbee2mqtt style).
 
@@ -624,33 +625,23 @@ class HomeAssistantDiscovery:
     ones a new mode, prefix or ``enabled = false`` no longer produces.
     """
 
-    def __init__(
-        self,
-        bus: EventBus | None,
-        settings: HomeAssistantSettings,
-        *,
-        bridge_state_topic: str,
-        publish: Publish,
-        subscribe: Subscribe,
-        state_file: Path | None = None,
-        devices: Callable[[], Iterable[DeviceRecord]] = tuple,
-        origin: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.bus = bus
-        self.settings = settings
-        self.bridge_state_topic = bridge_state_topic
-        self._publish = publish
-        self._subscribe = subscribe
-        self.state_file = state_file
-        self._devices = devices
-        self.origin = dict(origin) if origin is not None else _origin()
-        #: (vendor, device id) → [(config topic, payload)]
-        self.configs: dict[tuple[str, str], list[tuple[str, bytes]]] = {}
-        self._unsubscribe: list[Callable[[], None]] = []
-        self._logged_unmapped: set[tuple[str, str]] = set()
-        self._republish: asyncio.TimerHandle | None = None
-        self._save: asyncio.TimerHandle | None = None
-        self.republished = 0
+    bus: EventBus | None
+    settings: HomeAssistantSettings
+    _: KW_ONLY
+    bridge_state_topic: str
+    publish: Publish
+    subscribe: Subscribe
+    state_file: Path | None = None
+    devices: Callable[[], Iterable[DeviceRecord]] = tuple
+    #: the discovery payloads' ``origin`` (default: cloud2mqtt and its version)
+    origin: Mapping[str, Any] = field(default_factory=lambda: _origin())
+    #: (vendor, device id) → [(config topic, payload)]
+    configs: dict[tuple[str, str], list[tuple[str, bytes]]] = field(default_factory=dict, init=False)
+    republished: int = field(default=0, init=False)
+    _unsubscribe: list[Callable[[], None]] = field(default_factory=list, init=False)
+    _logged_unmapped: set[tuple[str, str]] = field(default_factory=set, init=False)
+    _republish: asyncio.TimerHandle | None = field(default=None, init=False)
+    _save: asyncio.TimerHandle | None = field(default=None, init=False)
 
     # ---- start / stop ------------------------------------------------------------------------
     def start(self) -> None:
@@ -668,8 +659,8 @@ class HomeAssistantDiscovery:
                 self.bus.subscribe(DeviceRemoved, lambda e: self.device_removed(e.record)),
                 self.bus.subscribe(MqttConnected, lambda e: self.republish_all()),
             ]
-        self._subscribe(self.settings.status, self.on_status)
-        for rec in self._devices():
+        self.subscribe(self.settings.status, self.on_status)
+        for rec in self.devices():
             self.device_changed(rec, save=False)
         wanted = {t for cfgs in self.configs.values() for t, _ in cfgs}
         self._clear([t for t in previous if t not in wanted])
@@ -725,17 +716,17 @@ class HomeAssistantDiscovery:
         new_topics = {t for t, _ in new}
         for topic in old:
             if topic not in new_topics:
-                self._publish(topic, b"", qos=1, retain=True)
+                self.publish(topic, b"", qos=1, retain=True)
         for topic, payload in new:
             if old.get(topic) != payload:
-                self._publish(topic, payload, qos=1, retain=True)
+                self.publish(topic, payload, qos=1, retain=True)
         if save:
             self._schedule_save()
 
     def device_removed(self, rec: DeviceRecord) -> None:
         """Empty retained configs: Home Assistant removes the device and its entities."""
         for topic, _ in self.configs.pop((rec.vendor, rec.device), ()):
-            self._publish(topic, b"", qos=1, retain=True)
+            self.publish(topic, b"", qos=1, retain=True)
         self._logged_unmapped.discard((rec.vendor, rec.device))
         self._schedule_save()
 
@@ -756,7 +747,7 @@ class HomeAssistantDiscovery:
         self._republish = None
         end = min(start + max(1, self.settings.batch), len(pending))
         for topic, payload in pending[start:end]:
-            self._publish(topic, payload, qos=1, retain=True)
+            self.publish(topic, payload, qos=1, retain=True)
             self.republished += 1
         if end < len(pending):
             loop = asyncio.get_running_loop()
@@ -787,7 +778,7 @@ class HomeAssistantDiscovery:
 
     def _clear(self, topics: Iterable[str]) -> None:
         for topic in topics:
-            self._publish(topic, b"", qos=1, retain=True)
+            self.publish(topic, b"", qos=1, retain=True)
 
     def _schedule_save(self) -> None:
         if self.state_file is None or self._save is not None:
