@@ -636,7 +636,9 @@ class HomeAssistantDiscovery:
     #: the discovery payloads' ``origin`` (default: cloud2mqtt and its version)
     origin: Mapping[str, Any] = field(default_factory=lambda: _origin())
     #: (vendor, device id) → [(config topic, payload)]
-    configs: dict[tuple[str, str], list[tuple[str, bytes]]] = field(default_factory=dict, init=False)
+    configs: dict[tuple[str, str], list[tuple[str, bytes]]] = field(
+        default_factory=dict, init=False
+    )
     republished: int = field(default=0, init=False)
     _unsubscribe: list[Callable[[], None]] = field(default_factory=list, init=False)
     _logged_unmapped: set[tuple[str, str]] = field(default_factory=set, init=False)
