@@ -106,6 +106,7 @@ class SimulatedCloud:
     ``stop``.
     """
 
+    vendor: ClassVar[str]  # the ``vendor`` of its ``[[accounts]]`` table
     Options: ClassVar[type[CloudOptions]] = CloudOptions
     options: CloudOptions
     host: str
@@ -128,10 +129,19 @@ class SimulatedCloud:
         """Where the HTTP API is (a vendor with a path prefix adds it)."""
         return f"http://{self.host}:{self.port}"
 
-    def _accounts_table(self, vendor: str, name: str, overrides: Mapping[str, Any],
-                        **settings: Any) -> dict[str, Any]:  # fmt: skip
+    def account_config(self, name: str = "demo", **overrides: Any) -> dict[str, Any]:
+        """The ``[[accounts]]`` table that points a gateway at this emulator."""
+        return self._accounts_table(name, overrides, **self._account_settings())
+
+    def _account_settings(self) -> dict[str, Any]:
+        """What ``account_config`` puts in the table after ``vendor`` and ``name``."""
+        raise NotImplementedError
+
+    def _accounts_table(
+        self, name: str, overrides: Mapping[str, Any], **settings: Any
+    ) -> dict[str, Any]:
         """An ``[[accounts]]`` table for a gateway: ``settings``, then ``overrides``."""
-        return {"vendor": vendor, "name": name, **settings, **overrides}
+        return {"vendor": self.vendor, "name": name, **settings, **overrides}
 
     async def start(self) -> None:
         raise NotImplementedError

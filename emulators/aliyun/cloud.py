@@ -60,6 +60,7 @@ class AliyunCloud(DeviceModel, HttpApi, MqttChannel, Faults, SimulatedCloud):
     """One emulated Living platform: an app (AppKey/AppSecret + its MQTT virtual device) and
     one user account with devices."""
 
+    vendor = "aliyun"
     Options = AliyunOptions
     options: AliyunOptions
 
@@ -144,12 +145,8 @@ class AliyunCloud(DeviceModel, HttpApi, MqttChannel, Faults, SimulatedCloud):
             self.broker.cleanup()
             self.broker = None
 
-    def account_config(self, name: str = "demo", **overrides: Any) -> dict[str, Any]:
-        """The ``[[accounts]]`` table that points a gateway at this emulator."""
-        return self._accounts_table(
-            "aliyun",
-            name,
-            overrides,
+    def _account_settings(self) -> dict[str, Any]:
+        return dict(
             api_url=self.url,
             app_key=self.app_key,
             app_secret=self.app_secret,

@@ -54,6 +54,7 @@ class CoolkitOptions(CloudOptions):
 
 
 class CoolkitCloud(Population, HttpApi, PushSocket, Faults, SimulatedCloud):
+    vendor = "coolkit"
     Options = CoolkitOptions
     options: CoolkitOptions
 
@@ -129,7 +130,7 @@ class CoolkitCloud(Population, HttpApi, PushSocket, Faults, SimulatedCloud):
         else:
             login = {"email": email, "password": user.password, "country_code": user.country_code}
         return self._accounts_table(
-            "coolkit", name, overrides,
+            name, overrides,
             app_id=self.appid, app_secret=self.app_secret, api_version=version,
             region=region or user.region, api_url=base, dispatch_url=base, v1_api_url=base,
             rate_min_interval=self.rate_min_interval, rate_window=self.rate_window,

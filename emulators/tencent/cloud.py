@@ -56,6 +56,7 @@ class TencentOptions(CloudOptions):
 class TencentCloud(DeviceModel, HttpApi, PushSocket, Faults, SimulatedCloud):
     """One emulated Tencent application cloud (one AppKey/AppSecret, any number of users)."""
 
+    vendor = "tencent"
     Options = TencentOptions
     options: TencentOptions
 
@@ -145,7 +146,6 @@ class TencentCloud(DeviceModel, HttpApi, PushSocket, Faults, SimulatedCloud):
     ) -> dict[str, Any]:
         """The ``[[accounts]]`` table that points a gateway at this emulator."""
         return self._accounts_table(
-            "tencent",
             name,
             overrides,
             app_key=self.app_key,

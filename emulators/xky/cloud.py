@@ -140,6 +140,7 @@ class XkyOptions(CloudOptions):
 class XkyCloud(SimulatedCloud):
     """One emulated XiakeCloud with a single main account (plus its sub-accounts)."""
 
+    vendor = "xky"
     Options = XkyOptions
     options: XkyOptions
 
@@ -188,12 +189,8 @@ class XkyCloud(SimulatedCloud):
         self._tasks.clear()
         await self._stop_http()
 
-    def account_config(self, name: str = "demo", **overrides: Any) -> dict[str, Any]:
-        """The ``[[accounts]]`` table that points a gateway at this emulator."""
-        return self._accounts_table(
-            "xky",
-            name,
-            overrides,
+    def _account_settings(self) -> dict[str, Any]:
+        return dict(
             base_url=self.url,
             account=self.account,
             password=self.password,
