@@ -13,6 +13,8 @@ Each vendor package ``emulators.<vendor>`` provides:
   ``[[accounts]]`` table as TOML as well;
 - ``demo_cloud(devices=...)``, the cloud as ``cloud2mqtt demo`` runs it;
 - a cloud class with ``async start()``/``async stop()`` that tests and the demo run in-process,
+  built from its knobs as keywords or as one ``<Vendor>Options`` (``emulators.base.CloudOptions``;
+  ``simulate`` builds it with ``Options.from_args``),
   a ``control`` object (or HTTP endpoint) to inject faults, and ``account_config()`` returning the
   ``[[accounts]]`` table that points a gateway at it.
 """

@@ -1,4 +1,5 @@
-"""What every emulator shares: the async-context lifecycle (with its HTTP site, task and server
+"""What every emulator shares: its knobs (``CloudOptions``, built from keywords or from the
+``simulate`` arguments), the async-context lifecycle (with its HTTP site, task and server
 teardown), the ``Reject`` of a refused call, the ``simulate`` serve loop (with ``--print-config``
 and a loud ``PortInUse``) and the ``/_control`` dispatcher."""
 
@@ -9,20 +10,25 @@ import asyncio
 import contextlib
 import errno
 import inspect
+import random
 import socket
 from collections.abc import Callable, Collection, Iterable, Mapping
-from typing import Any, Self
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Self
 
 import orjson
 from aiohttp import web
 
 __all__ = [
+    "BUILD_ONLY",
+    "CloudOptions",
     "PortInUse",
     "Reject",
     "SimulatedCloud",
     "add_common_arguments",
     "cancel_tasks",
     "close_server",
+    "companion_port",
     "control_response",
     "serve_forever",
     "toml_accounts_block",
@@ -59,16 +65,83 @@ class Reject(Exception):
         self.extra = extra
 
 
+#: ``metadata`` of an option that only shapes how the cloud is built (a count of devices at
+#: start, the seed): it does not become an attribute of the cloud.
+BUILD_ONLY: Mapping[str, bool] = {"build_only": True}
+
+
+@dataclass(frozen=True, kw_only=True)
+class CloudOptions:
+    """The knobs of an emulated cloud; each vendor's options add its own to these.
+
+    ``port`` (and a vendor's other ports) 0: a free port, picked at ``start``.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    seed: int = field(default=0, metadata=BUILD_ONLY)  # of the cloud's ``rng``
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **overrides: Any) -> Self:
+        """The options ``cloud2mqtt simulate`` asked for: every option that has an argument of
+        its name in ``args`` (``--ws-port`` gives ``ws_port``), then ``overrides``."""
+        given = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+        return cls(**{**given, **overrides})
+
+
+def companion_port(args: argparse.Namespace) -> int:
+    """``--ws-port``, by default the one after ``--port`` (a free one when ``--port`` is 0)."""
+    if args.ws_port is not None:
+        return int(args.ws_port)
+    return int(args.port) + 1 if args.port else 0
+
+
 class SimulatedCloud:
     """Base of the emulated clouds: ``async with Cloud(...) as cloud`` starts and stops it.
 
-    A subclass sets ``host`` and ``port`` (0: a free port) and serves its HTTP API with
-    ``_serve_http`` in ``start`` and ``_stop_http`` in ``stop``.
+    ``Cloud(options)`` or ``Cloud(**knobs)`` (the fields of the subclass's ``Options``): every
+    option but the ``BUILD_ONLY`` ones becomes an attribute of the cloud, which tests and faults
+    may change while it runs (``port`` becomes the one bound); ``rng`` is seeded with ``seed``.
+    A subclass serves its HTTP API with ``_serve_http`` in ``start`` and ``_stop_http`` in
+    ``stop``.
     """
 
+    vendor: ClassVar[str]  # the ``vendor`` of its ``[[accounts]]`` table
+    Options: ClassVar[type[CloudOptions]] = CloudOptions
+    options: CloudOptions
     host: str
     port: int
     _runner: web.AppRunner | None = None
+
+    def __init__(self, options: CloudOptions | None = None, /, **knobs: Any) -> None:
+        if options is None:
+            options = self.Options(**knobs)
+        elif knobs:
+            raise TypeError("pass the options or the knobs, not both")
+        self.options = options
+        for f in fields(options):
+            if not f.metadata.get("build_only"):
+                setattr(self, f.name, getattr(options, f.name))
+        self.rng = random.Random(options.seed)
+
+    @property
+    def url(self) -> str:
+        """Where the HTTP API is (a vendor with a path prefix adds it)."""
+        return f"http://{self.host}:{self.port}"
+
+    def account_config(self, name: str = "demo", **overrides: Any) -> dict[str, Any]:
+        """The ``[[accounts]]`` table that points a gateway at this emulator."""
+        return self._accounts_table(name, overrides, **self._account_settings())
+
+    def _account_settings(self) -> dict[str, Any]:
+        """What ``account_config`` puts in the table after ``vendor`` and ``name``."""
+        raise NotImplementedError
+
+    def _accounts_table(
+        self, name: str, overrides: Mapping[str, Any], **settings: Any
+    ) -> dict[str, Any]:
+        """An ``[[accounts]]`` table for a gateway: ``settings``, then ``overrides``."""
+        return {"vendor": self.vendor, "name": name, **settings, **overrides}
 
     async def start(self) -> None:
         raise NotImplementedError

@@ -58,7 +58,7 @@ assembled from them) and ``cli``.
 from __future__ import annotations
 
 from .cli import add_arguments, demo_cloud, serve
-from .cloud import AliyunCloud
+from .cloud import AliyunCloud, AliyunOptions
 from .model import LIGHT_PK, SENSOR_PK
 
-__all__ = ["LIGHT_PK", "SENSOR_PK", "AliyunCloud", "add_arguments", "demo_cloud", "serve"]
+__all__ = ["LIGHT_PK", "SENSOR_PK", "AliyunCloud", "AliyunOptions", "add_arguments", "demo_cloud", "serve"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..base import add_common_arguments, serve_forever
-from .cloud import AliyunCloud
+from .cloud import AliyunCloud, AliyunOptions
 
 
 def demo_cloud(devices: int = 4) -> AliyunCloud:
@@ -27,15 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    cloud = AliyunCloud(
-        args.host,
-        args.port,
-        mqtt_port=args.mqtt_port,
-        devices=args.devices,
-        push_interval=args.push_interval or None,
-        token_lifetime=args.token_lifetime,
-        seed=args.seed,
-    )
+    cloud = AliyunCloud(AliyunOptions.from_args(args, push_interval=args.push_interval or None))
     await serve_forever(
         cloud,
         lambda: {

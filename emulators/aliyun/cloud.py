@@ -8,10 +8,10 @@ import contextlib
 import copy
 import itertools
 import logging
-import random
 import ssl
 import uuid
 from collections import Counter, deque
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -19,7 +19,7 @@ from aiohttp import web
 from gateway.mosquitto import Mosquitto
 from gateway.mqtt.client import MqttClient
 
-from ..base import SimulatedCloud, cancel_tasks
+from ..base import BUILD_ONLY, CloudOptions, SimulatedCloud, cancel_tasks
 from .faults import Faults
 from .http_api import HttpApi
 from .model import (
@@ -36,46 +36,44 @@ from .mqtt import Front, MqttChannel
 log = logging.getLogger("cloud2mqtt.sim.aliyun")
 
 
+@dataclass(frozen=True, kw_only=True)
+class AliyunOptions(CloudOptions):
+    """The knobs of an ``AliyunCloud``: the app (AppKey/AppSecret and its MQTT virtual device),
+    the account and its devices, the MQTT front."""
+
+    mqtt_port: int = 0
+    #: TLS on the MQTT front (securemode 2), as the real endpoint has
+    mqtt_ssl: ssl.SSLContext | None = None
+    app_key: str = "28365017"
+    app_secret: str = "emulator-app-secret"
+    app_product_key: str = "a1AppPk0001"
+    app_device_name: str = "appDevice0001"
+    app_device_secret: str = "emulator-device-secret"
+    identity_id: str = field(default="50e0op0c2b1d6c8e5bd4a1f0e3b5d3c2", metadata=BUILD_ONLY)
+    devices: int = field(default=3, metadata=BUILD_ONLY)
+    token_lifetime: float = 72000.0
+    push_interval: float | None = None
+    page_size_max: int = 100
+
+
 class AliyunCloud(DeviceModel, HttpApi, MqttChannel, Faults, SimulatedCloud):
     """One emulated Living platform: an app (AppKey/AppSecret + its MQTT virtual device) and
     one user account with devices."""
 
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        *,
-        mqtt_port: int = 0,
-        mqtt_ssl: ssl.SSLContext | None = None,
-        app_key: str = "28365017",
-        app_secret: str = "emulator-app-secret",
-        app_product_key: str = "a1AppPk0001",
-        app_device_name: str = "appDevice0001",
-        app_device_secret: str = "emulator-device-secret",
-        identity_id: str = "50e0op0c2b1d6c8e5bd4a1f0e3b5d3c2",
-        devices: int = 3,
-        token_lifetime: float = 72000.0,
-        push_interval: float | None = None,
-        page_size_max: int = 100,
-        seed: int = 0,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.mqtt_port = mqtt_port
-        self.mqtt_ssl = mqtt_ssl  # TLS on the MQTT front (securemode 2), as the real endpoint
-        self.app_key = app_key
-        self.app_secret = app_secret
-        self.app_devices: dict[tuple[str, str], str] = {(app_product_key, app_device_name): app_device_secret}
-        self.app_product_key = app_product_key
-        self.app_device_name = app_device_name
-        self.app_device_secret = app_device_secret
-        self.token_lifetime = token_lifetime
-        self.push_interval = push_interval
-        self.page_size_max = page_size_max
-        self.rng = random.Random(seed)
+    vendor = "aliyun"
+    Options = AliyunOptions
+    options: AliyunOptions
+
+    def __init__(self, options: AliyunOptions | None = None, /, **knobs: Any) -> None:
+        super().__init__(options, **knobs)
+        app_device = (self.app_product_key, self.app_device_name)
+        self.app_devices: dict[tuple[str, str], str] = {app_device: self.app_device_secret}
         self.products = copy.deepcopy(PRODUCTS)
         self.account = SimAccount(
-            identity_id, self._new_token(), self._new_token(), now_ms() + int(token_lifetime * 1000)
+            self.options.identity_id,
+            self._new_token(),
+            self._new_token(),
+            now_ms() + int(self.token_lifetime * 1000),
         )
         self.devices: dict[str, SimDevice] = {}
         self.binds: dict[tuple[str, str], str] = {}  # app (pk, dn) -> identityId
@@ -96,14 +94,10 @@ class AliyunCloud(DeviceModel, HttpApi, MqttChannel, Faults, SimulatedCloud):
         self.broker: Mosquitto | None = None
         self.client: MqttClient | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        for i in range(devices):
+        for i in range(self.options.devices):
             self.add_device(LIGHT_PK if i % 2 == 0 else SENSOR_PK)
 
     # ------------------------------------------------------------------ lifecycle
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     async def start(self) -> None:
         self.broker = Mosquitto()
@@ -151,22 +145,17 @@ class AliyunCloud(DeviceModel, HttpApi, MqttChannel, Faults, SimulatedCloud):
             self.broker.cleanup()
             self.broker = None
 
-    def account_config(self, name: str = "demo", **overrides: Any) -> dict[str, Any]:
-        """The ``[[accounts]]`` table that points a gateway at this emulator."""
-        cfg: dict[str, Any] = {
-            "vendor": "aliyun",
-            "name": name,
-            "api_url": self.url,
-            "app_key": self.app_key,
-            "app_secret": self.app_secret,
-            "iot_token": self.account.iot_token,
-            "mqtt_host": self.host,
-            "mqtt_port": self.mqtt_port,
-            "tls": self.mqtt_ssl is not None,
-            "product_key": self.app_product_key,
-            "device_name": self.app_device_name,
-            "device_secret": self.app_device_secret,
-        }
-        cfg.update(overrides)
-        return cfg
+    def _account_settings(self) -> dict[str, Any]:
+        return dict(
+            api_url=self.url,
+            app_key=self.app_key,
+            app_secret=self.app_secret,
+            iot_token=self.account.iot_token,
+            mqtt_host=self.host,
+            mqtt_port=self.mqtt_port,
+            tls=self.mqtt_ssl is not None,
+            product_key=self.app_product_key,
+            device_name=self.app_device_name,
+            device_secret=self.app_device_secret,
+        )
 

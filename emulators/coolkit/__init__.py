@@ -52,6 +52,6 @@ and v1, signatures, sessions, rate rules), ``push`` (the WebSocket), ``faults`` 
 from __future__ import annotations
 
 from .cli import add_arguments, demo_cloud, serve
-from .cloud import CoolkitCloud
+from .cloud import CoolkitCloud, CoolkitOptions
 
-__all__ = ["CoolkitCloud", "add_arguments", "demo_cloud", "serve"]
+__all__ = ["CoolkitCloud", "CoolkitOptions", "add_arguments", "demo_cloud", "serve"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..base import add_common_arguments, serve_forever
-from .cloud import CoolkitCloud
+from ..base import add_common_arguments, companion_port, serve_forever
+from .cloud import CoolkitCloud, CoolkitOptions
 
 
 def demo_cloud(devices: int = 8) -> CoolkitCloud:
@@ -34,13 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    ws_port = args.ws_port if args.ws_port is not None else (args.port + 1 if args.port else 0)
-    cloud = CoolkitCloud(
-        args.host, args.port, ws_port,
-        hb_interval=args.hb_interval, hb_grace=args.hb_grace, at_ttl=args.at_ttl, rt_ttl=args.rt_ttl,
-        rate_min_interval=args.rate_min_interval, rate_window=args.rate_window,
-        rate_max_calls=args.rate_max_calls, user_online_interval=args.user_online_interval,
-        push_interval=args.push_interval, extra_devices=args.devices, seed=args.seed,
-    )  # fmt: skip
+    ws_port = companion_port(args)
+    cloud = CoolkitCloud(CoolkitOptions.from_args(args, ws_port=ws_port, extra_devices=args.devices))
     await serve_forever(cloud, cloud.account_config, args=args, ports=(args.port, ws_port))
-

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -15,7 +15,7 @@ from websockets.asyncio.server import serve as ws_serve
 
 from protocols.coolkit.sign import Signer
 
-from ..base import SimulatedCloud, close_server
+from ..base import BUILD_ONLY, CloudOptions, SimulatedCloud, close_server
 from .faults import Faults
 from .http_api import HttpApi
 from .model import (
@@ -32,44 +32,35 @@ from .push import PushSocket
 log = logging.getLogger("cloud2mqtt.sim.coolkit")
 
 
+@dataclass(frozen=True, kw_only=True)
+class CoolkitOptions(CloudOptions):
+    """The knobs of a ``CoolkitCloud`` (each a ``simulate coolkit`` option as well, but the app's
+    and ``demo``)."""
+
+    ws_port: int = 0
+    appid: str = "cloud2mqtt-demo-appid-0000000000"
+    app_secret: str = "cloud2mqtt-demo-secret-000000000"
+    hb_interval: float = 145.0
+    hb_grace: float = 15.0
+    at_ttl: float = 30 * 86400.0
+    rt_ttl: float = 60 * 86400.0
+    rate_min_interval: float = 0.5
+    rate_window: float = 300.0
+    rate_max_calls: int = 300
+    user_online_interval: float = 10.0
+    push_interval: float | None = None
+    extra_devices: int = field(default=0, metadata=BUILD_ONLY)
+    demo: bool = field(default=True, metadata=BUILD_ONLY)  # the demo population
+
+
 class CoolkitCloud(Population, HttpApi, PushSocket, Faults, SimulatedCloud):
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        ws_port: int = 0,
-        *,
-        appid: str = "cloud2mqtt-demo-appid-0000000000",
-        app_secret: str = "cloud2mqtt-demo-secret-000000000",
-        hb_interval: float = 145.0,
-        hb_grace: float = 15.0,
-        at_ttl: float = 30 * 86400.0,
-        rt_ttl: float = 60 * 86400.0,
-        rate_min_interval: float = 0.5,
-        rate_window: float = 300.0,
-        rate_max_calls: int = 300,
-        user_online_interval: float = 10.0,
-        push_interval: float | None = None,
-        extra_devices: int = 0,
-        demo: bool = True,
-        seed: int = 0,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.ws_port = ws_port
-        self.apps: dict[str, Signer] = {appid: Signer(app_secret)}
-        self.appid = appid
-        self.app_secret = app_secret
-        self.hb_interval = hb_interval
-        self.hb_grace = hb_grace
-        self.at_ttl = at_ttl
-        self.rt_ttl = rt_ttl
-        self.rate_min_interval = rate_min_interval
-        self.rate_window = rate_window
-        self.rate_max_calls = rate_max_calls
-        self.user_online_interval = user_online_interval
-        self.push_interval = push_interval
-        self.rng = random.Random(seed)
+    vendor = "coolkit"
+    Options = CoolkitOptions
+    options: CoolkitOptions
+
+    def __init__(self, options: CoolkitOptions | None = None, /, **knobs: Any) -> None:
+        super().__init__(options, **knobs)
+        self.apps: dict[str, Signer] = {self.appid: Signer(self.app_secret)}
         self.users: dict[str, SimUser] = {}
         self.devices: dict[str, SimDevice] = {}
         self.groups: dict[str, SimGroup] = {}
@@ -93,15 +84,11 @@ class CoolkitCloud(Population, HttpApi, PushSocket, Faults, SimulatedCloud):
         self._last_online: dict[str, float] = {}
         self._ws_server: Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        if demo:
-            self._demo(extra_devices)
+        if self.options.demo:
+            self._demo(self.options.extra_devices)
 
 
     # ------------------------------------------------------------------ lifecycle
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     async def start(self) -> None:
         self._ws_server = await ws_serve(self._ws_handler, self.host, self.ws_port, compression=None)
@@ -137,26 +124,17 @@ class CoolkitCloud(Population, HttpApi, PushSocket, Faults, SimulatedCloud):
         (as the OAuth flow would hand out) instead of a password."""
         user = self.users[email]
         base = f"{self.url}/{{region}}"
-        cfg: dict[str, Any] = {
-            "vendor": "coolkit",
-            "name": name,
-            "app_id": self.appid,
-            "app_secret": self.app_secret,
-            "api_version": version,
-            "region": region or user.region,
-            "api_url": base,
-            "dispatch_url": base,
-            "v1_api_url": base,
-            "rate_min_interval": self.rate_min_interval,
-            "rate_window": self.rate_window,
-            "rate_max_calls": self.rate_max_calls,
-            "user_online_interval": self.user_online_interval,
-        }
         if oauth:
             sess = self._new_session(user, self.appid, version)
-            cfg.update({"at": sess.at, "rt": sess.rt})
+            login: dict[str, Any] = {"at": sess.at, "rt": sess.rt}
         else:
-            cfg.update({"email": email, "password": user.password, "country_code": user.country_code})
-        cfg.update(overrides)
-        return cfg
+            login = {"email": email, "password": user.password, "country_code": user.country_code}
+        return self._accounts_table(
+            name, overrides,
+            app_id=self.appid, app_secret=self.app_secret, api_version=version,
+            region=region or user.region, api_url=base, dispatch_url=base, v1_api_url=base,
+            rate_min_interval=self.rate_min_interval, rate_window=self.rate_window,
+            rate_max_calls=self.rate_max_calls, user_online_interval=self.user_online_interval,
+            **login,
+        )  # fmt: skip
 

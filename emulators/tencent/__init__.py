@@ -64,7 +64,7 @@ them) and ``cli`` (``simulate tencent``, the demo's cloud).
 from __future__ import annotations
 
 from .cli import account_config, add_arguments, demo_cloud, serve
-from .cloud import TencentCloud
+from .cloud import TencentCloud, TencentOptions
 from .model import LIGHT_PRODUCT, LIGHT_TEMPLATE, SENSOR_PRODUCT, SENSOR_TEMPLATE, SimToken
 
 __all__ = [
@@ -74,6 +74,7 @@ __all__ = [
     "SENSOR_TEMPLATE",
     "SimToken",
     "TencentCloud",
+    "TencentOptions",
     "account_config",
     "add_arguments",
     "demo_cloud",

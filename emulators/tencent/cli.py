@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..base import add_common_arguments, serve_forever
-from .cloud import TencentCloud
+from ..base import add_common_arguments, companion_port, serve_forever
+from .cloud import TencentCloud, TencentOptions
 from .model import REPORT_TIMESTAMPS, TEMPLATE_FORMS
 
 # ---------------------------------------------------------------------- demo and CLI
@@ -67,26 +67,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    ws_port = args.ws_port if args.ws_port is not None else (args.port + 1 if args.port else 0)
-    cloud = TencentCloud(
-        args.host,
-        args.port,
-        ws_port=ws_port,
-        app_key=args.app_key,
-        app_secret=args.app_secret,
-        open_id=args.open_id,
-        devices=args.devices,
-        token_lifetime=args.token_lifetime,
-        timestamp_window=args.timestamp_window,
-        trace_timeout=args.trace_timeout,
-        idle_timeout=args.idle_timeout,
-        rate=args.rate,
-        max_rate=args.max_rate,
-        latency=args.latency,
-        envelope=args.envelope,
-        seed=args.seed,
-        report_timestamps=args.report_timestamps,
-        templates=args.templates,
-        nul_pad=args.nul_pad,
-    )
+    ws_port = companion_port(args)
+    cloud = TencentCloud(TencentOptions.from_args(args, ws_port=ws_port))
     await serve_forever(cloud, cloud.account_config, args=args, ports=(args.port, ws_port))

@@ -7,14 +7,14 @@ import collections
 import contextlib
 import itertools
 import logging
-import random
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 from websockets.asyncio.server import Server
 from websockets.asyncio.server import serve as ws_serve
 
-from ..base import SimulatedCloud, close_server
+from ..base import BUILD_ONLY, CloudOptions, SimulatedCloud, close_server
 from .faults import Faults
 from .http_api import HttpApi
 from .model import (
@@ -30,50 +30,40 @@ from .push import PushSocket, SimSocket
 log = logging.getLogger("cloud2mqtt.sim.tencent")
 
 
+@dataclass(frozen=True, kw_only=True)
+class TencentOptions(CloudOptions):
+    """The knobs of a ``TencentCloud`` (each a ``simulate tencent`` option as well, but ``stamp``)."""
+
+    ws_port: int = 0
+    app_key: str = "c2m-demo-appkey"
+    app_secret: str = "c2m-demo-appsecret"
+    open_id: str = "c2m-demo-user"  # WxOpenID of the default user
+    devices: int = field(default=4, metadata=BUILD_ONLY)  # per user
+    token_lifetime: float = 7200.0
+    timestamp_window: float = 300.0
+    trace_timeout: float = 90.0
+    idle_timeout: float = 180.0
+    rate: float = 0.0
+    max_rate: bool = False
+    stamp: bool | None = None  # None: as max_rate
+    latency: float = 0.02
+    envelope: str = "response"
+    report_timestamps: str = "s"
+    templates: str = "mixed"
+    nul_pad: int = field(default=0, metadata=BUILD_ONLY)
+
+
 class TencentCloud(DeviceModel, HttpApi, PushSocket, Faults, SimulatedCloud):
     """One emulated Tencent application cloud (one AppKey/AppSecret, any number of users)."""
 
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        *,
-        ws_port: int = 0,
-        app_key: str = "c2m-demo-appkey",
-        app_secret: str = "c2m-demo-appsecret",
-        open_id: str = "c2m-demo-user",
-        devices: int = 4,
-        token_lifetime: float = 7200.0,
-        timestamp_window: float = 300.0,
-        trace_timeout: float = 90.0,
-        idle_timeout: float = 180.0,
-        rate: float = 0.0,
-        max_rate: bool = False,
-        stamp: bool | None = None,
-        latency: float = 0.02,
-        envelope: str = "response",
-        seed: int = 0,
-        report_timestamps: str = "s",
-        templates: str = "mixed",
-        nul_pad: int = 0,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.ws_port = ws_port
-        self.app_key = app_key
-        self.app_secret = app_secret
-        self.open_id = open_id
-        self.devices_per_user = devices
-        self.token_lifetime = token_lifetime
-        self.timestamp_window = timestamp_window
-        self.trace_timeout = trace_timeout
-        self.idle_timeout = idle_timeout
-        self.rate = rate
-        self.max_rate = max_rate
-        self.stamp = max_rate if stamp is None else stamp
-        self.latency = latency
-        self.envelope = envelope
-        self.rng = random.Random(seed)
+    vendor = "tencent"
+    Options = TencentOptions
+    options: TencentOptions
+
+    def __init__(self, options: TencentOptions | None = None, /, **knobs: Any) -> None:
+        super().__init__(options, **knobs)
+        if self.stamp is None:
+            self.stamp = self.max_rate
         self.users: dict[str, SimUser] = {}
         self.users_by_openid: dict[str, SimUser] = {}
         self.devices: dict[str, SimDevice] = {}
@@ -94,16 +84,13 @@ class TencentCloud(DeviceModel, HttpApi, PushSocket, Faults, SimulatedCloud):
         self._refuse_logins = 0
         self._slow = 0.0
         self._heartbeat_errors = 0
-        self.report_timestamps = "s"
-        self.set_report_timestamps(report_timestamps)
-        self.templates = "mixed"
-        self.set_templates(templates)
-        self._nul_pad = 0
-        self.nul_pad(nul_pad)
+        self.set_report_timestamps(self.report_timestamps)
+        self.set_templates(self.templates)
+        self.nul_pad(self.options.nul_pad)
         self._ws_server: Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
-        self.user_for(open_id)  # the default user exists from the start (deterministic ids)
+        self.user_for(self.open_id)  # the default user exists from the start (deterministic ids)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -158,15 +145,13 @@ class TencentCloud(DeviceModel, HttpApi, PushSocket, Faults, SimulatedCloud):
         self, name: str = "demo", *, open_id: str | None = None, **overrides: Any
     ) -> dict[str, Any]:
         """The ``[[accounts]]`` table that points a gateway at this emulator."""
-        cfg: dict[str, Any] = {
-            "vendor": "tencent",
-            "name": name,
-            "app_key": self.app_key,
-            "app_secret": self.app_secret,
-            "wx_open_id": open_id or self.open_id,
-            "nick_name": "cloud2mqtt",
-            "api_url": self.api_url,
-            "ws_url": self.ws_url,
-        }
-        cfg.update(overrides)
-        return cfg
+        return self._accounts_table(
+            name,
+            overrides,
+            app_key=self.app_key,
+            app_secret=self.app_secret,
+            wx_open_id=open_id or self.open_id,
+            nick_name="cloud2mqtt",
+            api_url=self.api_url,
+            ws_url=self.ws_url,
+        )

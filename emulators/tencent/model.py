@@ -147,7 +147,7 @@ class DeviceModel:
     """Users and their devices (mixed into ``TencentCloud``; no I/O of its own).
 
     State it shares (set by ``TencentCloud.__init__``): ``_uids``, ``_watchers``,
-    ``devices``, ``devices_per_user``, ``open_id``, ``rng``, ``users``, ``users_by_openid``.
+    ``devices``, ``open_id``, ``options``, ``rng``, ``users``, ``users_by_openid``.
     From the other concerns it calls ``_push_to_user``.
     """
 
@@ -160,7 +160,7 @@ class DeviceModel:
         user = SimUser(uid, open_id, nick or open_id, f"f{index:04d}{secrets.token_hex(6)}")
         self.users[uid] = user
         self.users_by_openid[open_id] = user
-        for j in range(self.devices_per_user):
+        for j in range(self.options.devices):
             self._add_device(user, index, j)
         return user
 

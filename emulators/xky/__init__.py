@@ -26,6 +26,6 @@ Misbehaviour, for tests and the demo, in-process or by ``POST /_control/<fault>`
 
 from __future__ import annotations
 
-from .cloud import XkyCloud, add_arguments, demo_cloud, serve
+from .cloud import XkyCloud, XkyOptions, add_arguments, demo_cloud, serve
 
-__all__ = ["XkyCloud", "add_arguments", "demo_cloud", "serve"]
+__all__ = ["XkyCloud", "XkyOptions", "add_arguments", "demo_cloud", "serve"]

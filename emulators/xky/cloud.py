@@ -9,7 +9,6 @@ import base64
 import contextlib
 import itertools
 import logging
-import random
 import secrets
 import time
 from collections.abc import Callable
@@ -24,6 +23,8 @@ from protocols.xky.envelope import ASSUMED_ENVELOPE, encode_error, encode_ok
 from protocols.xky.records import DeviceRecord, encode_device
 
 from ..base import (
+    BUILD_ONLY,
+    CloudOptions,
     Reject,
     SimulatedCloud,
     add_common_arguments,
@@ -32,7 +33,7 @@ from ..base import (
     serve_forever,
 )
 
-__all__ = ["XkyCloud", "add_arguments", "demo_cloud", "serve"]
+__all__ = ["XkyCloud", "XkyOptions", "add_arguments", "demo_cloud", "serve"]
 
 log = logging.getLogger("cloud2mqtt.sim.xky")
 
@@ -118,39 +119,34 @@ class Call:
     at: float  # time.monotonic()
 
 
+@dataclass(frozen=True, kw_only=True)
+class XkyOptions(CloudOptions):
+    """The knobs of an ``XkyCloud``: its main account, what it has at start, session lifetimes
+    (seconds; ``session_ttl`` None: never) and the background life."""
+
+    account: str = "demo"
+    password: str = "demo-pass"
+    key: str = api.DEFAULT_KEY
+    devices: int = field(default=3, metadata=BUILD_ONLY)
+    nodes: int = field(default=1, metadata=BUILD_ONLY)
+    subaccount: tuple[str, str] | None = field(default=("kid", "kid-pass"), metadata=BUILD_ONLY)
+    session_ttl: float | None = None
+    temp_session_ttl: float = 300.0
+    change_interval: float | None = None
+    churn_interval: float | None = None
+    report_online: bool = True
+
+
 class XkyCloud(SimulatedCloud):
     """One emulated XiakeCloud with a single main account (plus its sub-accounts)."""
 
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        *,
-        account: str = "demo",
-        password: str = "demo-pass",
-        key: str = api.DEFAULT_KEY,
-        devices: int = 3,
-        nodes: int = 1,
-        subaccount: tuple[str, str] | None = ("kid", "kid-pass"),
-        session_ttl: float | None = None,
-        temp_session_ttl: float = 300.0,
-        change_interval: float | None = None,
-        churn_interval: float | None = None,
-        report_online: bool = True,
-        seed: int = 0,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.key = key
-        self.account = account
-        self.password = password
+    vendor = "xky"
+    Options = XkyOptions
+    options: XkyOptions
+
+    def __init__(self, options: XkyOptions | None = None, /, **knobs: Any) -> None:
+        super().__init__(options, **knobs)
         self.uid = "934"
-        self.session_ttl = session_ttl
-        self.temp_session_ttl = temp_session_ttl
-        self.change_interval = change_interval
-        self.churn_interval = churn_interval
-        self.report_online = report_online
-        self.rng = random.Random(seed)
         self.devices: dict[str, SimDevice] = {}
         self.nodes: dict[str, SimNode] = {}
         self.subs: dict[str, SimSub] = {}
@@ -161,11 +157,12 @@ class XkyCloud(SimulatedCloud):
         self._ids = itertools.count(1)
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()  # ends pending "slow" replies at stop()
-        for i in range(nodes):
+        for i in range(self.options.nodes):
             node_id = str(next(self._ids))
             self.nodes[node_id] = SimNode(node_id, f"{i + 1:032d}", f"node {i + 1}")
-        for _ in range(devices):
+        for _ in range(self.options.devices):
             self.add_device()
+        subaccount = self.options.subaccount
         if subaccount is not None:
             sub_id = str(next(self._ids))
             self.subs[sub_id] = SimSub(
@@ -173,10 +170,6 @@ class XkyCloud(SimulatedCloud):
             )
 
     # ------------------------------------------------------------------ lifecycle
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     async def start(self) -> None:
         self._stopping.clear()
@@ -196,19 +189,14 @@ class XkyCloud(SimulatedCloud):
         self._tasks.clear()
         await self._stop_http()
 
-    def account_config(self, name: str = "demo", **overrides: Any) -> dict[str, Any]:
-        """The ``[[accounts]]`` table that points a gateway at this emulator."""
-        cfg: dict[str, Any] = {
-            "vendor": "xky",
-            "name": name,
-            "base_url": self.url,
-            "account": self.account,
-            "password": self.password,
-            "poll_interval": 2.0,
-            "min_poll_interval": 0.5,
-        }
-        cfg.update(overrides)
-        return cfg
+    def _account_settings(self) -> dict[str, Any]:
+        return dict(
+            base_url=self.url,
+            account=self.account,
+            password=self.password,
+            poll_interval=2.0,
+            min_poll_interval=0.5,
+        )
 
     # ------------------------------------------------------------------ driving devices
 
@@ -617,18 +605,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    cloud = XkyCloud(
-        args.host,
-        args.port,
-        account=args.account,
-        password=args.password,
-        devices=args.devices,
-        nodes=args.nodes,
-        session_ttl=args.session_ttl,
-        temp_session_ttl=args.temp_session_ttl,
-        change_interval=args.change_interval,
-        churn_interval=args.churn_interval,
-        report_online=not args.no_online,
-        seed=args.seed,
-    )
+    cloud = XkyCloud(XkyOptions.from_args(args, report_online=not args.no_online))
     await serve_forever(cloud, cloud.account_config, args=args, ports=(args.port,))

@@ -7,6 +7,7 @@ and the official ``alibabacloud-iot-api-gateway`` client as a peer of the emulat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
@@ -33,10 +34,8 @@ from tests.helpers import eventually
 
 @pytest.fixture
 async def cloud() -> AsyncIterator[AliyunCloud]:
-    c = AliyunCloud(devices=2)
-    await c.start()
-    yield c
-    await c.stop()
+    async with AliyunCloud(devices=2) as c:
+        yield c
 
 
 async def _post(cloud: AliyunCloud, path: str, params: dict[str, Any], *, secret: str | None = None,
@@ -174,34 +173,43 @@ class _Paho:
         self.client.disconnect()
 
 
-@pytest.mark.parametrize("v5", [False, True])
-async def test_connect_refused_for_bad_credentials(cloud: AliyunCloud, v5: bool) -> None:
-    creds = mqtt_credentials(cloud.app_product_key, cloud.app_device_name, "wrong-secret", 1, secure_mode=3)
+@contextlib.asynccontextmanager
+async def front_client(
+    cloud: AliyunCloud,
+    secret: str | None = None,
+    *,
+    device: tuple[str, str] | None = None,
+    timestamp: int | None = None,
+    v5: bool = False,
+) -> AsyncIterator[_Paho]:
+    """A paho client through the front once its CONNECT is answered (closed at the end): the
+    app's own credentials unless ``secret`` or ``device`` (product key, name) say otherwise."""
+    pk, dn = device or (cloud.app_product_key, cloud.app_device_name)
+    ts = int(time.time() * 1000) if timestamp is None else timestamp
+    creds = mqtt_credentials(pk, dn, secret or cloud.app_device_secret, ts, secure_mode=3)
     client = _Paho(cloud.mqtt_port, creds.client_id, creds.username, creds.password, v5=v5)
     try:
         await client.wait(client.connected)
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("v5", [False, True])
+async def test_connect_refused_for_bad_credentials(cloud: AliyunCloud, v5: bool) -> None:
+    async with front_client(cloud, "wrong-secret", timestamp=1, v5=v5) as client:
         assert client.rc[0].is_failure
         assert client.rc[0].getName() == "Bad user name or password"
         assert cloud.stats["connect_refused"] == 1
         assert cloud.stats["connect_ok"] == 0
-    finally:
-        client.close()
     # An unknown device is "not authorized".
-    creds = mqtt_credentials("otherPk", "otherDn", "x", 1, secure_mode=3)
-    client = _Paho(cloud.mqtt_port, creds.client_id, creds.username, creds.password)
-    try:
-        await client.wait(client.connected)
+    async with front_client(cloud, "x", device=("otherPk", "otherDn"), timestamp=1) as client:
         assert client.rc[0].getName() == "Not authorized"
-    finally:
-        client.close()
 
 
 async def test_bind_push_and_bind_codes(cloud: AliyunCloud) -> None:
     pk, dn = cloud.app_product_key, cloud.app_device_name
-    creds = mqtt_credentials(pk, dn, cloud.app_device_secret, int(time.time() * 1000), secure_mode=3)
-    client = _Paho(cloud.mqtt_port, creds.client_id, creds.username, creds.password)
-    try:
-        await client.wait(client.connected)
+    async with front_client(cloud) as client:
         assert not client.rc[0].is_failure
         await client.subscribe(list(down_topics(pk, dn)))
         topic, payload = build_bind(pk, dn, "bad-token", "x", msg_id="b1")
@@ -226,8 +234,6 @@ async def test_bind_push_and_bind_codes(cloud: AliyunCloud) -> None:
         cloud.topo_add("sub1", light)
         topo = orjson.loads(await client.wait_message("thing/topo/add/status"))
         assert topo["param"]["subIotId"] == "sub1"
-    finally:
-        client.close()
 
 
 async def test_push_after_bind_comes_in_the_same_write_as_bind_reply(cloud: AliyunCloud) -> None:
@@ -270,16 +276,10 @@ async def test_push_after_bind_comes_in_the_same_write_as_bind_reply(cloud: Aliy
 
 
 async def test_front_refuses_root_wildcard(cloud: AliyunCloud) -> None:
-    pk, dn = cloud.app_product_key, cloud.app_device_name
-    creds = mqtt_credentials(pk, dn, cloud.app_device_secret, int(time.time() * 1000), secure_mode=3)
-    client = _Paho(cloud.mqtt_port, creds.client_id, creds.username, creds.password)
-    try:
-        await client.wait(client.connected)
+    async with front_client(cloud) as client:
         client.client.subscribe("#", 1)
         await client.wait(client.disconnected)
         assert cloud.stats["acl_refused"] == 1
-    finally:
-        client.close()
 
 
 async def test_control_endpoint(cloud: AliyunCloud) -> None:

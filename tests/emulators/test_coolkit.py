@@ -25,16 +25,8 @@ FAST = {"rate_min_interval": 0.02, "rate_window": 5.0, "user_online_interval": 0
 
 @pytest.fixture
 async def cloud() -> AsyncIterator[CoolkitCloud]:
-    c = CoolkitCloud(**FAST)  # type: ignore[arg-type]
-    await c.start()
-    yield c
-    await c.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
+    async with CoolkitCloud(**FAST) as c:  # type: ignore[arg-type]
+        yield c
 
 
 def hosts(cloud: CoolkitCloud) -> rest.Hosts:

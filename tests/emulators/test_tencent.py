@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import time
 from collections.abc import AsyncIterator
@@ -58,16 +59,13 @@ class Client:
 
 @pytest.fixture
 async def cloud() -> AsyncIterator[TencentCloud]:
-    c = TencentCloud(devices=4, latency=0.01)
-    await c.start()
-    yield c
-    await c.stop()
+    async with TencentCloud(devices=4, latency=0.01) as c:
+        yield c
 
 
 @pytest.fixture
-async def client(cloud: TencentCloud) -> AsyncIterator[Client]:
-    async with aiohttp.ClientSession() as http:
-        yield Client(cloud, http)
+def client(cloud: TencentCloud, http: aiohttp.ClientSession) -> Client:
+    return Client(cloud, http)
 
 
 async def _rejected(coro: Any) -> str:
@@ -89,13 +87,26 @@ async def recv_push(conn: ClientConnection, **match: str) -> ws.DeviceChange:
                 return change
 
 
-async def subscribe(cloud: TencentCloud, token: str, devices: list[str]) -> ClientConnection:
-    conn = await connect(cloud.ws_url, compression=None)
-    await conn.send(ws.active_push_frame("a1", devices, token))
-    reply = await recv(conn)
-    assert isinstance(reply, ws.Reply) and reply.req_id == "a1"
-    assert ws.active_push_result(reply, devices) == tuple(devices)
-    return conn
+@contextlib.asynccontextmanager
+async def subscribed(
+    cloud: TencentCloud, token: str, devices: list[str]
+) -> AsyncIterator[ClientConnection]:
+    """A socket that ``ActivePush``ed ``devices`` (closed at the end)."""
+    async with connect(cloud.ws_url, compression=None) as conn:
+        await conn.send(ws.active_push_frame("a1", devices, token))
+        reply = await recv(conn)
+        assert isinstance(reply, ws.Reply) and reply.req_id == "a1"
+        assert ws.active_push_result(reply, devices) == tuple(devices)
+        yield conn
+
+
+@contextlib.asynccontextmanager
+async def first_light_pushes(client: Client) -> AsyncIterator[tuple[str, ClientConnection]]:
+    """Log in and subscribe to the first light: ``(light, socket)``."""
+    token = await client.login()
+    light = client.cloud.device_ids()[0]
+    async with subscribed(client.cloud, token, [light]) as conn:
+        yield light, conn
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,8 +215,7 @@ async def test_pushes_need_active_push_and_trace(cloud: TencentCloud, client: Cl
         reply = await recv(bare)
         assert isinstance(reply, ws.Reply) and ws.yunapi_result(reply)["RequestId"] == "h0"
         assert cloud.report(light, {"brightness": 1}) == 0  # no ActivePush: nothing is pushed
-    conn = await subscribe(cloud, token, [light])
-    try:
+    async with subscribed(cloud, token, [light]) as conn:
         assert cloud.report(light, {"brightness": 2}) == 1
         change = await recv_push(conn)
         decoded = ws.decode_device_change(change, now_ms=0)
@@ -219,8 +229,6 @@ async def test_pushes_need_active_push_and_trace(cloud: TencentCloud, client: Cl
             pass
         assert reply.req_id == "h1"
         assert cloud.report(light, {"brightness": 4}) == 1  # traced again
-    finally:
-        await conn.close()
 
 
 async def test_active_push_failure_form(cloud: TencentCloud, client: Client) -> None:
@@ -236,8 +244,7 @@ async def test_active_push_failure_form(cloud: TencentCloud, client: Client) -> 
 async def test_heartbeat_errors(cloud: TencentCloud, client: Client) -> None:
     token = await client.login()
     devices = cloud.device_ids()
-    conn = await subscribe(cloud, token, devices)
-    try:
+    async with subscribed(cloud, token, devices) as conn:
         cloud.heartbeat_errors(1)
         await conn.send(ws.heartbeat_frame("h1", devices, token))
         with pytest.raises(VendorError) as err:
@@ -260,8 +267,6 @@ async def test_heartbeat_errors(cloud: TencentCloud, client: Client) -> None:
         await conn.send(ws.hello_frame(5))
         reply = await recv(conn)
         assert isinstance(reply, ws.Reply) and reply.data == {"result": "hello world"}
-    finally:
-        await conn.close()
 
 
 async def test_idle_socket_closed() -> None:
@@ -279,8 +284,7 @@ async def test_idle_socket_closed() -> None:
 async def test_control_and_actions(cloud: TencentCloud, client: Client) -> None:
     token = await client.login()
     light, sensor = cloud.device_ids()[:2]
-    conn = await subscribe(cloud, token, [light, sensor])
-    try:
+    async with subscribed(cloud, token, [light, sensor]) as conn:
         await client.call(
             "AppControlDeviceData", api.control_params(light, {"power_switch": 1, "brightness": 80})
         )
@@ -330,16 +334,11 @@ async def test_control_and_actions(cloud: TencentCloud, client: Client) -> None:
         assert await _rejected(
             client.call("AppControlDeviceData", api.control_params(light, {"brightness": 1}))
         ) == ("FailedOperation.DeviceOffline")
-    finally:
-        await conn.close()
 
 
 async def test_faults_over_http(cloud: TencentCloud, client: Client) -> None:
-    token = await client.login()
-    light = cloud.device_ids()[0]
-    conn = await subscribe(cloud, token, [light])
     base = cloud.api_url.split("/api/")[0]
-    try:
+    async with first_light_pushes(client) as (light, conn):
         async with client.http.post(f"{base}/_control/garble", json={"count": 4}) as resp:
             assert resp.status == 200
         for _ in range(4):
@@ -365,8 +364,6 @@ async def test_faults_over_http(cloud: TencentCloud, client: Client) -> None:
             assert resp.status == 404
         async with client.http.get(f"{base}/_control/state") as resp:
             assert (await resp.json())["stats"]["dropped"] == 1
-    finally:
-        await conn.close()
 
 
 async def test_sdk_envelope(cloud: TencentCloud, client: Client) -> None:
@@ -424,10 +421,7 @@ async def _control(client: Client, fault: str, body: dict[str, Any]) -> aiohttp.
 async def test_report_timestamps_are_seconds_by_default(cloud: TencentCloud, client: Client) -> None:
     """Seed 002: a pushed report's ``timestamp`` is epoch seconds (or 0), while
     ``AppGetDeviceData`` keeps ``LastUpdate`` in ms."""
-    token = await client.login()
-    light = cloud.device_ids()[0]
-    conn = await subscribe(cloud, token, [light])
-    try:
+    async with first_light_pushes(client) as (light, conn):
         before = int(time.time())
         cloud.report(light, {"brightness": 7})
         cloud.event(light, "status_report", {"status": 0, "message": "ok"})
@@ -448,15 +442,10 @@ async def test_report_timestamps_are_seconds_by_default(cloud: TencentCloud, cli
         stamp = orjson.loads(_device_message(await recv_push(conn)))["timestamp"]
         assert before * 1000 <= stamp <= (int(time.time()) + 1) * 1000
         assert (await _control(client, "report_timestamps", {"unit": "us"})).status == 400
-    finally:
-        await conn.close()
 
 
 async def test_nul_padded_device_messages(cloud: TencentCloud, client: Client) -> None:
-    token = await client.login()
-    light = cloud.device_ids()[0]
-    conn = await subscribe(cloud, token, [light])
-    try:
+    async with first_light_pushes(client) as (light, conn):
         assert (await _control(client, "nul_pad", {"count": 3})).status == 200
         cloud.report(light, {"brightness": 11})
         change = await recv_push(conn)
@@ -467,8 +456,6 @@ async def test_nul_padded_device_messages(cloud: TencentCloud, client: Client) -
         assert (await _control(client, "nul_pad", {"count": 0})).status == 200
         cloud.report(light, {"brightness": 12})
         assert _device_message(await recv_push(conn)).endswith(b"}")
-    finally:
-        await conn.close()
 
 
 async def test_templates_as_objects_or_json_strings(cloud: TencentCloud, client: Client) -> None:
@@ -489,10 +476,7 @@ async def test_templates_as_objects_or_json_strings(cloud: TencentCloud, client:
 async def test_silence_stops_reading_and_sending(cloud: TencentCloud, client: Client) -> None:
     """``silence``: the socket neither sends nor reads (no pong, no heartbeat reply) until it
     ends — unlike ``stall``, which still answers WebSocket pings."""
-    token = await client.login()
-    light = cloud.device_ids()[0]
-    conn = await subscribe(cloud, token, [light])
-    try:
+    async with first_light_pushes(client) as (light, conn):
         resp = await _control(client, "silence", {"seconds": 0.5})
         assert resp.status == 200
         (sock,) = cloud.sockets
@@ -506,5 +490,3 @@ async def test_silence_stops_reading_and_sending(cloud: TencentCloud, client: Cl
         change = await recv_push(conn)  # held while silent, delivered after
         assert ws.decode_device_change(change, now_ms=0).events[0].props == {"brightness": 13}  # type: ignore[union-attr]
         assert cloud.stats["silenced"] == 1
-    finally:
-        await conn.close()

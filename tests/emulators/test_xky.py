@@ -24,12 +24,6 @@ async def cloud() -> AsyncIterator[XkyCloud]:
         yield c
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
 async def call(http: aiohttp.ClientSession, cloud: XkyCloud, req: api.Request) -> Any:
     async with http.request(
         req.method,
