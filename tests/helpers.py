@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.link import LinkState
 from gateway.tokens import TokenSlot
 from protocols.model import Availability, DeviceEvent, DeviceInfo, Schema, StateChange
+from protocols.tsl import normalize
 
 if TYPE_CHECKING:
     from gateway.link import AccountContext
@@ -78,7 +79,9 @@ class RecordingContext:
 
     ``calls`` holds ``(kind, value)`` for every report (``devices``, ``device``, ``state``,
     ``availability``, ``event``); typed views (``states``, ``avail``, ``events``, ``links``,
-    ``bad``, ``counts``) make the common assertions short.
+    ``bad``, ``counts``) make the common assertions short. ``states`` holds the values as the
+    connector reported them (raw, as the contract wants); ``normalized()`` and ``flagged()`` show
+    what the gateway's ``AccountLink`` makes of them through each device's schema.
     """
 
     def __init__(self, vendor: str, account: str, tokens: TokenSlot) -> None:
@@ -179,6 +182,22 @@ class RecordingContext:
             if change.device == device:
                 merged.update(change.props)
         return merged
+
+    def _normalized(self, change: StateChange) -> tuple[dict[str, Any], list[str]]:
+        schema = self.schema(change.device)
+        return normalize(schema, change.props) if schema else (dict(change.props), [])
+
+    def normalized(self, device: str) -> dict[str, Any]:
+        """``latest(device)`` normalized as the link does: the values the gateway publishes."""
+        merged: dict[str, Any] = {}
+        for change in self.states:
+            if change.device == device:
+                merged.update(self._normalized(change)[0])
+        return merged
+
+    def flagged(self) -> list[tuple[str, str]]:
+        """``(device, property)`` for every reported value the link would flag as a misfit."""
+        return [(c.device, pid) for c in self.states for pid in self._normalized(c)[1]]
 
     async def until(
         self, predicate: Callable[[], Any], what: str | None = None, timeout: float = 10

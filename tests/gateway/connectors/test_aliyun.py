@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -11,6 +10,7 @@ from gateway.connectors.aliyun import AliyunConnector, AliyunOptions, Breaker
 from gateway.errors import ConfigError
 from gateway.tokens import TokenStore
 from protocols.model import VendorError
+from tests.helpers import RecordingContext
 
 BASE: dict[str, Any] = {
     "app_key": "k",
@@ -148,7 +148,8 @@ def connector_with(saved: dict[str, Any] | None, **options: Any) -> AliyunConnec
     if saved is not None:
         store.put("aliyun/a", saved)
     opts = AliyunConnector.parse_options({**BASE, **options}, "a")
-    return AliyunConnector(opts, SimpleNamespace(tokens=slot), None)  # type: ignore[arg-type]
+    ctx = RecordingContext("aliyun", "a", slot)
+    return AliyunConnector(opts, ctx, None)  # type: ignore[arg-type]  # no HTTP: nothing is called
 
 
 def test_saved_tokens_are_used_only_for_the_credentials_they_came_from() -> None:
