@@ -103,6 +103,17 @@ async def test_set_round_trip_and_errors(gateway_factory: Any, probe: Any, cloud
     await probe.wait_for(f"{D}/1000000002", lambda p: isinstance(p, dict) and p.get("switch_1") is True, start=mark)
     assert cloud.commands[-1]["params"] == {"switches": [{"switch": "on", "outlet": 1}]}
 
+    # get: the connector answers as read; the reply is normalized, only what was asked for
+    probe.publish(f"{D}/1000000001/get", {"props": ["switch"], "transaction": "g1"})
+    reply = await probe.wait_for(f"{D}/1000000001/response/get", lambda p: p.get("transaction") == "g1")
+    assert reply["status"] == "ok" and reply["data"] == {"switch": True}, reply
+    probe.publish(f"{D}/1000000002/get", {"props": ["switch_1"], "transaction": "g2"})
+    reply = await probe.wait_for(f"{D}/1000000002/response/get", lambda p: p.get("transaction") == "g2")
+    assert reply["status"] == "ok" and reply["data"] == {"switch_1": True}, reply
+    probe.publish(f"{D}/1000000004/get", {"props": ["currentTemperature"], "transaction": "g3"})
+    reply = await probe.wait_for(f"{D}/1000000004/response/get", lambda p: p.get("transaction") == "g3")
+    assert reply["status"] == "ok" and reply["data"] == {"currentTemperature": 21.5}, reply
+
     cloud.fail_504()
     probe.publish(f"{D}/1000000001/set", {"switch": False, "transaction": "t504"})
     reply = await probe.wait_for(f"{D}/1000000001/response/set", lambda p: p.get("transaction") == "t504")

@@ -134,8 +134,12 @@ async def test_push_set_get_and_errors(cloud: CoolkitCloud, start: Any) -> None:
     assert cloud.devices["1000000002"].params["switches"][1]["switch"] == "on"
     assert (await conn.set("10000000a1", {"switch": True})).status == "ok"  # shared: selfApikey
     assert cloud.commands[-1]["selfApikey"] == cloud.users["demo@example.com"].apikey
+    # get answers as read (channels flattened); the command handler normalizes and filters
+    # (tests/integration/test_coolkit.py asserts the reply a client gets)
     got = await conn.get("1000000001", ["switch"])
-    assert got.status == "ok" and got.data == {"switch": False}
+    assert got.status == "ok" and got.data == {"switch": "off"}
+    got = await conn.get("1000000002", ["switch_1"])
+    assert got.status == "ok" and got.data == {"switch_0": "off", "switch_1": "on"}
     cloud.fail_504()
     with pytest.raises(CommandError) as e504:
         await conn.set("1000000001", {"switch": True})
