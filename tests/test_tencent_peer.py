@@ -93,10 +93,8 @@ class Peer:
 
 @pytest.fixture
 async def cloud() -> AsyncIterator[TencentCloud]:
-    c = TencentCloud(devices=2, latency=0.01)
-    await c.start()
-    yield c
-    await c.stop()
+    async with TencentCloud(devices=2, latency=0.01) as c:
+        yield c
 
 
 async def test_official_sdk_on_the_emulator_socket(node: list[str], cloud: TencentCloud) -> None:

@@ -3,7 +3,6 @@ a paho client, and commands back the other way. Intervals are shrunk through opt
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,6 +10,7 @@ import pytest
 
 from emulators.coolkit import CoolkitCloud
 from tests.conftest import Probe
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.both_loops  # gateway end to end: uvloop and asyncio
 
@@ -37,12 +37,6 @@ async def start(gateway_factory: Any, probe: Any, cloud: CoolkitCloud, **overrid
     await gateway_factory([cfg], command_timeout=1.5)
     await probe.wait_for(f"{D}/1000000001/availability", lambda p: p and p["state"] == "online")
     await probe.wait_for(f"{B}/bridge/accounts", lambda p: p and p[0]["state"] == "online")
-
-
-async def until(cond: Any, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.02)
 
 
 async def test_login_redirect_snapshot_and_push(
@@ -144,7 +138,7 @@ async def test_expired_token_refreshes_without_login(gateway_factory: Any, probe
     handshakes = len(cloud.handshakes)
     cloud.expire_tokens()
     cloud.drop()
-    await until(lambda: len(cloud.handshakes) > handshakes and cloud.handshakes[-1][2] == 0)
+    await eventually(lambda: len(cloud.handshakes) > handshakes and cloud.handshakes[-1][2] == 0)
     await probe.wait_for(f"{B}/bridge/accounts", lambda p: p and p[0]["state"] == "online")
     assert cloud.logins == ["demo@example.com"]
     mark = probe.mark()

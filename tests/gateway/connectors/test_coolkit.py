@@ -32,16 +32,8 @@ FAST_OPTS: dict[str, Any] = {"backoff_base": 0.05, "backoff_cap": 0.2, "attentio
 
 @pytest.fixture
 async def cloud() -> AsyncIterator[CoolkitCloud]:
-    c = CoolkitCloud(**FAST_CLOUD)
-    await c.start()
-    yield c
-    await c.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
+    async with CoolkitCloud(**FAST_CLOUD) as c:
+        yield c
 
 
 class Running:

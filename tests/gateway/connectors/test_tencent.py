@@ -27,16 +27,8 @@ from tests.helpers import RecordingContext
 
 @pytest.fixture
 async def cloud() -> AsyncIterator[TencentCloud]:
-    c = TencentCloud(devices=4, latency=0.01)
-    await c.start()
-    yield c
-    await c.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+    async with TencentCloud(devices=4, latency=0.01) as c:
+        yield c
 
 
 @pytest.fixture
