@@ -14,8 +14,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pytest
 
 from gateway.link import LinkState
 from gateway.tokens import TokenSlot
@@ -25,7 +28,9 @@ from protocols.tsl import normalize
 if TYPE_CHECKING:
     from gateway.link import AccountContext
 
-__all__ = ["RecordingContext", "eventually", "max_in_any_second"]
+__all__ = ["RecordingContext", "emulator", "eventually", "max_in_any_second"]
+
+T = TypeVar("T")
 
 
 def _describe(predicate: Callable[[], Any]) -> str:
@@ -72,6 +77,17 @@ def max_in_any_second(times: list[float]) -> int:
             lo += 1
         best = max(best, hi - lo + 1)
     return best
+
+
+def emulator(make: Callable[[], AbstractAsyncContextManager[T]]) -> Any:
+    """A pytest fixture that runs the emulator ``make()`` builds for the length of one test;
+    name it by assigning it: ``cloud = emulator(lambda: TencentCloud(devices=4))``."""
+
+    async def fixture() -> AsyncIterator[T]:
+        async with make() as running:
+            yield running
+
+    return pytest.fixture(fixture)
 
 
 class RecordingContext:

@@ -17,7 +17,6 @@ import contextlib
 import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from emulators.tencent import TencentCloud
 from protocols.tencent import api
 from tests.conftest import peer_unavailable
 from tests.emulators.test_tencent import Client
+from tests.helpers import emulator
 
 pytestmark = pytest.mark.peer
 
@@ -91,10 +91,7 @@ class Peer:
         return await asyncio.wait_for(read(), timeout)
 
 
-@pytest.fixture
-async def cloud() -> AsyncIterator[TencentCloud]:
-    async with TencentCloud(devices=2, latency=0.01) as c:
-        yield c
+cloud = emulator(lambda: TencentCloud(devices=2, latency=0.01))
 
 
 async def test_official_sdk_on_the_emulator_socket(node: list[str], cloud: TencentCloud) -> None:

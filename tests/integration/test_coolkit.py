@@ -3,14 +3,13 @@ a paho client, and commands back the other way. Intervals are shrunk through opt
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from emulators.coolkit import CoolkitCloud
 from tests.conftest import Probe
-from tests.helpers import eventually
+from tests.helpers import emulator, eventually
 
 pytestmark = pytest.mark.both_loops  # gateway end to end: uvloop and asyncio
 
@@ -26,10 +25,7 @@ FAST: dict[str, Any] = {
 }  # fmt: skip
 
 
-@pytest.fixture
-async def cloud() -> AsyncIterator[CoolkitCloud]:
-    async with CoolkitCloud(**CLOUD) as c:
-        yield c
+cloud = emulator(lambda: CoolkitCloud(**CLOUD))
 
 
 async def start(gateway_factory: Any, probe: Any, cloud: CoolkitCloud, **overrides: Any) -> None:

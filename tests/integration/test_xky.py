@@ -4,22 +4,19 @@ a paho client, and commands back the other way."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from emulators.xky import XkyCloud
+from tests.helpers import emulator
 
 pytestmark = pytest.mark.both_loops  # gateway end to end: uvloop and asyncio
 
 B = "cloud2mqtt"
 
 
-@pytest.fixture
-async def cloud() -> AsyncIterator[XkyCloud]:
-    async with XkyCloud(devices=3, seed=7) as c:
-        yield c
+cloud = emulator(lambda: XkyCloud(devices=3, seed=7))
 
 
 async def start(gateway_factory: Any, probe: Any, cloud: XkyCloud, **overrides: Any) -> list[str]:

@@ -20,7 +20,7 @@ from gateway.errors import ConfigError
 from gateway.link import LinkState
 from gateway.tokens import TokenStore
 from protocols.model import Availability, CommandError
-from tests.helpers import RecordingContext, eventually
+from tests.helpers import RecordingContext, emulator, eventually
 
 FAST_CLOUD: dict[str, Any] = {
     "rate_min_interval": 0.02, "rate_window": 5.0, "rate_max_calls": 300,
@@ -30,10 +30,7 @@ FAST_OPTS: dict[str, Any] = {"backoff_base": 0.05, "backoff_cap": 0.2, "attentio
                              "attention_cap": 0.8, "heartbeat_grace": 0.5, "command_interval": 0.0}  # fmt: skip
 
 
-@pytest.fixture
-async def cloud() -> AsyncIterator[CoolkitCloud]:
-    async with CoolkitCloud(**FAST_CLOUD) as c:
-        yield c
+cloud = emulator(lambda: CoolkitCloud(**FAST_CLOUD))
 
 
 class Running:

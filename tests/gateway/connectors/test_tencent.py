@@ -22,13 +22,9 @@ from protocols.model import (
     CommandError,
     VendorError,
 )
-from tests.helpers import RecordingContext
+from tests.helpers import RecordingContext, emulator
 
-
-@pytest.fixture
-async def cloud() -> AsyncIterator[TencentCloud]:
-    async with TencentCloud(devices=4, latency=0.01) as c:
-        yield c
+cloud = emulator(lambda: TencentCloud(devices=4, latency=0.01))
 
 
 @pytest.fixture

@@ -22,13 +22,9 @@ from protocols.model import (
     CommandError,
     VendorError,
 )
-from tests.helpers import RecordingContext, eventually
+from tests.helpers import RecordingContext, emulator, eventually
 
-
-@pytest.fixture
-async def cloud() -> AsyncIterator[XkyCloud]:
-    async with XkyCloud(devices=3) as c:
-        yield c
+cloud = emulator(lambda: XkyCloud(devices=3))
 
 
 @pytest.fixture
