@@ -28,7 +28,7 @@ from protocols.tsl import normalize
 if TYPE_CHECKING:
     from gateway.link import AccountContext
 
-__all__ = ["RecordingContext", "emulator", "eventually", "max_in_any_second"]
+__all__ = ["ManualClock", "RecordingContext", "emulator", "eventually", "max_in_any_second"]
 
 T = TypeVar("T")
 
@@ -77,6 +77,16 @@ def max_in_any_second(times: list[float]) -> int:
             lo += 1
         best = max(best, hi - lo + 1)
     return best
+
+
+class ManualClock:
+    """A monotonic clock the test moves by hand: ``clock.now += 10``."""
+
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def emulator(make: Callable[[], AbstractAsyncContextManager[T]]) -> Any:
