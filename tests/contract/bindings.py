@@ -172,8 +172,8 @@ class TencentBinding(Binding):
         assert self.cloud.drop_sockets() >= 1, "no socket to drop"
 
     async def garble(self) -> None:
-        self.cloud.garble(1)
-        self.cloud.report(self.device, {"brightness": self.fresh(1, 99)})
+        self.cloud.garble(1)  # the next frame: the push's
+        await self.push()
 
     def read(self, device: str, prop: str) -> Any:
         return self.cloud.devices[device].values[prop]
@@ -295,8 +295,8 @@ class AliyunBinding(Binding):
         assert self.cloud.drop_mqtt() >= 1, "no MQTT connection to drop"
 
     async def garble(self) -> None:
-        self.cloud.garble(1)
-        self.cloud.set_property(self.device, {"Brightness": self.fresh(1, 99)})
+        self.cloud.garble(1)  # the next frame: the push's
+        await self.push()
 
     def read(self, device: str, prop: str) -> Any:
         return self.cloud.devices[device].props[prop]["value"]
