@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -33,6 +36,22 @@ def peer_unavailable(reason: str) -> None:
     if IN_CI:
         pytest.fail(f"peer library unavailable in CI: {reason}")
     pytest.skip(reason)
+
+
+def install_peer(peer_dir: Path, package: str) -> None:
+    """``npm install`` the official vendor library ``package`` a peer in ``peer_dir`` runs
+    (once: nothing to do when it is there); unavailable without npm or when the install fails."""
+    if (peer_dir / "node_modules" / package / "package.json").exists():
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        peer_unavailable("npm not installed")
+        return
+    try:
+        subprocess.run([npm, "install", "--no-audit", "--no-fund"], cwd=peer_dir, check=True,
+                       capture_output=True, timeout=300)  # fmt: skip
+    except (subprocess.SubprocessError, OSError) as exc:
+        peer_unavailable(f"npm install {package} failed: {exc}")
 
 
 def _decode(payload: bytes) -> Any:

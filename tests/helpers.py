@@ -14,17 +14,23 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pytest
 
 from gateway.link import LinkState
 from gateway.tokens import TokenSlot
 from protocols.model import Availability, DeviceEvent, DeviceInfo, Schema, StateChange
+from protocols.tsl import normalize
 
 if TYPE_CHECKING:
     from gateway.link import AccountContext
 
-__all__ = ["RecordingContext", "eventually", "max_in_any_second"]
+__all__ = ["ManualClock", "RecordingContext", "emulator", "eventually", "max_in_any_second"]
+
+T = TypeVar("T")
 
 
 def _describe(predicate: Callable[[], Any]) -> str:
@@ -73,12 +79,35 @@ def max_in_any_second(times: list[float]) -> int:
     return best
 
 
+class ManualClock:
+    """A monotonic clock the test moves by hand: ``clock.now += 10``."""
+
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def emulator(make: Callable[[], AbstractAsyncContextManager[T]]) -> Any:
+    """A pytest fixture that runs the emulator ``make()`` builds for the length of one test;
+    name it by assigning it: ``cloud = emulator(lambda: TencentCloud(devices=4))``."""
+
+    async def fixture() -> AsyncIterator[T]:
+        async with make() as running:
+            yield running
+
+    return pytest.fixture(fixture)
+
+
 class RecordingContext:
     """An ``AccountContext`` that records every report, in order, for assertions.
 
     ``calls`` holds ``(kind, value)`` for every report (``devices``, ``device``, ``state``,
     ``availability``, ``event``); typed views (``states``, ``avail``, ``events``, ``links``,
-    ``bad``, ``counts``) make the common assertions short.
+    ``bad``, ``counts``) make the common assertions short. ``states`` holds the values as the
+    connector reported them (raw, as the contract wants); ``normalized()`` and ``flagged()`` show
+    what the gateway's ``AccountLink`` makes of them through each device's schema.
     """
 
     def __init__(self, vendor: str, account: str, tokens: TokenSlot) -> None:
@@ -179,6 +208,22 @@ class RecordingContext:
             if change.device == device:
                 merged.update(change.props)
         return merged
+
+    def _normalized(self, change: StateChange) -> tuple[dict[str, Any], list[str]]:
+        schema = self.schema(change.device)
+        return normalize(schema, change.props) if schema else (dict(change.props), [])
+
+    def normalized(self, device: str) -> dict[str, Any]:
+        """``latest(device)`` normalized as the link does: the values the gateway publishes."""
+        merged: dict[str, Any] = {}
+        for change in self.states:
+            if change.device == device:
+                merged.update(self._normalized(change)[0])
+        return merged
+
+    def flagged(self) -> list[tuple[str, str]]:
+        """``(device, property)`` for every reported value the link would flag as a misfit."""
+        return [(c.device, pid) for c in self.states for pid in self._normalized(c)[1]]
 
     async def until(
         self, predicate: Callable[[], Any], what: str | None = None, timeout: float = 10

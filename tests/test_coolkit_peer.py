@@ -23,7 +23,7 @@ import orjson
 import pytest
 
 from protocols.coolkit.sign import sign
-from tests.conftest import peer_unavailable
+from tests.conftest import install_peer, peer_unavailable
 
 pytestmark = pytest.mark.peer
 
@@ -31,16 +31,9 @@ PEER_DIR = Path(__file__).parent / "peers" / "coolkit"
 
 
 def _ensure_peer() -> None:
-    if (PEER_DIR / "node_modules" / "ewelink-api-next" / "package.json").exists() and shutil.which("node"):
-        return
-    npm = shutil.which("npm")
-    if npm is None or shutil.which("node") is None:
-        peer_unavailable("node/npm not installed")
-    try:
-        subprocess.run([npm, "install", "--no-audit", "--no-fund"], cwd=PEER_DIR, check=True,
-                       capture_output=True, timeout=300)  # fmt: skip
-    except (subprocess.SubprocessError, OSError) as exc:
-        peer_unavailable(f"npm install ewelink-api-next failed: {exc}")
+    if shutil.which("node") is None:
+        peer_unavailable("node not installed")
+    install_peer(PEER_DIR, "ewelink-api-next")
 
 
 def _node(mode: str, arg: dict[str, Any], timeout: float = 30) -> list[dict[str, Any]]:

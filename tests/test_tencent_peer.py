@@ -17,7 +17,6 @@ import contextlib
 import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +26,13 @@ import pytest
 
 from emulators.tencent import TencentCloud
 from protocols.tencent import api
-from tests.conftest import peer_unavailable
+from tests.conftest import install_peer, peer_unavailable
 from tests.emulators.test_tencent import Client
+from tests.helpers import emulator
 
 pytestmark = pytest.mark.peer
 
 PEER_DIR = Path(__file__).parent / "peers" / "tencent"
-PACKAGE = PEER_DIR / "node_modules" / "qcloud-iotexplorer-appdev-sdk" / "package.json"
 
 
 def _node_args() -> list[str]:
@@ -52,15 +51,7 @@ def _node_args() -> list[str]:
 @pytest.fixture(scope="module")
 def node() -> list[str]:
     args = _node_args()
-    if not PACKAGE.exists():
-        npm = shutil.which("npm")
-        if npm is None:
-            peer_unavailable("npm not installed")
-        try:
-            subprocess.run([npm, "install", "--no-audit", "--no-fund"], cwd=PEER_DIR, check=True,
-                           capture_output=True, timeout=300)  # fmt: skip
-        except (subprocess.SubprocessError, OSError) as exc:
-            peer_unavailable(f"npm install qcloud-iotexplorer-appdev-sdk failed: {exc}")
+    install_peer(PEER_DIR, "qcloud-iotexplorer-appdev-sdk")
     return args
 
 
@@ -91,12 +82,7 @@ class Peer:
         return await asyncio.wait_for(read(), timeout)
 
 
-@pytest.fixture
-async def cloud() -> AsyncIterator[TencentCloud]:
-    c = TencentCloud(devices=2, latency=0.01)
-    await c.start()
-    yield c
-    await c.stop()
+cloud = emulator(lambda: TencentCloud(devices=2, latency=0.01))
 
 
 async def test_official_sdk_on_the_emulator_socket(node: list[str], cloud: TencentCloud) -> None:

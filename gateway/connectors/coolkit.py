@@ -759,11 +759,8 @@ class CoolkitConnector(Session):
         params = reply.params or {}
         if params:
             self._state(dev, params, now_ms())
-        # The reply carries normalized values; misfits are counted by the link, not here.
-        values, _ = profiles.decode_params(dev.profile, dev.schema, params)
-        if props:
-            values = {k: v for k, v in values.items() if k in props}
-        return CommandResult.ok(values)
+        # as read (channels flattened): the command handler normalizes and filters
+        return CommandResult.ok(profiles.flatten(dev.profile, params))
 
 
 def _token_expired(exc: Exception) -> bool:

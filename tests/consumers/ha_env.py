@@ -31,6 +31,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 HA_VERSION = "2025.4.4"
 PYTHON_VERSION = "3.13.0"
@@ -39,6 +40,7 @@ CONFIGURED = ("http", "api", "mqtt", "onboarding", "auth", "config")
 #: Bump when the recipe changes, so cached venvs from an older recipe are rebuilt.
 RECIPE = 1
 INSTALL_TIMEOUT = 1800.0
+T = TypeVar("T")
 
 
 class EnvUnavailable(RuntimeError):
@@ -190,9 +192,15 @@ def ensure(log: Callable[[str], None] = print, timeout: float = INSTALL_TIMEOUT)
         return env
 
 
-if __name__ == "__main__":
+def run_by_hand(install: Callable[[Callable[[str], None]], T], where: Callable[[T], Path]) -> None:
+    """``python tests/consumers/<tool>_env.py``: install if needed (progress on stderr), then
+    print where it is, or why it is unavailable (exit status 1)."""
     try:
-        print(ensure(lambda line: print(line, file=sys.stderr)).hass)
+        print(where(install(lambda line: print(line, file=sys.stderr))))
     except EnvUnavailable as exc:
         print(f"unavailable: {exc}", file=sys.stderr)
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    run_by_hand(ensure, lambda env: env.hass)

@@ -10,16 +10,15 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 try:
-    from .ha_env import EnvUnavailable, _locked, cache_root
+    from .ha_env import EnvUnavailable, _locked, cache_root, run_by_hand
 except ImportError:  # run as a script
-    from ha_env import EnvUnavailable, _locked, cache_root  # type: ignore[no-redef]
+    from ha_env import EnvUnavailable, _locked, cache_root, run_by_hand  # type: ignore[no-redef]
 
 NODE_RED_SPEC = "node-red@4"
 RECIPE = 1
@@ -69,8 +68,4 @@ def ensure(log: Callable[[str], None] = print, timeout: float = INSTALL_TIMEOUT)
 
 
 if __name__ == "__main__":
-    try:
-        print(ensure(lambda line: print(line, file=sys.stderr)).node_red)
-    except EnvUnavailable as exc:
-        print(f"unavailable: {exc}", file=sys.stderr)
-        sys.exit(1)
+    run_by_hand(ensure, lambda env: env.node_red)

@@ -34,13 +34,12 @@ COOLKIT_CLOUD: dict[str, Any] = {"rate_min_interval": 0.02, "rate_window": 5.0, 
 
 @pytest.fixture
 async def clouds() -> AsyncIterator[tuple[TencentCloud, AliyunCloud, CoolkitCloud]]:
-    aliyun = AliyunCloud(devices=2)
-    await aliyun.start()
-    try:
-        async with TencentCloud(devices=2, latency=0.01) as tencent, CoolkitCloud(**COOLKIT_CLOUD) as coolkit:
-            yield tencent, aliyun, coolkit
-    finally:
-        await aliyun.stop()
+    async with (
+        TencentCloud(devices=2, latency=0.01) as tencent,
+        AliyunCloud(devices=2) as aliyun,
+        CoolkitCloud(**COOLKIT_CLOUD) as coolkit,
+    ):
+        yield tencent, aliyun, coolkit
 
 
 def expected_domains(devices: list[dict[str, Any]], mode: str) -> dict[str, set[str]]:

@@ -9,13 +9,13 @@ its event bus, the same assertions hold with the bus driving it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from emulators.tencent import TencentCloud
 from gateway.consumers.homeassistant import unique_id
+from tests.helpers import emulator
 
 from ..conftest import Probe
 from .harness import HomeAssistant, eventually
@@ -23,10 +23,7 @@ from .harness import HomeAssistant, eventually
 pytestmark = pytest.mark.consumer
 
 
-@pytest.fixture
-async def cloud() -> AsyncIterator[TencentCloud]:
-    async with TencentCloud(devices=3, latency=0.01) as c:
-        yield c
+cloud = emulator(lambda: TencentCloud(devices=3, latency=0.01))
 
 
 async def test_birth_republishes_and_removal_clears(

@@ -5,7 +5,7 @@ gateway and the Tencent emulator: its ``mqtt in`` (auto-detect) gets typed JSON 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import pytest
 
 from emulators.tencent import TencentCloud
 from gateway.topics import encode_id
+from tests.helpers import emulator
 
 from ..conftest import Probe
 from .harness import NodeRed, eventually
@@ -23,10 +24,7 @@ pytestmark = pytest.mark.consumer
 FLOW = Path(__file__).resolve().parents[2] / "docs" / "node-red-flow.json"
 
 
-@pytest.fixture
-async def cloud() -> AsyncIterator[TencentCloud]:
-    async with TencentCloud(devices=2, latency=0.01) as c:
-        yield c
+cloud = emulator(lambda: TencentCloud(devices=2, latency=0.01))
 
 
 def example_flow(tmp_path: Path, host: str, port: int) -> tuple[Path, Path, Path]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from emulators.aliyun import LIGHT_PK, AliyunCloud
+from emulators.base import SimulatedCloud
 from emulators.coolkit import CoolkitCloud
 from emulators.tencent import TencentCloud
 from emulators.xky import XkyCloud
@@ -73,12 +74,20 @@ class Binding(abc.ABC):
         """A value in ``[lo, hi]`` that no earlier call of this binding returned (while they last)."""
         return lo + next(self._values) % (hi - lo + 1)
 
-    @abc.abstractmethod
-    async def start(self) -> None:
-        """Start the emulator in-process with timings fast enough for a test."""
+    #: the running emulator (between ``start()`` and ``stop()``)
+    cloud: SimulatedCloud
 
     @abc.abstractmethod
-    async def stop(self) -> None: ...
+    def emulator(self) -> SimulatedCloud:
+        """This vendor's emulator, with timings fast enough for a test."""
+
+    async def start(self) -> None:
+        """Start the emulator in-process."""
+        self.cloud = self.emulator()
+        await self.cloud.start()
+
+    async def stop(self) -> None:
+        await self.cloud.stop()
 
     @abc.abstractmethod
     def account(self, name: str) -> dict[str, Any]:
@@ -128,13 +137,10 @@ class TencentBinding(Binding):
     """
 
     vendor = "tencent"
+    cloud: TencentCloud
 
-    async def start(self) -> None:
-        self.cloud = TencentCloud(devices=2, latency=0.0)
-        await self.cloud.start()
-
-    async def stop(self) -> None:
-        await self.cloud.stop()
+    def emulator(self) -> TencentCloud:
+        return TencentCloud(devices=2, latency=0.0)
 
     def account(self, name: str) -> dict[str, Any]:
         return self.cloud.account_config(name, heartbeat=0.5, backoff_base=0.05, backoff_cap=0.3)
@@ -166,8 +172,8 @@ class TencentBinding(Binding):
         assert self.cloud.drop_sockets() >= 1, "no socket to drop"
 
     async def garble(self) -> None:
-        self.cloud.garble(1)
-        self.cloud.report(self.device, {"brightness": self.fresh(1, 99)})
+        self.cloud.garble(1)  # the next frame: the push's
+        await self.push()
 
     def read(self, device: str, prop: str) -> Any:
         return self.cloud.devices[device].values[prop]
@@ -192,12 +198,10 @@ class CoolkitBinding(Binding):
     }  # fmt: skip
     EMAIL = "demo@example.com"
 
-    async def start(self) -> None:
-        self.cloud = CoolkitCloud(**self.CLOUD)
-        await self.cloud.start()
+    cloud: CoolkitCloud
 
-    async def stop(self) -> None:
-        await self.cloud.stop()
+    def emulator(self) -> CoolkitCloud:
+        return CoolkitCloud(**self.CLOUD)
 
     def account(self, name: str) -> dict[str, Any]:
         return self.cloud.account_config(name, self.EMAIL, **self.FAST)
@@ -258,12 +262,10 @@ class AliyunBinding(Binding):
         "reconnect_min": 0.05, "reconnect_max": 0.3, "throttle_cooldown": 0.5, "keepalive": 30,
     }  # fmt: skip
 
-    async def start(self) -> None:
-        self.cloud = AliyunCloud(devices=2)
-        await self.cloud.start()
+    cloud: AliyunCloud
 
-    async def stop(self) -> None:
-        await self.cloud.stop()
+    def emulator(self) -> AliyunCloud:
+        return AliyunCloud(devices=2)
 
     def account(self, name: str) -> dict[str, Any]:
         return self.cloud.account_config(name, **self.FAST)
@@ -293,8 +295,8 @@ class AliyunBinding(Binding):
         assert self.cloud.drop_mqtt() >= 1, "no MQTT connection to drop"
 
     async def garble(self) -> None:
-        self.cloud.garble(1)
-        self.cloud.set_property(self.device, {"Brightness": self.fresh(1, 99)})
+        self.cloud.garble(1)  # the next frame: the push's
+        await self.push()
 
     def read(self, device: str, prop: str) -> Any:
         return self.cloud.devices[device].props[prop]["value"]
@@ -314,13 +316,10 @@ class XkyBinding(Binding):
     """
 
     vendor = "xky"
+    cloud: XkyCloud
 
-    async def start(self) -> None:
-        self.cloud = XkyCloud(devices=3, seed=7)
-        await self.cloud.start()
-
-    async def stop(self) -> None:
-        await self.cloud.stop()
+    def emulator(self) -> XkyCloud:
+        return XkyCloud(devices=3, seed=7)
 
     def account(self, name: str) -> dict[str, Any]:
         return self.cloud.account_config(

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 from gateway.health import Health
+from tests.helpers import ManualClock
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+def clocked(window: float = 10.0) -> tuple[Health, ManualClock]:
+    """A ``Health`` on a clock the test moves by hand."""
+    clock = ManualClock()
+    return Health(window=window, clock=clock), clock
 
 
 def test_snapshots_in_quick_succession_report_the_same_window_rate() -> None:
-    clock = Clock()
-    health = Health(window=10.0, clock=clock)
+    health, clock = clocked()
     health.totals["commands"] += 20
     clock.now += 10.0
     first = health.snapshot()["rates"]["commands_per_s"]
@@ -25,8 +23,7 @@ def test_snapshots_in_quick_succession_report_the_same_window_rate() -> None:
 
 
 def test_the_next_window_reports_its_own_rate() -> None:
-    clock = Clock()
-    health = Health(window=10.0, clock=clock)
+    health, clock = clocked()
     health.totals["state"] += 100
     clock.now += 10.0
     assert health.rates()["state_per_s"] == 10.0
@@ -38,8 +35,7 @@ def test_the_next_window_reports_its_own_rate() -> None:
 
 
 def test_before_the_first_window_the_rate_is_since_start() -> None:
-    clock = Clock()
-    health = Health(window=10.0, clock=clock)
+    health, clock = clocked()
     health.totals["events"] += 8
     clock.now += 2.0
     assert health.rates()["events_per_s"] == 4.0

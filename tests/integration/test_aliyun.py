@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from emulators.aliyun import LIGHT_PK, SENSOR_PK, AliyunCloud
-from tests.helpers import eventually
+from tests.helpers import emulator, eventually
 
 pytestmark = pytest.mark.both_loops  # gateway end to end: uvloop and asyncio
 
@@ -28,12 +28,7 @@ FAST = {
 }
 
 
-@pytest.fixture
-async def cloud() -> AsyncIterator[AliyunCloud]:
-    c = AliyunCloud(devices=3)
-    await c.start()
-    yield c
-    await c.stop()
+cloud = emulator(lambda: AliyunCloud(devices=3))
 
 
 def topic(device: str, sub: str = "") -> str:

@@ -3,14 +3,13 @@ a paho client, and commands back the other way. Intervals are shrunk through opt
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from emulators.coolkit import CoolkitCloud
 from tests.conftest import Probe
+from tests.helpers import emulator, eventually
 
 pytestmark = pytest.mark.both_loops  # gateway end to end: uvloop and asyncio
 
@@ -26,10 +25,7 @@ FAST: dict[str, Any] = {
 }  # fmt: skip
 
 
-@pytest.fixture
-async def cloud() -> AsyncIterator[CoolkitCloud]:
-    async with CoolkitCloud(**CLOUD) as c:
-        yield c
+cloud = emulator(lambda: CoolkitCloud(**CLOUD))
 
 
 async def start(gateway_factory: Any, probe: Any, cloud: CoolkitCloud, **overrides: Any) -> None:
@@ -37,12 +33,6 @@ async def start(gateway_factory: Any, probe: Any, cloud: CoolkitCloud, **overrid
     await gateway_factory([cfg], command_timeout=1.5)
     await probe.wait_for(f"{D}/1000000001/availability", lambda p: p and p["state"] == "online")
     await probe.wait_for(f"{B}/bridge/accounts", lambda p: p and p[0]["state"] == "online")
-
-
-async def until(cond: Any, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.02)
 
 
 async def test_login_redirect_snapshot_and_push(
@@ -103,6 +93,17 @@ async def test_set_round_trip_and_errors(gateway_factory: Any, probe: Any, cloud
     await probe.wait_for(f"{D}/1000000002", lambda p: isinstance(p, dict) and p.get("switch_1") is True, start=mark)
     assert cloud.commands[-1]["params"] == {"switches": [{"switch": "on", "outlet": 1}]}
 
+    # get: the connector answers as read; the reply is normalized, only what was asked for
+    probe.publish(f"{D}/1000000001/get", {"props": ["switch"], "transaction": "g1"})
+    reply = await probe.wait_for(f"{D}/1000000001/response/get", lambda p: p.get("transaction") == "g1")
+    assert reply["status"] == "ok" and reply["data"] == {"switch": True}, reply
+    probe.publish(f"{D}/1000000002/get", {"props": ["switch_1"], "transaction": "g2"})
+    reply = await probe.wait_for(f"{D}/1000000002/response/get", lambda p: p.get("transaction") == "g2")
+    assert reply["status"] == "ok" and reply["data"] == {"switch_1": True}, reply
+    probe.publish(f"{D}/1000000004/get", {"props": ["currentTemperature"], "transaction": "g3"})
+    reply = await probe.wait_for(f"{D}/1000000004/response/get", lambda p: p.get("transaction") == "g3")
+    assert reply["status"] == "ok" and reply["data"] == {"currentTemperature": 21.5}, reply
+
     cloud.fail_504()
     probe.publish(f"{D}/1000000001/set", {"switch": False, "transaction": "t504"})
     reply = await probe.wait_for(f"{D}/1000000001/response/set", lambda p: p.get("transaction") == "t504")
@@ -133,7 +134,7 @@ async def test_expired_token_refreshes_without_login(gateway_factory: Any, probe
     handshakes = len(cloud.handshakes)
     cloud.expire_tokens()
     cloud.drop()
-    await until(lambda: len(cloud.handshakes) > handshakes and cloud.handshakes[-1][2] == 0)
+    await eventually(lambda: len(cloud.handshakes) > handshakes and cloud.handshakes[-1][2] == 0)
     await probe.wait_for(f"{B}/bridge/accounts", lambda p: p and p[0]["state"] == "online")
     assert cloud.logins == ["demo@example.com"]
     mark = probe.mark()

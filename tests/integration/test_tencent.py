@@ -3,23 +3,20 @@ and commands back the other way."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from emulators.tencent import TencentCloud
 from gateway.topics import encode_id
+from tests.helpers import emulator
 
 pytestmark = pytest.mark.both_loops  # gateway end to end: uvloop and asyncio
 
 B = "cloud2mqtt"
 
 
-@pytest.fixture
-async def cloud() -> AsyncIterator[TencentCloud]:
-    async with TencentCloud(devices=4, latency=0.01) as c:
-        yield c
+cloud = emulator(lambda: TencentCloud(devices=4, latency=0.01))
 
 
 def topic(device: str) -> str:

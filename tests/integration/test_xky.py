@@ -4,22 +4,19 @@ a paho client, and commands back the other way."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from emulators.xky import XkyCloud
+from tests.helpers import emulator, eventually
 
 pytestmark = pytest.mark.both_loops  # gateway end to end: uvloop and asyncio
 
 B = "cloud2mqtt"
 
 
-@pytest.fixture
-async def cloud() -> AsyncIterator[XkyCloud]:
-    async with XkyCloud(devices=3, seed=7) as c:
-        yield c
+cloud = emulator(lambda: XkyCloud(devices=3, seed=7))
 
 
 async def start(gateway_factory: Any, probe: Any, cloud: XkyCloud, **overrides: Any) -> list[str]:
@@ -33,9 +30,14 @@ async def start(gateway_factory: Any, probe: Any, cloud: XkyCloud, **overrides: 
 
 async def polls(cloud: XkyCloud, n: int = 2) -> None:
     target = cloud.count("/get_device_list") + n + 1
-    async with asyncio.timeout(10):
-        while cloud.count("/get_device_list") < target:
-            await asyncio.sleep(0.02)
+    await eventually(lambda: cloud.count("/get_device_list") >= target, f"{n} more polls")
+
+
+async def settled(gateway_factory: Any, probe: Any, cloud: XkyCloud) -> tuple[list[str], int]:
+    """Started and polled on: the serials, and a probe mark after the snapshot was published."""
+    sns = await start(gateway_factory, probe, cloud)
+    await polls(cloud)
+    return sns, probe.mark()
 
 
 def device_messages(probe: Any, start: int) -> list[tuple[str, Any]]:
@@ -83,9 +85,7 @@ async def test_session_expiry_and_relogin(
 async def test_only_changes_are_published(
     gateway_factory: Any, probe: Any, cloud: XkyCloud
 ) -> None:
-    sns = await start(gateway_factory, probe, cloud)
-    await polls(cloud)
-    mark = probe.mark()
+    sns, mark = await settled(gateway_factory, probe, cloud)
     await polls(cloud, 3)
     assert device_messages(probe, mark) == []
     cloud.update_device(sns[0], tags=["kitchen"])
@@ -190,9 +190,7 @@ async def test_bridge_request_multi_device(
 async def test_malformed_response_is_counted_and_skipped(
     gateway_factory: Any, probe: Any, cloud: XkyCloud
 ) -> None:
-    sns = await start(gateway_factory, probe, cloud)
-    await polls(cloud)
-    mark = probe.mark()
+    sns, mark = await settled(gateway_factory, probe, cloud)
     cloud.malformed(kind="record", path="/get_device_list")  # one record without a serial
     cloud.malformed(kind="garble", path="/get_device_list")
     health = await probe.wait_for(

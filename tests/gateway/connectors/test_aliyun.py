@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -11,6 +10,7 @@ from gateway.connectors.aliyun import AliyunConnector, AliyunOptions, Breaker
 from gateway.errors import ConfigError
 from gateway.tokens import TokenStore
 from protocols.model import VendorError
+from tests.helpers import ManualClock, RecordingContext
 
 BASE: dict[str, Any] = {
     "app_key": "k",
@@ -71,16 +71,6 @@ def test_throttle_cap_defaults_to_two_minutes() -> None:
 # ---------------------------------------------------------------------- the 429 breaker
 
 
-class Clock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def throttled(breaker: Breaker) -> bool:
     try:
         breaker.admit()
@@ -91,7 +81,7 @@ def throttled(breaker: Breaker) -> bool:
 
 
 def test_breaker_pause_doubles_up_to_its_cap() -> None:
-    clock = Clock()
+    clock = ManualClock(1000.0)
     breaker = Breaker(60.0, cap=120.0, clock=clock)
     pauses = []
     for _ in range(4):
@@ -103,7 +93,7 @@ def test_breaker_pause_doubles_up_to_its_cap() -> None:
 
 
 def test_breaker_fails_fast_while_open() -> None:
-    clock = Clock()
+    clock = ManualClock(1000.0)
     breaker = Breaker(60.0, clock=clock)
     assert breaker.admit() is False  # closed: a plain call, not a probe
     breaker.trip()
@@ -113,7 +103,7 @@ def test_breaker_fails_fast_while_open() -> None:
 
 
 def test_breaker_half_open_lets_one_probe_through_and_its_success_closes() -> None:
-    clock = Clock()
+    clock = ManualClock(1000.0)
     breaker = Breaker(60.0, clock=clock)
     breaker.trip()
     clock.now += 60.0
@@ -127,7 +117,7 @@ def test_breaker_half_open_lets_one_probe_through_and_its_success_closes() -> No
 
 
 def test_breaker_probe_without_a_verdict_lets_the_next_call_probe() -> None:
-    clock = Clock()
+    clock = ManualClock(1000.0)
     breaker = Breaker(60.0, clock=clock)
     breaker.trip()
     clock.now += 60.0
@@ -148,7 +138,8 @@ def connector_with(saved: dict[str, Any] | None, **options: Any) -> AliyunConnec
     if saved is not None:
         store.put("aliyun/a", saved)
     opts = AliyunConnector.parse_options({**BASE, **options}, "a")
-    return AliyunConnector(opts, SimpleNamespace(tokens=slot), None)  # type: ignore[arg-type]
+    ctx = RecordingContext("aliyun", "a", slot)
+    return AliyunConnector(opts, ctx, None)  # type: ignore[arg-type]  # no HTTP: nothing is called
 
 
 def test_saved_tokens_are_used_only_for_the_credentials_they_came_from() -> None:

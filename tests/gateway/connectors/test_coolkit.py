@@ -7,10 +7,7 @@ connector's own decisions: tokens, redirects, resync, heartbeats, session rules,
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import logging
-import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +17,10 @@ import pytest
 from emulators.coolkit import CoolkitCloud
 from gateway.connectors.coolkit import CoolkitConnector, CoolkitOptions
 from gateway.errors import ConfigError
+from gateway.link import LinkState
 from gateway.tokens import TokenStore
-from protocols.model import (
-    Availability,
-    CommandError,
-    DeviceEvent,
-    DeviceInfo,
-    Schema,
-    StateChange,
-)
-from protocols.tsl import normalize
-from tests.helpers import eventually
+from protocols.model import Availability, CommandError
+from tests.helpers import RecordingContext, emulator, eventually
 
 FAST_CLOUD: dict[str, Any] = {
     "rate_min_interval": 0.02, "rate_window": 5.0, "rate_max_calls": 300,
@@ -40,104 +30,21 @@ FAST_OPTS: dict[str, Any] = {"backoff_base": 0.05, "backoff_cap": 0.2, "attentio
                              "attention_cap": 0.8, "heartbeat_grace": 0.5, "command_interval": 0.0}  # fmt: skip
 
 
-class Ctx:
-    vendor = "coolkit"
-
-    def __init__(self, store: TokenStore, account: str = "demo") -> None:
-        self.account = account
-        self.log = logging.LoggerAdapter(logging.getLogger("test.coolkit"), {})
-        self.tokens = store.slot("coolkit", account)
-        self.infos: dict[str, DeviceInfo] = {}
-        self.syncs = 0
-        self.states: list[StateChange] = []
-        self.avail: list[Availability] = []
-        self.links: list[tuple[str, str | None, bool]] = []
-        self.bad: list[tuple[str, str | None, str]] = []
-        self.flagged: list[tuple[str, str]] = []
-        self.raw: list[StateChange] = []  # as the connector reported them
-
-    def devices(self, infos: Iterable[DeviceInfo]) -> None:
-        self.infos = {i.device: i for i in infos}
-        self.syncs += 1
-
-    def device(self, info: DeviceInfo) -> None:
-        self.infos[info.device] = info
-
-    def state(self, change: StateChange) -> None:
-        # As the gateway's AccountLink does: raw vendor values in, normalized once here.
-        self.raw.append(change)
-        info = self.infos.get(change.device)
-        props, flagged = normalize(info.schema, change.props) if info else (dict(change.props), [])
-        self.flagged.extend((change.device, pid) for pid in flagged)
-        self.states.append(dataclasses.replace(change, props=props))
-
-    def availability(self, av: Availability) -> None:
-        self.avail.append(av)
-
-    def event(self, ev: DeviceEvent) -> None:
-        pass
-
-    def link(self, state: str, error: str | None = None, *, token_expires_ms: int | None = None,
-             attention: bool = False) -> None:  # fmt: skip
-        self.links.append((state, error, attention))
-
-    def bad_input(self, reason: str, device: str | None = None, counter: str = "bad_frames") -> None:
-        self.bad.append((reason, device, counter))
-
-    def count(self, counter: str, n: int = 1) -> None:
-        pass
-
-    def api_call(self, endpoint: str, n: int = 1) -> None:
-        pass
-
-    def schema(self, device: str) -> Schema | None:
-        info = self.infos.get(device)
-        return info.schema if info else None
-
-    def known_devices(self) -> Sequence[str]:
-        return list(self.infos)
-
-    congested = False  # the MQTT side is never behind here
-
-    async def drain(self) -> None:
-        pass
-
-    def last(self, device: str) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for s in self.states:
-            if s.device == device:
-                out.update(s.props)
-        return out
-
-
-async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.02)
-
-
-@pytest.fixture
-async def cloud() -> AsyncIterator[CoolkitCloud]:
-    c = CoolkitCloud(**FAST_CLOUD)
-    await c.start()
-    yield c
-    await c.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
+cloud = emulator(lambda: CoolkitCloud(**FAST_CLOUD))
 
 
 class Running:
-    def __init__(self, conn: CoolkitConnector, ctx: Ctx, task: asyncio.Task[None]) -> None:
+    def __init__(
+        self, conn: CoolkitConnector, ctx: RecordingContext, task: asyncio.Task[None]
+    ) -> None:
         self.conn, self.ctx, self.task = conn, ctx, task
 
     def online(self) -> bool:
-        return bool(self.ctx.links) and self.ctx.links[-1][0] == "online"
+        return self.ctx.link_state is LinkState.ONLINE
+
+    def resynced(self) -> bool:
+        """Listed again (a reconnect's resync) and back online."""
+        return len(self.ctx.listings) >= 2 and self.online()
 
 
 @pytest.fixture
@@ -148,12 +55,12 @@ async def start(tmp_path: Path, http: aiohttp.ClientSession) -> AsyncIterator[Ca
     async def factory(cfg: dict[str, Any], wait_online: bool = True, account: str = "demo") -> Running:
         raw = {k: v for k, v in {**cfg, **FAST_OPTS}.items() if k not in ("vendor", "name")}
         opts = CoolkitConnector.parse_options(raw, "accounts[0]")
-        ctx = Ctx(store, account)
+        ctx = RecordingContext("coolkit", account, store.slot("coolkit", account))
         conn = CoolkitConnector(opts, ctx, http)
         r = Running(conn, ctx, asyncio.create_task(conn.run()))
         running.append(r)
         if wait_online:
-            await until(r.online)
+            await eventually(r.online, "the account is online")
         return r
 
     yield factory
@@ -190,8 +97,8 @@ async def test_login_redirect_sync_and_tokens_persist(cloud: CoolkitCloud, start
                               "1000000006", "1000000007", "10000000a1", "group:g-lights"}  # fmt: skip
     assert ctx.infos["10000000a1"].extra["shared"] is True
     assert ctx.infos["1000000007"].schema.passthrough
-    assert ctx.last("1000000002") == {"switch_0": False, "switch_1": False, "rssi": -61, "fwVersion": "3.5.0"}
-    assert ctx.last("1000000005")["power"] == 512.3
+    assert ctx.normalized("1000000002") == {"switch_0": False, "switch_1": False, "rssi": -61, "fwVersion": "3.5.0"}
+    assert ctx.normalized("1000000005")["power"] == 512.3
     assert Availability("1000000006", False, 0) in [Availability(a.device, a.online, 0) for a in ctx.avail]
     stored = ctx.tokens.load()
     assert stored and stored["region"] == "eu" and stored["apikey"] == cloud.users["demo@example.com"].apikey
@@ -202,22 +109,26 @@ async def test_login_redirect_sync_and_tokens_persist(cloud: CoolkitCloud, start
     await r.conn.close()
     r2 = await start(cloud.account_config(region="us"))
     assert cloud.logins == ["demo@example.com"]
-    assert r2.ctx.syncs == 1
+    assert len(r2.ctx.listings) == 1
 
 
 async def test_push_set_get_and_errors(cloud: CoolkitCloud, start: Any) -> None:
     r = await start(cloud.account_config())
     ctx, conn = r.ctx, r.conn
     await cloud.push("1000000004", {"currentTemperature": "23.5", "currentHumidity": "51"})
-    await until(lambda: ctx.last("1000000004").get("currentTemperature") == 23.5)
-    assert ctx.last("1000000004")["currentHumidity"] == 51.0
+    await eventually(lambda: ctx.normalized("1000000004").get("currentTemperature") == 23.5)
+    assert ctx.normalized("1000000004")["currentHumidity"] == 51.0
     assert (await conn.set("1000000002", {"switch_1": True})).status == "ok"
-    await until(lambda: ctx.last("1000000002").get("switch_1") is True)
+    await eventually(lambda: ctx.normalized("1000000002").get("switch_1") is True)
     assert cloud.devices["1000000002"].params["switches"][1]["switch"] == "on"
     assert (await conn.set("10000000a1", {"switch": True})).status == "ok"  # shared: selfApikey
     assert cloud.commands[-1]["selfApikey"] == cloud.users["demo@example.com"].apikey
+    # get answers as read (channels flattened); the command handler normalizes and filters
+    # (tests/integration/test_coolkit.py asserts the reply a client gets)
     got = await conn.get("1000000001", ["switch"])
-    assert got.status == "ok" and got.data == {"switch": False}
+    assert got.status == "ok" and got.data == {"switch": "off"}
+    got = await conn.get("1000000002", ["switch_1"])
+    assert got.status == "ok" and got.data == {"switch_0": "off", "switch_1": "on"}
     cloud.fail_504()
     with pytest.raises(CommandError) as e504:
         await conn.set("1000000001", {"switch": True})
@@ -227,9 +138,9 @@ async def test_push_set_get_and_errors(cloud: CoolkitCloud, start: Any) -> None:
         await conn.set("1000000006", {"switch": True})
     assert offline.value.code == "offline"
     await cloud.set_online("1000000006", True)
-    await until(lambda: any(a.device == "1000000006" and a.online for a in ctx.avail))
+    await eventually(lambda: any(a.device == "1000000006" and a.online for a in ctx.avail))
     assert (await conn.set("group:g-lights", {"switch": True})).status == "ok"
-    await until(lambda: cloud.devices["1000000001"].params["switch"] == "on")
+    await eventually(lambda: cloud.devices["1000000001"].params["switch"] == "on")
     # never answered: the gateway's timeout cancels; nothing stays pending
     cloud.never_answer()
     with pytest.raises(TimeoutError):
@@ -238,24 +149,24 @@ async def test_push_set_get_and_errors(cloud: CoolkitCloud, start: Any) -> None:
     # one bad frame does not stop the next
     await cloud.garble()
     await cloud.push("1000000001", {"switch": "off"})
-    await until(lambda: ctx.last("1000000001").get("switch") is False)
+    await eventually(lambda: ctx.normalized("1000000001").get("switch") is False)
     assert any("unreadable frame" in b[0] for b in ctx.bad)
 
 
 async def test_misfit_value_is_passed_raw_and_counted_once(cloud: CoolkitCloud, start: Any) -> None:
     r = await start(cloud.account_config())
     ctx = r.ctx
-    assert ctx.flagged == []  # the demo snapshot fits its schemas
+    assert ctx.flagged() == []  # the demo snapshot fits its schemas
     await cloud.push("1000000004", {"currentTemperature": "22.5", "currentHumidity": "unavailable"})
     await eventually(
-        lambda: ctx.last("1000000004").get("currentTemperature") == 22.5, "the pushed reading arrives"
+        lambda: ctx.normalized("1000000004").get("currentTemperature") == 22.5, "the pushed reading arrives"
     )
-    # The connector hands the link the values as sent; the link (here: Ctx.state) normalizes
-    # them and flags the misfit, once.
-    raw = [s for s in ctx.raw if s.device == "1000000004" and "currentHumidity" in s.props][-1]
+    # The connector hands the link the values as sent; the link (here: the recorder's
+    # normalized()/flagged()) normalizes them and flags the misfit, once.
+    raw = [s for s in ctx.states if s.device == "1000000004" and "currentHumidity" in s.props][-1]
     assert raw.props == {"currentTemperature": "22.5", "currentHumidity": "unavailable"}
-    assert ctx.last("1000000004")["currentHumidity"] == "unavailable"  # kept as sent
-    assert ctx.flagged == [("1000000004", "currentHumidity")]
+    assert ctx.normalized("1000000004")["currentHumidity"] == "unavailable"  # kept as sent
+    assert ctx.flagged() == [("1000000004", "currentHumidity")]
     assert not [b for b in ctx.bad if b[2] == "bad_values"]
 
 
@@ -263,21 +174,21 @@ async def test_pending_commands_fail_when_the_socket_drops(cloud: CoolkitCloud, 
     r = await start(cloud.account_config())
     cloud.never_answer()
     task = asyncio.create_task(r.conn.set("1000000001", {"switch": True}))
-    await until(lambda: bool(r.conn._pending))
+    await eventually(lambda: bool(r.conn._pending))
     cloud.drop()
     with pytest.raises(CommandError) as err:
         await task
     assert "closed" in err.value.message
-    await until(lambda: r.ctx.syncs >= 2 and r.online())  # reconnect with resync
+    await eventually(r.resynced, "reconnected and resynced")  # reconnect with resync
 
 
 async def test_heartbeat_loss_reconnects_and_resyncs(cloud: CoolkitCloud, start: Any) -> None:
     r = await start(cloud.account_config())
     cloud.stall()  # the socket stays open but goes silent: no pong, no pushes
     cloud.devices["1000000001"].params["switch"] = "on"  # changed while we were deaf
-    await until(lambda: any(s == "backoff" and e and "no traffic" in e for s, e, _ in r.ctx.links))
-    await until(lambda: r.ctx.syncs >= 2 and r.online())
-    assert r.ctx.last("1000000001")["switch"] is True
+    await eventually(lambda: any(s == "backoff" and e and "no traffic" in e for s, e, _ in r.ctx.links))
+    await eventually(r.resynced, "reconnected and resynced")
+    assert r.ctx.normalized("1000000001")["switch"] is True
 
 
 async def test_a_stall_is_found_within_stall_timeout_not_hbinterval(start: Any) -> None:
@@ -288,9 +199,9 @@ async def test_a_stall_is_found_within_stall_timeout_not_hbinterval(start: Any) 
         r = await start(cloud.account_config(stall_timeout=0.6))
         cloud.stall()
         cloud.devices["1000000001"].params["switch"] = "on"  # changed while we were deaf
-        await until(lambda: any(s == "backoff" and e and "stalled" in e for s, e, _ in r.ctx.links))
-        await until(lambda: r.ctx.syncs >= 2 and r.online())
-        assert r.ctx.last("1000000001")["switch"] is True
+        await eventually(lambda: any(s == "backoff" and e and "stalled" in e for s, e, _ in r.ctx.links))
+        await eventually(r.resynced, "reconnected and resynced")
+        assert r.ctx.normalized("1000000001")["switch"] is True
 
 
 async def test_pings_keep_the_socket_alive(cloud: CoolkitCloud, start: Any) -> None:
@@ -298,7 +209,7 @@ async def test_pings_keep_the_socket_alive(cloud: CoolkitCloud, start: Any) -> N
     pings = cloud.pings
     # several hbIntervals (1 s) with no pushes at all: only the pings keep the socket alive
     await eventually(lambda: cloud.pings >= pings + 3, "three pings answered")
-    assert r.online() and r.ctx.syncs == 1
+    assert r.online() and len(r.ctx.listings) == 1
     assert len(cloud.handshakes) == 1
 
 
@@ -307,7 +218,7 @@ async def test_refresh_on_402(cloud: CoolkitCloud, start: Any) -> None:
     old_rt = r.ctx.tokens.load()["rt"]
     cloud.expire_tokens()
     cloud.drop()
-    await until(lambda: r.ctx.syncs >= 2 and r.online())
+    await eventually(r.resynced, "reconnected and resynced")
     assert r.ctx.tokens.load()["rt"] != old_rt  # rotated and persisted
     assert cloud.logins == ["demo@example.com"]  # refreshed, not re-logged in
 
@@ -325,18 +236,18 @@ async def test_oauth_tokens_and_v1(cloud: CoolkitCloud, start: Any) -> None:
 async def test_session_taken_backs_off_and_flags(cloud: CoolkitCloud, start: Any) -> None:
     r = await start(cloud.account_config())
     await cloud.kick()
-    await until(lambda: any(s == "attention" and a for s, _, a in r.ctx.links))
+    await eventually(lambda: any(s == "attention" and a for s, _, a in r.ctx.links))
     _state, error, _ = r.ctx.links[-1]
     assert "session taken" in (error or "")
     logins_before = len(cloud.logins)
-    await until(r.online)  # after the (short, in tests) hard backoff it logs in once more
+    await eventually(r.online)  # after the (short, in tests) hard backoff it logs in once more
     assert len(cloud.logins) <= logins_before + 1  # no re-login fight: at most that one
 
 
 async def test_first_406_is_a_config_error(cloud: CoolkitCloud, start: Any) -> None:
     # An at/rt pair configured with somebody else's apikey: userOnline fails with 406 at once.
     r = await start(cloud.account_config(oauth=True, apikey="not-the-right-apikey"), wait_online=False)
-    await until(lambda: any(s == "attention" for s, _, _ in r.ctx.links))
+    await eventually(lambda: any(s == "attention" for s, _, _ in r.ctx.links))
     error = r.ctx.links[-1][1] or ""
     assert "first attempt" in error and "session taken" not in error
     assert len(cloud.handshakes) == 1  # and no retry loop right behind it
@@ -344,10 +255,10 @@ async def test_first_406_is_a_config_error(cloud: CoolkitCloud, start: Any) -> N
 
 async def test_bad_login_is_attention(cloud: CoolkitCloud, start: Any) -> None:
     r = await start(cloud.account_config(password="wrong"), wait_online=False)
-    await until(lambda: any(s == "attention" for s, _, _ in r.ctx.links))
+    await eventually(lambda: any(s == "attention" for s, _, _ in r.ctx.links))
     assert "password" in (r.ctx.links[-1][1] or "")
     r2 = await start(cloud.account_config(name="x", app_secret="bad-secret"), wait_online=False, account="x")
-    await until(lambda: any(s == "attention" for s, _, _ in r2.ctx.links))
+    await eventually(lambda: any(s == "attention" for s, _, _ in r2.ctx.links))
     assert "app_secret" in (r2.ctx.links[-1][1] or "")
 
 
@@ -360,7 +271,7 @@ async def test_rate_rules_hold_across_accounts(start: Any) -> None:
             await start(cloud.account_config(name=n, email=e), wait_online=False, account=n)
             for n, e in (("a", "demo@example.com"), ("b", "b@example.com"), ("c", "c@example.com"))
         ]
-        await until(lambda: all(r.online() for r in runs), 30)
+        await eventually(lambda: all(r.online() for r in runs), timeout=30)
         assert cloud.violations == []
         assert len(cloud.calls) > 8  # the budget was exceeded in total, so pacing did happen
 

@@ -23,21 +23,9 @@ from protocols.model import (
     CommandError,
     VendorError,
 )
-from tests.helpers import RecordingContext
+from tests.helpers import RecordingContext, emulator
 
-
-@pytest.fixture
-async def cloud() -> AsyncIterator[TencentCloud]:
-    c = TencentCloud(devices=4, latency=0.01)
-    await c.start()
-    yield c
-    await c.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+cloud = emulator(lambda: TencentCloud(devices=4, latency=0.01))
 
 
 @pytest.fixture

@@ -22,25 +22,9 @@ from protocols.model import (
     CommandError,
     VendorError,
 )
-from tests.helpers import RecordingContext
+from tests.helpers import RecordingContext, emulator, eventually
 
-
-async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.01)
-
-
-@pytest.fixture
-async def cloud() -> AsyncIterator[XkyCloud]:
-    async with XkyCloud(devices=3) as c:
-        yield c
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
+cloud = emulator(lambda: XkyCloud(devices=3))
 
 
 @pytest.fixture
@@ -77,12 +61,12 @@ async def start(
 async def polls(cloud: XkyCloud, n: int = 2) -> None:
     """Wait until ``n`` more listings have been answered (and the one after it has started)."""
     target = cloud.count("/get_device_list") + n + 1
-    await until(lambda: cloud.count("/get_device_list") >= target)
+    await eventually(lambda: cloud.count("/get_device_list") >= target)
 
 
 async def test_first_poll_is_a_full_sync(cloud: XkyCloud, start: Start, store: TokenStore) -> None:
     _conn, ctx = await start()
-    await until(lambda: ("online", None, False) in ctx.links)
+    await eventually(lambda: ("online", None, False) in ctx.links)
     assert ctx.calls[0] == ("devices", sorted(cloud.devices))
     states = {c.device: c.props for _, c in ctx.since(0, "state")}
     sn = next(iter(cloud.devices))
@@ -102,7 +86,7 @@ async def test_first_poll_is_a_full_sync(cloud: XkyCloud, start: Start, store: T
 
 async def test_only_changes_are_published(cloud: XkyCloud, start: Start) -> None:
     _conn, ctx = await start()
-    await until(lambda: ("online", None, False) in ctx.links)
+    await eventually(lambda: ("online", None, False) in ctx.links)
     mark = ctx.mark()
     await polls(cloud)
     assert ctx.since(mark) == []  # nothing changed, nothing published
@@ -110,7 +94,7 @@ async def test_only_changes_are_published(cloud: XkyCloud, start: Start) -> None
     a, b = sorted(cloud.devices)[:2]
     cloud.update_device(a, desc="moved")
     cloud.set_online(b, False)
-    await until(lambda: len(ctx.since(mark)) >= 3)
+    await eventually(lambda: len(ctx.since(mark)) >= 3)
     await polls(cloud)
     got = ctx.since(mark)
     assert sorted((v.device, dict(v.props)) for k, v in got if k == "state") == [
@@ -123,10 +107,10 @@ async def test_only_changes_are_published(cloud: XkyCloud, start: Start) -> None
 
 async def test_added_renamed_and_removed_devices(cloud: XkyCloud, start: Start) -> None:
     _conn, ctx = await start()
-    await until(lambda: ("online", None, False) in ctx.links)
+    await eventually(lambda: ("online", None, False) in ctx.links)
     mark = ctx.mark()
     new = cloud.add_device("cafe0001", name="newcomer", online=False)
-    await until(lambda: bool(ctx.since(mark, "availability")))
+    await eventually(lambda: bool(ctx.since(mark, "availability")))
     got = ctx.since(mark)
     assert got[0][0] == "device" and got[0][1].device == new and got[0][1].name == "newcomer"
     assert got[1][0] == "state" and got[1][1].props["name"] == "newcomer"
@@ -134,13 +118,13 @@ async def test_added_renamed_and_removed_devices(cloud: XkyCloud, start: Start) 
 
     mark = ctx.mark()
     cloud.update_device(new, name="renamed")
-    await until(lambda: bool(ctx.since(mark, "state")))
+    await eventually(lambda: bool(ctx.since(mark, "state")))
     assert [c[1].name for c in ctx.since(mark, "device")] == ["renamed"]
 
     mark = ctx.mark()
     gone = sorted(cloud.devices)[0]
     cloud.remove_device(gone)
-    await until(lambda: bool(ctx.since(mark, "devices")))
+    await eventually(lambda: bool(ctx.since(mark, "devices")))
     assert ctx.since(mark, "devices") == [("devices", sorted(cloud.devices))]
     assert gone not in ctx.since(mark, "devices")[0][1]
 
@@ -149,10 +133,10 @@ async def test_session_expiry_logs_in_again_without_republishing(
     cloud: XkyCloud, start: Start
 ) -> None:
     _conn, ctx = await start()
-    await until(lambda: ("online", None, False) in ctx.links)
+    await eventually(lambda: ("online", None, False) in ctx.links)
     mark = ctx.mark()
     cloud.expire_sessions()
-    await until(lambda: cloud.count("/login") == 2)
+    await eventually(lambda: cloud.count("/login") == 2)
     await polls(cloud)
     assert ctx.since(mark) == []
     assert ctx.counts["logins"] == 2
@@ -163,26 +147,26 @@ async def test_a_persisted_session_is_reused_and_replaced_when_rejected(
     cloud: XkyCloud, start: Start, store: TokenStore
 ) -> None:
     _conn, ctx = await start()
-    await until(lambda: ("online", None, False) in ctx.links)
+    await eventually(lambda: ("online", None, False) in ctx.links)
     _conn2, ctx2 = await start()
-    await until(lambda: ("online", None, False) in ctx2.links)
+    await eventually(lambda: ("online", None, False) in ctx2.links)
     assert cloud.count("/login") == 1  # the second connector used the saved session
     store.put("xky/test", {"session": "stale", "account": "demo", "subaccount": "",
                            "base_url": cloud.url})  # fmt: skip
     _conn3, ctx3 = await start()
-    await until(lambda: ("online", None, False) in ctx3.links)
+    await eventually(lambda: ("online", None, False) in ctx3.links)
     assert cloud.count("/login") == 2
     assert store.get("xky/test")["session"] != "stale"  # type: ignore[index]
 
 
 async def test_malformed_replies_are_counted_and_skipped(cloud: XkyCloud, start: Start) -> None:
     _conn, ctx = await start()
-    await until(lambda: ("online", None, False) in ctx.links)
+    await eventually(lambda: ("online", None, False) in ctx.links)
     mark = ctx.mark()
     for kind in ("garble", "shape", "record"):
         cloud.malformed(kind=kind, path="/get_device_list")
         want = len(ctx.bad) + 1
-        await until(lambda: len(ctx.bad) >= want)  # noqa: B023
+        await eventually(lambda: len(ctx.bad) >= want)  # noqa: B023
     await polls(cloud)
     assert [c for _, _, c in ctx.bad] == ["bad_frames"] * 3
     assert "malformed" in ctx.bad[0][0]
@@ -192,10 +176,10 @@ async def test_malformed_replies_are_counted_and_skipped(cloud: XkyCloud, start:
 
 async def test_server_errors_back_off_and_resync(cloud: XkyCloud, start: Start) -> None:
     _conn, ctx = await start()
-    await until(lambda: ("online", None, False) in ctx.links)
+    await eventually(lambda: ("online", None, False) in ctx.links)
     mark, links = ctx.mark(), len(ctx.links)
     cloud.fail(status=502, path="/get_device_list")
-    await until(lambda: len(ctx.since(mark, "devices")) == 1)
+    await eventually(lambda: len(ctx.since(mark, "devices")) == 1)
     assert [s for s, _, _ in ctx.links[links:]][:2] == ["backoff", "online"]
     assert "502" in (ctx.links[links][1] or "")
     # after an outage the whole state is published again (the gateway may have marked it offline)
@@ -204,10 +188,10 @@ async def test_server_errors_back_off_and_resync(cloud: XkyCloud, start: Start) 
 
 async def test_slow_replies_time_out_and_back_off(cloud: XkyCloud, start: Start) -> None:
     _conn, ctx = await start(request_timeout=0.1)
-    await until(lambda: ("online", None, False) in ctx.links)
+    await eventually(lambda: ("online", None, False) in ctx.links)
     links = len(ctx.links)
     cloud.slow(1.0, path="/get_device_list")
-    await until(lambda: len(ctx.links) > links + 1)
+    await eventually(lambda: len(ctx.links) > links + 1)
     assert ctx.links[links][0] == "backoff" and "TimeoutError" in (ctx.links[links][1] or "")
     assert ctx.links[links + 1][0] == "online"
 
@@ -217,7 +201,7 @@ async def test_bad_credentials_need_attention(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     _conn, ctx = await start(password="s3cret-pw")
-    await until(lambda: bool(ctx.links[1:]))
+    await eventually(lambda: bool(ctx.links[1:]))
     state, error, attention = ctx.links[1]
     assert (state, attention) == ("attention", True)
     assert error is not None and "1001" in error
@@ -227,17 +211,17 @@ async def test_bad_credentials_need_attention(
 
 async def test_sub_account_polls_its_own_devices(cloud: XkyCloud, start: Start) -> None:
     _conn, ctx = await start(subaccount="kid", password="kid-pass")
-    await until(lambda: ("online", None, False) in ctx.links)
+    await eventually(lambda: ("online", None, False) in ctx.links)
     sub = next(iter(cloud.subs.values()))
     assert ctx.calls[0] == ("devices", sorted(sub.devices))
 
 
 async def test_never_polls_faster_than_the_minimum(cloud: XkyCloud, start: Start) -> None:
     _conn, ctx = await start(poll_interval=0.1, min_poll_interval=0.1, poll_jitter=0.5)
-    await until(lambda: ("online", None, False) in ctx.links)
+    await eventually(lambda: ("online", None, False) in ctx.links)
     cloud.expire_sessions()  # a re-login retry is paced too
     cloud.fail(count=2, status=500, path="/get_device_list")
-    await until(lambda: cloud.count("/get_device_list") >= 8)
+    await eventually(lambda: cloud.count("/get_device_list") >= 8)
     starts = [c.at for c in cloud.calls if c.path == "/get_device_list"]
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert min(gaps) >= 0.1 * 0.95  # a lower bound only: sleeping never ends early
@@ -245,7 +229,7 @@ async def test_never_polls_faster_than_the_minimum(cloud: XkyCloud, start: Start
 
 async def test_set_round_trip(cloud: XkyCloud, start: Start) -> None:
     conn, ctx = await start()
-    await until(lambda: ("online", None, False) in ctx.links)
+    await eventually(lambda: ("online", None, False) in ctx.links)
     sn = sorted(cloud.devices)[0]
     cloud.update_device(sn, desc="set elsewhere")  # not polled yet, must not be reverted
     mark = ctx.mark()
@@ -266,7 +250,7 @@ async def test_set_round_trip(cloud: XkyCloud, start: Start) -> None:
 
 async def test_set_rejects_what_is_not_writable_or_unknown(cloud: XkyCloud, start: Start) -> None:
     conn, ctx = await start()
-    await until(lambda: ("online", None, False) in ctx.links)
+    await eventually(lambda: ("online", None, False) in ctx.links)
     sn = sorted(cloud.devices)[0]
     for props in ({"online": False}, {"node": "2"}, {"name": "x", "color": "red"}):
         with pytest.raises(CommandError) as exc:
@@ -280,7 +264,7 @@ async def test_set_rejects_what_is_not_writable_or_unknown(cloud: XkyCloud, star
 
 async def test_set_after_session_expiry_and_vendor_errors(cloud: XkyCloud, start: Start) -> None:
     conn, ctx = await start()
-    await until(lambda: ("online", None, False) in ctx.links)
+    await eventually(lambda: ("online", None, False) in ctx.links)
     sn = sorted(cloud.devices)[0]
     cloud.expire_sessions()
     assert (await conn.set(sn, {"desc": "after expiry"})).status == "ok"
@@ -314,11 +298,11 @@ async def test_close_logs_out_only_when_asked(
     cloud: XkyCloud, start: Start, store: TokenStore
 ) -> None:
     conn, ctx = await start()
-    await until(lambda: ("online", None, False) in ctx.links)
+    await eventually(lambda: ("online", None, False) in ctx.links)
     await conn.close()
     assert cloud.count("/logout") == 0 and store.get("xky/test") is not None
     conn2, ctx2 = await start(logout_on_close=True)
-    await until(lambda: ("online", None, False) in ctx2.links)
+    await eventually(lambda: ("online", None, False) in ctx2.links)
     await conn2.close()
     assert cloud.count("/logout") == 1 and store.get("xky/test") is None
 
@@ -351,5 +335,5 @@ async def test_an_empty_account_still_syncs_its_empty_list(cloud: XkyCloud, star
     for sn in list(cloud.devices):
         cloud.remove_device(sn)
     _conn, ctx = await start()
-    await until(lambda: ("online", None, False) in ctx.links)
+    await eventually(lambda: ("online", None, False) in ctx.links)
     assert ctx.calls == [("devices", [])]

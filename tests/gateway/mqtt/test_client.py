@@ -6,6 +6,7 @@ import asyncio
 
 from gateway.mqtt import codec
 from gateway.mqtt.client import ConnectRefused, MqttClient
+from tests.gateway.mqtt.scripted import assert_falls_back_to_311, scripted
 from tests.helpers import eventually
 
 
@@ -32,32 +33,13 @@ async def test_mqtt311_publish_and_subscribe(mosquitto):
 
 async def test_falls_back_to_311_when_v5_is_refused():
     """A 3.1.1-only broker answers a v5 CONNECT with return code 1 (unacceptable version)."""
-    seen: list[int] = []
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        parser = codec.Parser()
-        while True:
-            data = await reader.read(4096)
-            if not data:
-                break
-            for ptype, _, body in parser.feed(data):
-                if ptype == codec.CONNECT:
-                    c = codec.decode_connect(body)
-                    seen.append(c.protocol)
-                    writer.write(codec.encode_connack(0 if c.protocol == 4 else 1, 4))
-                    if c.protocol != 4:
-                        await writer.drain()
-                        writer.close()
-                        return
-        writer.close()
+    async def only_311(c, reader, writer):
+        writer.write(codec.encode_connack(0 if c.protocol == 4 else 1, 4))
+        if c.protocol == 4:
+            await reader.read(4096)
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    client = MqttClient("127.0.0.1", port, client_id="fb", reconnect=False)
-    await client.connect()
-    assert client.protocol == 4 and seen == [5, 4]
-    await client.disconnect()
-    server.close()
+    await assert_falls_back_to_311(only_311, "fb")
 
 
 async def test_bad_credentials_are_refused_not_retried():
@@ -67,8 +49,7 @@ async def test_bad_credentials_are_refused_not_retried():
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    server, port = await scripted(handle)
     client = MqttClient("127.0.0.1", port, client_id="bad", password="nope", reconnect=False)
     try:
         await client.connect()

@@ -7,14 +7,14 @@ protocol corners mosquitto cannot be made to produce (a refused version, a malfo
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
 import os
 import random
 import shutil
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -24,17 +24,14 @@ from gateway.backoff import Backoff
 from gateway.mosquitto import Mosquitto
 from gateway.mqtt import codec
 from gateway.mqtt.client import ConnectRefused, MqttClient, explain_failure
+from tests import helpers
+from tests.gateway.mqtt.scripted import answering, assert_falls_back_to_311, read_connect, scripted
 
 FAST = (0.01, 0.05)  # backoff for tests: the mechanism is the same, the waits are short
 
 
-async def eventually(cond: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"never happened: {what}")
-        await asyncio.sleep(0.01)
+#: the shared wait, with a longer safety net: these tests restart brokers and ride out outages
+eventually = functools.partial(helpers.eventually, timeout=15.0)
 
 
 class Sub:
@@ -150,7 +147,7 @@ async def test_isolation_gives_up_when_the_broker_neither_acks_nor_closes():
     received: list[list[tuple[int, bytes]]] = []  # per connection: (packet id, payload)
 
     async def handle(reader, writer):
-        c = await _read_connect(reader)
+        c = await read_connect(reader)
         assert c is not None
         mine: list[tuple[int, bytes]] = []
         received.append(mine)
@@ -168,7 +165,7 @@ async def test_isolation_gives_up_when_the_broker_neither_acks_nor_closes():
                         return
         writer.close()
 
-    server, port = await _scripted(handle)
+    server, port = await scripted(handle)
     client = MqttClient("127.0.0.1", port, client_id="silent-probe", connect_timeout=1.0,
                         backoff=Backoff(*FAST))  # fmt: skip
     await client.connect()
@@ -200,77 +197,34 @@ def test_unacknowledged_packets_are_reencoded_when_the_protocol_version_changes(
 # ------------------------------------------------------------------ finding 1: MQTT version
 
 
-async def _scripted(handler: Callable[..., Any]) -> tuple[asyncio.Server, int]:
-    server = await asyncio.start_server(handler, "127.0.0.1", 0)
-    return server, server.sockets[0].getsockname()[1]
-
-
-async def _read_connect(reader: asyncio.StreamReader) -> codec.Connect | None:
-    parser = codec.Parser()
-    while True:
-        data = await reader.read(4096)
-        if not data:
-            return None
-        for ptype, _, body in parser.feed(data):
-            if ptype == codec.CONNECT:
-                return codec.decode_connect(body)
-
-
 async def test_v5_form_refusal_0x84_falls_back_to_311():
-    seen: list[int] = []
-
-    async def handle(reader, writer):
-        c = await _read_connect(reader)
-        assert c is not None
-        seen.append(c.protocol)
+    async def refuse_v5_with_0x84(c, reader, writer):
         writer.write(codec.encode_connack(0 if c.protocol == 4 else 0x84, c.protocol))
         if c.protocol == 4:
             await reader.read(4096)
-        writer.close()
 
-    server, port = await _scripted(handle)
-    client = MqttClient("127.0.0.1", port, client_id="fb84", reconnect=False)
-    await client.connect()
-    assert client.protocol == 4 and seen == [5, 4]
-    await client.disconnect()
-    server.close()
+    await assert_falls_back_to_311(refuse_v5_with_0x84, "fb84")
 
 
 async def test_close_before_any_connack_falls_back_to_311():
-    seen: list[int] = []
-
-    async def handle(reader, writer):
-        c = await _read_connect(reader)
-        assert c is not None
-        seen.append(c.protocol)
+    async def close_on_v5(c, reader, writer):
         if c.protocol == 4:
             writer.write(codec.encode_connack(0, 4))
             await reader.read(4096)
-        writer.close()
 
-    server, port = await _scripted(handle)
-    client = MqttClient("127.0.0.1", port, client_id="fbclose", reconnect=False)
-    await client.connect()
-    assert client.protocol == 4 and seen == [5, 4]
-    await client.disconnect()
-    server.close()
+    await assert_falls_back_to_311(close_on_v5, "fbclose")
 
 
 async def test_a_reset_after_an_accepted_v5_connack_is_not_read_as_v5_unsupported():
     """Accept MQTT 5, then close on the SUBSCRIBE; later close before CONNACK. Neither may make
     the client try 3.1.1: this broker has spoken MQTT 5."""
-    seen: list[int] = []
 
-    async def handle(reader, writer):
-        c = await _read_connect(reader)
-        assert c is not None
-        seen.append(c.protocol)
+    async def accept_once(c, reader, writer):
         if len(seen) == 1:
             writer.write(codec.encode_connack(0, c.protocol))
             await reader.read(4096)  # the SUBSCRIBE: drop the link instead of a SUBACK
-        writer.close()
 
-    server, port = await _scripted(handle)
+    server, port, seen = await answering(accept_once)
     client = MqttClient("127.0.0.1", port, client_id="nofb", reconnect=False)
     await client.subscribe([("cmd/#", 1)])
     with pytest.raises(ConnectionResetError):
@@ -283,17 +237,11 @@ async def test_a_reset_after_an_accepted_v5_connack_is_not_read_as_v5_unsupporte
 
 
 async def test_a_malformed_connack_is_a_protocol_error_not_a_fallback():
-    seen: list[int] = []
-
-    async def handle(reader, writer):
-        c = await _read_connect(reader)
-        assert c is not None
-        seen.append(c.protocol)
+    async def malformed_connack(c, reader, writer):
         writer.write(bytes((codec.CONNACK << 4, 4, 0, 0, 9, 0x21)))  # props say 9 bytes, 1 given
         await reader.read(4096)
-        writer.close()
 
-    server, port = await _scripted(handle)
+    server, port, seen = await answering(malformed_connack)
     client = MqttClient("127.0.0.1", port, client_id="badconnack", reconnect=False)
     with pytest.raises(codec.MqttProtocolError) as info:
         await client.connect()
@@ -356,14 +304,14 @@ async def _silent(reader, writer):
 
 
 async def _bad_credentials(reader, writer):
-    c = await _read_connect(reader)
+    c = await read_connect(reader)
     writer.write(codec.encode_connack(0x86 if c and c.protocol == 5 else 4, c.protocol if c else 4))
     await writer.drain()
     writer.close()
 
 
 async def _bad_suback(reader, writer):
-    c = await _read_connect(reader)
+    c = await read_connect(reader)
     assert c is not None
     writer.write(codec.encode_connack(0, c.protocol))
     await reader.read(4096)  # the SUBSCRIBE (packet id 1 or 2)
@@ -384,7 +332,7 @@ async def _bad_suback(reader, writer):
 )
 async def test_each_kind_of_failure_is_logged_once(caplog, handler, kind, needle):
     caplog.set_level(logging.DEBUG, logger="cloud2mqtt.mqtt")
-    server, port = await _scripted(handler)
+    server, port = await scripted(handler)
     client = MqttClient("127.0.0.1", port, client_id="kinds", connect_timeout=0.2,
                         backoff=Backoff(*FAST))  # fmt: skip
     await client.subscribe([("cmd/#", 1)])
