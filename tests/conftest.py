@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import paho.mqtt.client as paho
 import pytest
@@ -135,6 +136,14 @@ class Probe:
         # the thread first waits out its 1 s select timeout (most of a test's teardown).
         self.client.disconnect()
         self.client.loop_stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client session (what a connector is given, or a test's own client of an
+    emulator), closed after the test."""
+    async with aiohttp.ClientSession() as session:
+        yield session
 
 
 @pytest.fixture
