@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import nats
+from nats.errors import Error as NatsError
 from nats.js.errors import BucketNotFoundError
 
 from .kvtokens import KvTokenStore
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
     from ..config import AccountConfig, ClusterConfig
 
-__all__ = ["LEASES_BUCKET", "TOKENS_BUCKET", "Cluster", "open_bucket"]
+__all__ = ["LEASES_BUCKET", "TOKENS_BUCKET", "Cluster", "ClusterUnavailable", "open_bucket"]
 
 log = logging.getLogger("cloud2mqtt.cluster")
 
@@ -39,6 +40,11 @@ LEASES_BUCKET = "c2m_leases"
 TOKENS_BUCKET = "c2m_tokens"
 
 AccountKey = tuple[str, str]
+
+
+class ClusterUnavailable(ConnectionError):
+    """NATS could not be reached (or JetStream is off) when the gateway started: without
+    leases it must not run any account, so it does not start (``cloud2mqtt run`` exits 1)."""
 
 
 async def open_bucket(nc: Client, bucket: str) -> KeyValue:
@@ -74,18 +80,36 @@ class Cluster:
             self.by_slot.setdefault(slot, []).append(account)
         self.nc: Client | None = None
         self.leases: SlotLeases | None = None
+        self._last_error = ""
 
     async def start(self) -> None:
-        self.nc = await nats.connect(
-            servers=self.config.servers,
-            name=f"cloud2mqtt-{self.instance_id}",
-            connect_timeout=5,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=1,
-        )
-        await self.tokens.start(await open_bucket(self.nc, TOKENS_BUCKET))
+        """Connect, mirror the tokens, start the lease rounds. Raises ``ClusterUnavailable``."""
+        servers = ", ".join(self.config.servers)
+        try:
+            self.nc = await nats.connect(
+                servers=self.config.servers,
+                name=f"cloud2mqtt-{self.instance_id}",
+                connect_timeout=5,
+                # a few tries at start-up (else nats-py tries forever), then forever: a lost
+                # NATS must not end the cluster membership for good
+                max_reconnect_attempts=3,
+                reconnect_time_wait=1,
+                error_cb=self._on_error,
+                disconnected_cb=self._on_disconnected,
+                reconnected_cb=self._on_reconnected,
+            )
+            self.nc.options["max_reconnect_attempts"] = -1
+            tokens_kv = await open_bucket(self.nc, TOKENS_BUCKET)
+            leases_kv = await open_bucket(self.nc, LEASES_BUCKET)
+        except (OSError, NatsError, TimeoutError) as exc:
+            if self.nc is not None:
+                await self.nc.close()
+            raise ClusterUnavailable(
+                f"cluster: cannot use NATS JetStream at {servers}: {type(exc).__name__} {exc}"
+            ) from None
+        await self.tokens.start(tokens_kv)
         self.leases = SlotLeases(
-            await open_bucket(self.nc, LEASES_BUCKET),
+            leases_kv,
             self.instance_id,
             slots=self.config.slots,
             ttl=self.config.lease_ttl,
@@ -97,7 +121,7 @@ class Cluster:
         await self.leases.start()
         log.info(
             "cluster: %s joined (NATS %s, %d slots, lease %gs)", self.instance_id,
-            ", ".join(self.config.servers), self.config.slots, self.config.lease_ttl,
+            servers, self.config.slots, self.config.lease_ttl,
         )  # fmt: skip
 
     async def stop(self) -> None:
@@ -106,6 +130,19 @@ class Cluster:
         await self.tokens.close()
         if self.nc is not None:
             await self.nc.close()
+
+    async def _on_error(self, exc: Exception) -> None:
+        text = f"{type(exc).__name__}: {exc}"
+        if text != self._last_error:  # nats-py reports every reconnect attempt
+            log.warning("cluster: NATS: %s", text)
+        self._last_error = text
+
+    async def _on_disconnected(self) -> None:
+        log.warning("cluster: disconnected from NATS; leases not renewed now are given up")
+
+    async def _on_reconnected(self) -> None:
+        self._last_error = ""
+        log.info("cluster: reconnected to NATS")
 
     async def _gained(self, slot: int) -> None:
         for account in self.by_slot.get(slot, ()):

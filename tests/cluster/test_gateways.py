@@ -5,7 +5,11 @@ over, reusing their sessions, and no account ever runs on both at once."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from typing import Any
+
+import pytest
 
 from emulators.tencent import TencentCloud
 from gateway.app import Gateway
@@ -93,3 +97,37 @@ async def test_two_gateways_split_the_accounts_and_one_takes_over(
         assert overlap == []
     finally:
         watcher.cancel()
+
+
+async def test_no_nats_means_no_start(tmp_path: Any) -> None:
+    """Without NATS the instance cannot lease, so it must run nothing: start() fails with one
+    clear error (``cloud2mqtt run`` prints it and exits 1) instead of retrying forever."""
+    try:
+        import nats  # noqa: F401
+    except ImportError:
+        pytest.skip("nats-py is not installed")
+    from gateway.cluster.node import Cluster, ClusterUnavailable
+    from gateway.config import ClusterConfig
+    from gateway.mosquitto import free_port
+
+    async def nothing(key: Any) -> None: ...
+
+    port = free_port()
+    cluster = Cluster(
+        ClusterConfig(servers=[f"nats://127.0.0.1:{port}"], instance_id="x"), [],
+        start_account=lambda account: None, stop_account=nothing,
+    )  # fmt: skip
+    with pytest.raises(ClusterUnavailable, match=f"127.0.0.1:{port}"):
+        async with asyncio.timeout(20):
+            await cluster.start()
+    await cluster.stop()
+
+
+def test_a_single_instance_never_imports_nats() -> None:
+    code = (
+        "import sys; from gateway.app import Gateway; from gateway.cli import main; "
+        "from gateway.config import parse_config; Gateway(parse_config({})); "
+        "print(sorted(m for m in sys.modules if m == 'nats' or m.startswith(('nats.', 'gateway.cluster'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
