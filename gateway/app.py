@@ -154,6 +154,7 @@ class Gateway:
             bridge=self.bridge,
             timeout=config.gateway.command_timeout,
             check_topic=check_publish_topic,
+            only_own_accounts=self.cluster is not None,
         )
         ha = config.homeassistant
         self._routes: dict[str, Callable[[str, bytes], None]] = {}

@@ -79,6 +79,26 @@ async def test_two_gateways_split_the_accounts_and_one_takes_over(
         owners = info["cluster"]["accounts"]
         assert {k for k, v in owners.items() if v == "gw-a"} == {f"tencent/{n}" for _, n in on_a}
 
+        # every instance sees every command; only the one running the account answers
+        [x_acct] = sorted(on_a)[:1]
+        [y_acct] = sorted(everything - on_a)[:1]
+        [x] = cloud.device_ids(f"user-{x_acct[1].removeprefix('acct')}")
+        [y] = cloud.device_ids(f"user-{y_acct[1].removeprefix('acct')}")
+        for n, device in enumerate([x, y, x, y]):
+            probe.publish(f"{B}/tencent/{encode_id(device)}/get", {"transaction": f"t{n}"})
+        for n, device in enumerate([x, y, x, y]):
+            reply = await probe.wait_for(
+                f"{B}/tencent/{encode_id(device)}/response/get",
+                lambda p, n=n: p.get("transaction") == f"t{n}",
+            )
+            assert reply["status"] == "ok", reply
+        replies = [
+            p["transaction"]
+            for d in (x, y)
+            for p in probe.find(f"{B}/tencent/{encode_id(d)}/response/get")
+        ]
+        assert sorted(replies) == ["t0", "t1", "t2", "t3"], "exactly one reply per command"
+
         mark = probe.mark()
         await a.stop()  # its accounts stop, its slots are freed: b takes them over at once
         await eventually(lambda: set(b.account_keys()) == everything, timeout=10)
