@@ -101,10 +101,7 @@ class KvTokenStore(TokenStore):
 
     def put(self, key: str, value: dict[str, Any] | None) -> None:
         with self._lock:
-            if value is None:
-                self._data.pop(key, None)
-            else:
-                self._data[key] = dict(value)
+            self._set(key, value)
             self._queued[key] = None if value is None else dict(value)
         self._wake.set()
 

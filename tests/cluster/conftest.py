@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from gateway.mosquitto import free_port, port_open
+from gateway.mosquitto import free_port, start_listening
 from tests.conftest import IN_CI
 
 
@@ -42,19 +42,10 @@ class NatsServer:
 
     async def start(self) -> None:
         self.store.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
+        self.proc = await start_listening(
             [self.binary, "-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store)],
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.store / "nats-server.log", "ab"),  # noqa: SIM115
-        )
-        for _ in range(400):
-            if port_open(self.host, self.port, 0.1):
-                return
-            if self.proc.poll() is not None:
-                log = (self.store / "nats-server.log").read_text()[-500:]
-                raise RuntimeError(f"nats-server exited: {log}")
-            await asyncio.sleep(0.025)
-        raise RuntimeError("nats-server did not start listening")
+            self.host, self.port, self.store / "nats-server.log", "nats-server",
+        )  # fmt: skip
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
