@@ -12,7 +12,10 @@ Start-up: connect MQTT (LWT ``bridge/state`` offline, retained) → the publishe
 ``run()`` dies is logged and restarted with backoff; it never takes the others down.
 
 Accounts are started and stopped one at a time (``start_account`` / ``stop_account``), which is
-what a resync does and what cluster mode will do when an account's ownership moves.
+what a resync does and what cluster mode does when an account's ownership moves: with a
+``[cluster]`` section the gateway starts no account itself; its ``Cluster`` (gateway/cluster/,
+imported only then) starts the accounts of the slots this instance leases and stops them when
+it loses a slot, and the vendor tokens live in NATS instead of ``tokens.json``.
 
 On ``stop()`` the publisher says goodbye (``bridge/state`` offline) itself, because a clean
 DISCONNECT fires no LWT.
@@ -25,7 +28,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -51,6 +54,9 @@ from .registry import Registry
 from .tokens import TokenStore
 from .topics import Topics
 from .vendors import connector_class
+
+if TYPE_CHECKING:
+    from .cluster import Cluster
 
 __all__ = ["Gateway"]
 
@@ -85,8 +91,21 @@ class Gateway:
         self.bus = EventBus()
         self.registry = Registry(self.topics, self.bus)
         self.health = Health()
-        self.tokens = tokens or TokenStore(Path(config.gateway.state_dir) / "tokens.json")
         self.accounts = [a for a in config.accounts if a.enabled]
+        #: cluster mode: which accounts run here is the slot leases' call (gateway/cluster/)
+        self.cluster: Cluster | None = None
+        if config.cluster is not None:
+            from .cluster import Cluster  # nats-py is loaded in cluster mode only
+
+            self.cluster = Cluster(
+                config.cluster,
+                self.accounts,
+                start_account=self.start_account,
+                stop_account=self.stop_account,
+                on_change=self._on_cluster_change,
+            )
+            tokens = tokens or self.cluster.tokens
+        self.tokens = tokens or TokenStore(Path(config.gateway.state_dir) / "tokens.json")
         self._running: dict[AccountKey, _Account] = {}
         self._background: list[asyncio.Task[Any]] = []
         self._http: aiohttp.ClientSession | None = None
@@ -97,7 +116,9 @@ class Gateway:
         link_settings: dict[str, Any] = {
             "host": m.host,
             "port": m.port,
-            "client_id": m.client_id,
+            # cluster mode: the instances share the broker and base topic, not a client id
+            "client_id": m.client_id if self.cluster is None
+            else f"{m.client_id}-{config.gateway.instance_id}",
             "username": m.username,
             "password": m.password,
             "ssl": m.ssl_context(),
@@ -133,6 +154,7 @@ class Gateway:
             bridge=self.bridge,
             timeout=config.gateway.command_timeout,
             check_topic=check_publish_topic,
+            only_own_accounts=self.cluster is not None,
         )
         ha = config.homeassistant
         self._routes: dict[str, Callable[[str, bytes], None]] = {}
@@ -164,7 +186,7 @@ class Gateway:
         directory is unusable.
         """
         ensure_state_dir(self.config.gateway.state_dir)
-        await self.presence.claim(strict=self._strict_claim)
+        await self.presence.claim(strict=self._strict_claim, shared=self.cluster is not None)
         self.mqtt.start()
         await self.mqtt.subscribe([(t, 1) for t in self.topics.subscriptions()])
         self._http = aiohttp.ClientSession(
@@ -174,8 +196,11 @@ class Gateway:
         self.publisher.start()
         self.homeassistant.start()
         await self.observability.start()
-        for account in self.accounts:
-            self.start_account(account)
+        if self.cluster is not None:
+            await self.cluster.start()  # starts the accounts of the slots it gains
+        else:
+            for account in self.accounts:
+                self.start_account(account)
         self._background.append(asyncio.create_task(self._health_loop(), name="health"))
         self._background.append(asyncio.create_task(self._budget_loop(), name="budgets"))
         log.info(
@@ -189,6 +214,9 @@ class Gateway:
         """Stop every account, say goodbye on MQTT and disconnect. ``leave_no_trace`` clears
         every retained topic the gateway wrote instead of leaving them (the demo)."""
         await self.observability.stop()
+        if self.cluster is not None:
+            # stop this instance's accounts and free its slots: the others take over at once
+            await self.cluster.stop()
         self.homeassistant.stop()
         if leave_no_trace:
             self.homeassistant.withdraw()
@@ -265,6 +293,13 @@ class Gateway:
 
     def account_keys(self) -> list[AccountKey]:
         return list(self._running)
+
+    def cluster_info(self) -> dict[str, Any] | None:
+        """``bridge/info``'s ``cluster`` (who runs which account), or None without a cluster."""
+        return self.cluster.describe() if self.cluster is not None else None
+
+    def _on_cluster_change(self) -> None:
+        self.observability.publish_info()
 
     def connector(self, key: AccountKey) -> Connector | None:
         running = self._running.get(key)

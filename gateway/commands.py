@@ -130,6 +130,9 @@ class CommandHandler:
     bridge: BridgeRequests
     timeout: float
     check_topic: Callable[[str], str | None] = lambda topic: None
+    #: cluster mode: every instance sees every command, and only the one that runs the
+    #: device's account answers (the others stay silent instead of answering "unknown")
+    only_own_accounts: bool = False
     _tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)
 
     def on_message(self, topic: str, payload: bytes, props: dict[str, Any]) -> None:
@@ -162,6 +165,13 @@ class CommandHandler:
         self, target: CommandTopic, payload: bytes, props: dict[str, Any]
     ) -> None:
         rec = self.registry.get(target.vendor, target.device)
+        if self.only_own_accounts and (
+            rec is None or self.connector((rec.vendor, rec.account)) is None
+        ):
+            if DEBUG.on:
+                log.debug("command for %s/%s left to the instance that runs it",
+                          target.vendor, clip(target.device))  # fmt: skip
+            return
         device_topic = rec.topic if rec else self.topics.device(target.vendor, target.device)
         transaction: Any = None
         try:

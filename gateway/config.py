@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AccountConfig",
+    "ClusterConfig",
     "Config",
     "GatewayConfig",
     "HomeAssistantConfig",
@@ -139,6 +140,20 @@ class HomeAssistantConfig:
 
 
 @dataclass(slots=True)
+class ClusterConfig:
+    """``[cluster]``: several instances share the accounts through NATS JetStream
+    (gateway/cluster/); absent, the gateway runs every account itself."""
+
+    servers: list[str] = field(default_factory=lambda: ["nats://127.0.0.1:4222"])
+    slots: int = 64
+    lease_ttl: float = 15.0
+    #: slots an instance above its fair share gives up per lease round (ttl/3)
+    max_moves: int = 4
+    #: default: ``gateway.instance_id``
+    instance_id: str = ""
+
+
+@dataclass(slots=True)
 class Config:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
@@ -149,6 +164,8 @@ class Config:
     homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
     #: ``[rates.<vendor>]``: the rate model's limits (gateway/rates.py, ``ASSUMED_LIMITS``)
     rates: RatesConfig = field(default_factory=RatesConfig)
+    #: ``[cluster]``; None: a single instance runs every account
+    cluster: ClusterConfig | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,6 +413,7 @@ def _parse(
     http_raw = top.get("http", dict, {})
     ha_raw = top.get("homeassistant", dict, {})
     rates_raw = top.get("rates", dict, {})
+    cluster_raw = top.get("cluster", dict, None)
     top.finish()
 
     cfg = Config()
@@ -404,6 +422,9 @@ def _parse(
     _parse_accounts(cfg, accounts_raw, table, errors)
     _parse_http(cfg.http, _Checker(http_raw, "http", errors))
     _parse_homeassistant(cfg.homeassistant, _Checker(ha_raw, "homeassistant", errors))
+    if cluster_raw is not None:
+        cfg.cluster = ClusterConfig(instance_id=cfg.gateway.instance_id)
+        _parse_cluster(cfg.cluster, _Checker(cluster_raw, "cluster", errors))
     try:  # [rates.<vendor>]: validated by gateway/rates.py
         cfg.rates = parse_rates(rates_raw, table)
     except ConfigError as exc:
@@ -516,6 +537,37 @@ def _parse_homeassistant(ha: HomeAssistantConfig, h: _Checker) -> None:
         else:
             setattr(ha, name, value)
     h.finish()
+
+
+def _parse_cluster(cluster: ClusterConfig, c: _Checker) -> None:
+    """``[cluster]``: ``nats`` (a URL or a list of them), ``slots``, ``lease_ttl``,
+    ``max_moves``, ``instance_id``."""
+    servers = c.get("nats", (str, list), cluster.servers)
+    urls = [servers] if isinstance(servers, str) else servers
+    if not urls:
+        c.error("nats", "must name at least one server")
+    for url in urls:
+        if not isinstance(url, str) or urlsplit(url).scheme not in ("nats", "tls", "ws", "wss"):
+            c.error("nats", f"expected nats://host:port (or tls://, ws://, wss://), got {url!r}")
+            break
+    else:
+        cluster.servers = list(urls) or cluster.servers
+    cluster.slots = c.get("slots", int, cluster.slots)
+    if not 1 <= cluster.slots <= 4096:
+        c.error("slots", "must be between 1 and 4096")
+    cluster.lease_ttl = c.get("lease_ttl", float, cluster.lease_ttl)
+    if cluster.lease_ttl < 1:
+        c.error("lease_ttl", "must be at least 1 second")
+    cluster.max_moves = c.get("max_moves", int, cluster.max_moves)
+    if cluster.max_moves < 1:
+        c.error("max_moves", "must be at least 1")
+    instance = c.get("instance_id", str, None)
+    if instance is not None:
+        if not _NAME.match(instance) or len(instance) > 64:
+            c.error("instance_id", "use 1–64 letters, digits, '_', '-' and '.'")
+        else:
+            cluster.instance_id = instance
+    c.finish()
 
 
 _ACCOUNT_KEYS = ("vendor", "name", "enabled")

@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-__all__ = ["Mosquitto", "free_port", "port_open"]
+__all__ = ["Mosquitto", "free_port", "port_open", "start_listening"]
 
 
 def free_port() -> int:
@@ -28,6 +28,25 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+async def start_listening(
+    args: list[str], host: str, port: int, log_file: Path, name: str
+) -> subprocess.Popen[bytes]:
+    """Run a server (stderr to ``log_file``) and return once it listens on ``host:port``;
+    ``RuntimeError`` with the log's tail when it exits or does not listen within 5 s."""
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.DEVNULL,
+        stderr=open(log_file, "ab"),  # noqa: SIM115
+    )
+    for _ in range(200):
+        if port_open(host, port, 0.1):
+            return proc
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited: {log_file.read_text()[-500:]}")
+        await asyncio.sleep(0.025)
+    raise RuntimeError(f"{name} did not start listening")
 
 
 class Mosquitto:
@@ -55,18 +74,10 @@ class Mosquitto:
         return f"mqtt://{self.host}:{self.port}"
 
     async def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.binary, "-c", str(self.conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.dir / "mosquitto.log", "ab"),  # noqa: SIM115
-        )
-        for _ in range(200):
-            if port_open(self.host, self.port, 0.1):
-                return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited: {(self.dir / 'mosquitto.log').read_text()[-500:]}")
-            await asyncio.sleep(0.025)
-        raise RuntimeError("mosquitto did not start listening")
+        self.proc = await start_listening(
+            [self.binary, "-c", str(self.conf)], self.host, self.port,
+            self.dir / "mosquitto.log", "mosquitto",
+        )  # fmt: skip
 
     async def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -73,6 +73,8 @@ class Gateway(Protocol):
 
     def account_keys(self) -> list[tuple[str, str]]: ...
 
+    def cluster_info(self) -> dict[str, Any] | None: ...
+
 
 def attach(gateway: Gateway) -> Observability:
     """Build the observability parts for ``gateway`` (nothing starts until ``start()``)."""
@@ -323,13 +325,17 @@ class Observability:
 
     def describe(self) -> dict[str, Any]:
         """``bridge/info``, in zigbee2mqtt's spirit: what runs, how, and with which config."""
-        return {
+        info = {
             **self.info,
             "loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
             "log_level": current_level(),
             "http": self.http.url if self.http is not None else None,
             "config": redact(self.gw.config),
         }
+        cluster = self.gw.cluster_info()
+        if cluster is not None:  # cluster mode: which instance runs which account
+            info["cluster"] = cluster
+        return info
 
     def publish_info(self) -> None:
         self.gw.publisher.publish_raw(

@@ -6,7 +6,8 @@ even after a crash. Before the gateway connects its main client (whose client id
 instance would share, taking over each other's session), ``Presence.claim()`` reads the
 retained announcements of the base topic: another instance announcing ``online`` means a live
 gateway already serves this base topic, and ``claim()`` raises ``InstanceConflict`` saying who
-and where. Running several instances that share the accounts is cluster mode's job, not this.
+and where. Running several instances that share the accounts is cluster mode's job, not this:
+there (``claim(shared=True)``) the other instances are expected and only announced.
 
 When the broker cannot be reached at start-up the check cannot be made: ``claim()`` says so in
 its return value and the announcement is made once the broker is there.
@@ -98,13 +99,16 @@ class Presence:
             if name != self.instance_id and value.get("state") == "online"
         ]
 
-    async def claim(self, timeout: float = 5.0, *, strict: bool = False) -> bool:
+    async def claim(
+        self, timeout: float = 5.0, *, strict: bool = False, shared: bool = False
+    ) -> bool:
         """Check for another live instance, then announce this one.
 
         Returns False when the broker could not be reached (nothing checked; the announcement
         follows once it is). Raises ``InstanceConflict`` when another instance is live, and,
         with ``strict`` (the demo), also when ``<base>/bridge/state`` says ``online`` without
-        any announcement (a gateway of an older version serves this base topic).
+        any announcement (a gateway of an older version serves this base topic). With
+        ``shared`` (cluster mode) other instances are expected: nothing is refused.
         """
         try:
             async with asyncio.timeout(timeout):
@@ -129,7 +133,7 @@ class Presence:
                 await self._probe
         except TimeoutError:
             log.warning("no answer from the broker while checking for another instance")
-        others = self.others_online()
+        others = [] if shared else self.others_online()
         if strict and not others and self._bridge_state == "online":
             others = [{"id": "unannounced", "host": "?", "pid": "?"}]
         if others:

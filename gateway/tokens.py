@@ -49,10 +49,7 @@ class TokenStore:
 
     def put(self, key: str, value: dict[str, Any] | None) -> None:
         with self._lock:
-            if value is None:
-                self._data.pop(key, None)
-            else:
-                self._data[key] = dict(value)
+            self._set(key, value)
         if self._pending is not None:
             return  # a coalesced write is already due
         try:
@@ -64,6 +61,13 @@ class TokenStore:
             self.flush()
         else:
             self._pending = loop.call_later(wait, self.flush)
+
+    def _set(self, key: str, value: dict[str, Any] | None) -> None:
+        """Change the in-memory copy (the caller holds the lock); a copy of ``value`` is kept."""
+        if value is None:
+            self._data.pop(key, None)
+        else:
+            self._data[key] = dict(value)
 
     def flush(self) -> None:
         """Write now (also called on shutdown so a coalesced save is never lost)."""

@@ -173,7 +173,7 @@ async def gateway_factory(
         accounts: list[dict[str, Any]], *, connectors: Any = None,
         homeassistant: dict[str, Any] | None = None,
         http: dict[str, Any] | None = None, rates: dict[str, Any] | None = None,
-        **gateway_opts: Any,
+        cluster: dict[str, Any] | None = None, **gateway_opts: Any,
     ) -> Gateway:
         opts = {
             "state_dir": str(tmp_path / "state"),
@@ -189,6 +189,8 @@ async def gateway_factory(
             raw["http"] = http
         if homeassistant is not None:  # [homeassistant] (gateway/consumers/homeassistant.py)
             raw["homeassistant"] = homeassistant
+        if cluster is not None:  # [cluster] (gateway/cluster/)
+            raw["cluster"] = cluster
         vendors = {**VENDORS, **(connectors or {})}
         gw = Gateway(parse_config(raw, vendors=vendors))
         await gw.start()

@@ -372,3 +372,51 @@ def test_a_literal_option_refuses_a_bool_that_equals_one_of_its_values():
         CoolkitConnector.parse_options({"app_id": "a", "app_secret": "s", "at": "x", "rt": "y",
                                         "api_version": True}, "k")  # fmt: skip
     assert err.value.key == "k.api_version"
+
+
+# ---------------------------------------------------------------------------- [cluster]
+
+
+def test_no_cluster_section_means_a_single_instance(tmp_path):
+    assert load(tmp_path, GOOD).cluster is None
+
+
+def test_cluster_section_defaults_and_values(tmp_path):
+    cfg = load(tmp_path, GOOD + '\n[cluster]\nnats = "nats://n1:4222"\n')
+    assert cfg.cluster is not None
+    assert cfg.cluster.servers == ["nats://n1:4222"]
+    assert (cfg.cluster.slots, cfg.cluster.lease_ttl, cfg.cluster.max_moves) == (64, 15.0, 4)
+    assert cfg.cluster.instance_id == cfg.gateway.instance_id  # the gateway's by default
+    cfg = load(tmp_path, GOOD + (
+        '\n[cluster]\nnats = ["nats://n1:4222", "tls://n2:4222"]\nslots = 16\nlease_ttl = 5\n'
+        'max_moves = 2\ninstance_id = "gw-a"\n'
+    ))  # fmt: skip
+    assert cfg.cluster is not None
+    assert cfg.cluster.servers == ["nats://n1:4222", "tls://n2:4222"]
+    assert (cfg.cluster.slots, cfg.cluster.lease_ttl, cfg.cluster.max_moves) == (16, 5.0, 2)
+    assert cfg.cluster.instance_id == "gw-a"
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "words"),
+    [
+        ('slots = 0', "cluster.slots", "between 1 and 4096"),
+        ('slots = "many"', "cluster.slots", "expected int"),
+        ("lease_ttl = 0.5", "cluster.lease_ttl", "at least 1 second"),
+        ("max_moves = 0", "cluster.max_moves", "at least 1"),
+        ('nats = "http://n1:4222"', "cluster.nats", "nats://"),
+        ("nats = []", "cluster.nats", "at least one"),
+        ('instance_id = "a b"', "cluster.instance_id", "letters, digits"),
+        ("lease_tl = 5", "cluster.lease_tl", "did you mean 'lease_ttl'?"),
+    ],
+)
+def test_cluster_errors_name_key_and_line(tmp_path, body, key, words):
+    text = GOOD + "\n[cluster]\n" + body + "\n"
+    [error] = [e for e in problems(tmp_path, text) if e.key == key]
+    assert words in error.message
+    assert error.line == text.splitlines().index(body) + 1
+
+
+def test_cluster_must_be_a_table(tmp_path):
+    [error] = problems(tmp_path, 'cluster = "yes"\n' + GOOD)
+    assert error.key == "cluster" and error.line == 1

@@ -1,0 +1,18 @@
+"""Cluster mode: several gateway instances share the accounts through NATS JetStream.
+
+Imported only when the configuration has a ``[cluster]`` section (it needs the ``cluster``
+extra, nats-py); a single instance never loads it. The parts:
+
+* ``leases``: accounts → fixed slots; slots leased in a KV bucket with compare-and-set,
+  renewed, rebalanced sticky and paced, self-fenced before a lease could expire;
+* ``kvtokens``: the vendor tokens in a KV bucket, mirrored in memory for the connectors'
+  synchronous ``load()``/``save()``;
+* ``node``: ``Cluster``, which wires both to the gateway's ``start_account``/``stop_account``.
+
+Not yet here: routing a command to the instance that runs its account (MQTT 5 shared
+subscription + NATS request/reply) and a pacer shared across instances.
+"""
+
+from .node import Cluster
+
+__all__ = ["Cluster"]

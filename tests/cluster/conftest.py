@@ -1,0 +1,93 @@
+"""A private nats-server with JetStream per test (its own port and store dir), and clients.
+
+Skipped locally when nats-server or nats-py is missing; a failure in CI (``CI=true``), where
+scripts/bootstrap installs both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.mosquitto import free_port, start_listening
+from tests.conftest import IN_CI
+
+
+def cluster_unavailable(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"cluster tests cannot run in CI: {reason}")
+    pytest.skip(reason)
+
+
+class NatsServer:
+    """``nats-server -js`` on a free port with its store under ``store``; ``kill()`` stops it
+    the hard way (what a crashed or partitioned server looks like to a client)."""
+
+    def __init__(self, store: Path) -> None:
+        self.binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.store = store
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        self.store.mkdir(parents=True, exist_ok=True)
+        self.proc = await start_listening(
+            [self.binary, "-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store)],
+            self.host, self.port, self.store / "nats-server.log", "nats-server",
+        )  # fmt: skip
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+
+@pytest.fixture
+async def nats_server(tmp_path: Path) -> AsyncIterator[NatsServer]:
+    try:
+        import nats  # noqa: F401
+    except ImportError:
+        cluster_unavailable("nats-py is not installed (pip install -e '.[cluster]')")
+    server = NatsServer(tmp_path / "nats")
+    if not Path(server.binary).exists():
+        cluster_unavailable("nats-server is not installed (apt-get install -y nats-server)")
+    await server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+async def nats_client(nats_server: NatsServer) -> AsyncIterator[Callable[..., Any]]:
+    """``await nats_client()``: a new connection to the test's server, closed afterwards."""
+    import nats
+
+    opened: list[Any] = []
+
+    async def connect(**kwargs: Any) -> Any:
+        nc = await nats.connect(
+            servers=[nats_server.url], connect_timeout=2, max_reconnect_attempts=-1,
+            reconnect_time_wait=0.2, **kwargs,
+        )  # fmt: skip
+        opened.append(nc)
+        return nc
+
+    yield connect
+    for nc in opened:
+        if not nc.is_closed:
+            try:
+                async with asyncio.timeout(2):
+                    await nc.close()
+            except Exception:
+                pass
