@@ -30,6 +30,7 @@ __all__ = [
     "close_server",
     "companion_port",
     "control_response",
+    "fault_table",
     "serve_forever",
     "toml_accounts_block",
 ]
@@ -108,6 +109,8 @@ class SimulatedCloud:
 
     vendor: ClassVar[str]  # the ``vendor`` of its ``[[accounts]]`` table
     Options: ClassVar[type[CloudOptions]] = CloudOptions
+    #: ``POST /_control/<fault>``: each fault and the method it calls (``fault_table``)
+    FAULTS: ClassVar[Mapping[str, str]] = {}
     options: CloudOptions
     host: str
     port: int
@@ -155,6 +158,18 @@ class SimulatedCloud:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    def _http_app(self, **kwargs: Any) -> web.Application:
+        """A ``web.Application(**kwargs)`` that already routes ``POST /_control/<fault>``; the
+        vendor adds its API's routes after it."""
+        app = web.Application(**kwargs)
+        app.router.add_post("/_control/{fault}", self._control)
+        return app
+
+    async def _control(self, request: web.Request) -> web.Response:
+        """``POST /_control/<fault>``: the method ``FAULTS`` names (see ``control_response``)."""
+        actions = {fault: getattr(self, method) for fault, method in self.FAULTS.items()}
+        return await control_response(request, actions)
 
     async def _serve_http(self, app: web.Application) -> None:
         """Serve ``app`` on ``host``:``port``; a ``port`` of 0 becomes the one bound."""
@@ -273,6 +288,15 @@ async def serve_forever(
         await asyncio.Event().wait()
     finally:
         await cloud.stop()
+
+
+def fault_table(*same: str, **renamed: str) -> dict[str, str]:
+    """A ``SimulatedCloud.FAULTS`` table: the faults ``same`` call the method of their name, each
+    of ``renamed`` the method it names (``bind_code="set_bind_code"``).
+
+    Each such method takes the fault's JSON arguments as they come (a count may be ``"3"``)
+    and coerces them itself."""
+    return {**{name: name for name in same}, **renamed}
 
 
 async def control_response(
