@@ -5,13 +5,10 @@ them (property changes, events, status, topology, OTA).
 from __future__ import annotations
 
 import copy
-import logging
 import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
-
-log = logging.getLogger("cloud2mqtt.sim.aliyun")
 
 NONCE_WINDOW_MS = 15 * 60 * 1000
 
