@@ -103,8 +103,8 @@ class SimulatedCloud:
     ``Cloud(options)`` or ``Cloud(**knobs)`` (the fields of the subclass's ``Options``): every
     option but the ``BUILD_ONLY`` ones becomes an attribute of the cloud, which tests and faults
     may change while it runs (``port`` becomes the one bound); ``rng`` is seeded with ``seed``.
-    A subclass serves its HTTP API with ``_serve_http`` in ``start`` and ``_stop_http`` in
-    ``stop``.
+    A subclass serves its HTTP API (on an ``_http_app``, which routes ``/_control`` to the
+    methods its ``FAULTS`` names) with ``_serve_http`` in ``start`` and ``_stop_http`` in ``stop``.
     """
 
     vendor: ClassVar[str]  # the ``vendor`` of its ``[[accounts]]`` table
@@ -294,8 +294,8 @@ def fault_table(*same: str, **renamed: str) -> dict[str, str]:
     """A ``SimulatedCloud.FAULTS`` table: the faults ``same`` call the method of their name, each
     of ``renamed`` the method it names (``bind_code="set_bind_code"``).
 
-    Each such method takes the fault's JSON arguments as they come (a count may be ``"3"``)
-    and coerces them itself."""
+    The JSON body's values reach the method as they come: one that needs an ``int`` or a
+    ``str`` (a count may come as ``"3"``) converts it itself."""
     return {**{name: name for name in same}, **renamed}
 
 
