@@ -30,6 +30,7 @@ __all__ = [
     "close_server",
     "companion_port",
     "control_response",
+    "fault_table",
     "serve_forever",
     "toml_accounts_block",
 ]
@@ -102,12 +103,14 @@ class SimulatedCloud:
     ``Cloud(options)`` or ``Cloud(**knobs)`` (the fields of the subclass's ``Options``): every
     option but the ``BUILD_ONLY`` ones becomes an attribute of the cloud, which tests and faults
     may change while it runs (``port`` becomes the one bound); ``rng`` is seeded with ``seed``.
-    A subclass serves its HTTP API with ``_serve_http`` in ``start`` and ``_stop_http`` in
-    ``stop``.
+    A subclass serves its HTTP API (on an ``_http_app``, which routes ``/_control`` to the
+    methods its ``FAULTS`` names) with ``_serve_http`` in ``start`` and ``_stop_http`` in ``stop``.
     """
 
     vendor: ClassVar[str]  # the ``vendor`` of its ``[[accounts]]`` table
     Options: ClassVar[type[CloudOptions]] = CloudOptions
+    #: ``POST /_control/<fault>``: each fault and the method it calls (``fault_table``)
+    FAULTS: ClassVar[Mapping[str, str]] = {}
     options: CloudOptions
     host: str
     port: int
@@ -155,6 +158,18 @@ class SimulatedCloud:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    def _http_app(self, **kwargs: Any) -> web.Application:
+        """A ``web.Application(**kwargs)`` that already routes ``POST /_control/<fault>``; the
+        vendor adds its API's routes after it."""
+        app = web.Application(**kwargs)
+        app.router.add_post("/_control/{fault}", self._control)
+        return app
+
+    async def _control(self, request: web.Request) -> web.Response:
+        """``POST /_control/<fault>``: the method ``FAULTS`` names (see ``control_response``)."""
+        actions = {fault: getattr(self, method) for fault, method in self.FAULTS.items()}
+        return await control_response(request, actions)
 
     async def _serve_http(self, app: web.Application) -> None:
         """Serve ``app`` on ``host``:``port``; a ``port`` of 0 becomes the one bound."""
@@ -273,6 +288,15 @@ async def serve_forever(
         await asyncio.Event().wait()
     finally:
         await cloud.stop()
+
+
+def fault_table(*same: str, **renamed: str) -> dict[str, str]:
+    """A ``SimulatedCloud.FAULTS`` table: the faults ``same`` call the method of their name, each
+    of ``renamed`` the method it names (``bind_code="set_bind_code"``).
+
+    The JSON body's values reach the method as they come: one that needs an ``int`` or a
+    ``str`` (a count may come as ``"3"``) converts it itself."""
+    return {**{name: name for name in same}, **renamed}
 
 
 async def control_response(

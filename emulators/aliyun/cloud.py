@@ -14,8 +14,6 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
-
 from gateway.mosquitto import Mosquitto
 from gateway.mqtt.client import MqttClient
 
@@ -117,8 +115,7 @@ class AliyunCloud(DeviceModel, HttpApi, MqttChannel, Faults, SimulatedCloud):
             self._front, self.host, self.mqtt_port, ssl=self.mqtt_ssl
         )
         self.mqtt_port = self._front_server.sockets[0].getsockname()[1]
-        app = web.Application()
-        app.router.add_post("/_control/{fault}", self._control)
+        app = self._http_app()
         app.router.add_get("/_control/stats", self._stats)
         app.router.add_route("*", "/{path:.*}", self._handle)
         await self._serve_http(app)

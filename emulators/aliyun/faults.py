@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..base import control_response
+from ..base import fault_table
 
 
 class Faults:
@@ -18,6 +18,12 @@ class Faults:
     ``topo_add``.
     """
 
+    FAULTS = fault_table(
+        "drop_mqtt", "throttle", "reject_token", "garble", "refuse_connect", "set_property",
+        "emit_event", "set_status", "add_device", "remove_device", "topo_add", "ota_progress",
+        "reset", bind_code="set_bind_code", tsl_as_string="set_tsl_as_string",
+        push_after_bind="set_push_after_bind",
+    )  # fmt: skip
 
     def drop_mqtt(self) -> int:
         n = len(self._fronts)
@@ -52,26 +58,6 @@ class Faults:
         self.garble_count = 0
         self.refuse_all = False
         self.push_after_bind = False
-
-    async def _control(self, request: web.Request) -> web.Response:
-        return await control_response(request, {
-            "drop_mqtt": self.drop_mqtt,
-            "throttle": self.throttle,
-            "reject_token": self.reject_token,
-            "bind_code": self.set_bind_code,
-            "garble": self.garble,
-            "refuse_connect": self.refuse_connect,
-            "tsl_as_string": self.set_tsl_as_string,
-            "push_after_bind": self.set_push_after_bind,
-            "set_property": self.set_property,
-            "emit_event": self.emit_event,
-            "set_status": self.set_status,
-            "add_device": self.add_device,
-            "remove_device": self.remove_device,
-            "topo_add": self.topo_add,
-            "ota_progress": self.ota_progress,
-            "reset": self.reset,
-        })  # fmt: skip
 
     async def _stats(self, request: web.Request) -> web.Response:
         return web.json_response(dict(self.stats))

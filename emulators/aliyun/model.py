@@ -5,13 +5,10 @@ them (property changes, events, status, topology, OTA).
 from __future__ import annotations
 
 import copy
-import logging
 import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
-
-log = logging.getLogger("cloud2mqtt.sim.aliyun")
 
 NONCE_WINDOW_MS = 15 * 60 * 1000
 
@@ -25,33 +22,35 @@ def now_ms() -> int:
 LIGHT_PK = "a1LightPk01"
 SENSOR_PK = "a1SensorPk2"
 
+def _item(identifier: str, name: str, type_: str, specs: Any = None, **more: Any) -> dict[str, Any]:
+    """One TSL data item: ``identifier``, ``name``, ``more`` (a property's ``accessMode``,
+    ``required``), then its ``dataType`` (``specs`` None: ``{}``)."""
+    data_type = {"type": type_, "specs": {} if specs is None else specs}
+    return {"identifier": identifier, "name": name, **more, "dataType": data_type}
+
+
 PRODUCTS: dict[str, dict[str, Any]] = {
     LIGHT_PK: {
         "schema": "http://aliyun/iot/thing/desc/schema",
         "profile": {"productKey": LIGHT_PK},
         "properties": [
-            {"identifier": "LightSwitch", "name": "主灯开关", "accessMode": "rw", "required": True,
-             "dataType": {"type": "bool", "specs": {"0": "关闭", "1": "开启"}}},
-            {"identifier": "Brightness", "name": "亮度", "accessMode": "rw",
-             "dataType": {"type": "int", "specs": {"min": "0", "max": "100", "step": "1", "unit": "%"}}},
-            {"identifier": "ColorTemperature", "name": "色温", "accessMode": "rw",
-             "dataType": {"type": "int", "specs": {"min": "2700", "max": "6500", "step": "100", "unit": "K"}}},
-            {"identifier": "WorkMode", "name": "工作模式", "accessMode": "rw",
-             "dataType": {"type": "enum", "specs": {"0": "手动", "1": "阅读", "2": "影院"}}},
-            {"identifier": "HSVColor", "name": "颜色", "accessMode": "rw",
-             "dataType": {"type": "struct", "specs": [
-                 {"identifier": "Hue", "name": "色调", "dataType": {"type": "double", "specs": {"min": "0", "max": "360"}}},
-                 {"identifier": "Saturation", "name": "饱和度", "dataType": {"type": "double", "specs": {"min": "0", "max": "100"}}},
-                 {"identifier": "Value", "name": "明度", "dataType": {"type": "double", "specs": {"min": "0", "max": "100"}}}]}},
-            {"identifier": "LastOnTime", "name": "上次开灯", "accessMode": "r",
-             "dataType": {"type": "date", "specs": {}}},
+            _item("LightSwitch", "主灯开关", "bool", {"0": "关闭", "1": "开启"}, accessMode="rw", required=True),
+            _item("Brightness", "亮度", "int", {"min": "0", "max": "100", "step": "1", "unit": "%"}, accessMode="rw"),
+            _item("ColorTemperature", "色温", "int", {"min": "2700", "max": "6500", "step": "100", "unit": "K"},
+                  accessMode="rw"),
+            _item("WorkMode", "工作模式", "enum", {"0": "手动", "1": "阅读", "2": "影院"}, accessMode="rw"),
+            _item("HSVColor", "颜色", "struct", [
+                _item("Hue", "色调", "double", {"min": "0", "max": "360"}),
+                _item("Saturation", "饱和度", "double", {"min": "0", "max": "100"}),
+                _item("Value", "明度", "double", {"min": "0", "max": "100"}),
+            ], accessMode="rw"),
+            _item("LastOnTime", "上次开灯", "date", accessMode="r"),
         ],
         "events": [
             {"identifier": "post", "name": "post", "type": "info", "method": "thing.event.property.post",
              "outputData": []},
             {"identifier": "Error", "name": "故障上报", "type": "error", "method": "thing.event.Error.post",
-             "outputData": [{"identifier": "ErrorCode", "name": "故障代码",
-                             "dataType": {"type": "enum", "specs": {"0": "正常", "1": "过热"}}}]},
+             "outputData": [_item("ErrorCode", "故障代码", "enum", {"0": "正常", "1": "过热"})]},
         ],
         "services": [
             {"identifier": "set", "name": "set", "callType": "async", "method": "thing.service.property.set",
@@ -61,42 +60,34 @@ PRODUCTS: dict[str, dict[str, Any]] = {
             {"identifier": "ToggleLightSwitch", "name": "翻转主灯开关", "callType": "async",
              "method": "thing.service.ToggleLightSwitch", "inputData": [], "outputData": []},
             {"identifier": "Blink", "name": "闪烁", "callType": "sync", "method": "thing.service.Blink",
-             "inputData": [{"identifier": "times", "name": "次数",
-                            "dataType": {"type": "int", "specs": {"min": "1", "max": "10"}}}],
-             "outputData": [{"identifier": "blinked", "name": "已闪烁",
-                             "dataType": {"type": "int", "specs": {}}}]},
+             "inputData": [_item("times", "次数", "int", {"min": "1", "max": "10"})],
+             "outputData": [_item("blinked", "已闪烁", "int")]},
         ],
     },
     SENSOR_PK: {
         "schema": "http://aliyun/iot/thing/desc/schema",
         "profile": {"productKey": SENSOR_PK},
         "properties": [
-            {"identifier": "CurrentTemperature", "name": "温度", "accessMode": "r",
-             "dataType": {"type": "float", "specs": {"min": "-40", "max": "120", "step": "0.1", "unit": "°C"}}},
-            {"identifier": "CurrentHumidity", "name": "湿度", "accessMode": "r",
-             "dataType": {"type": "int", "specs": {"min": "0", "max": "100", "step": "1", "unit": "%"}}},
-            {"identifier": "BatteryPercentage", "name": "电量", "accessMode": "r",
-             "dataType": {"type": "double", "specs": {"min": "0", "max": "100", "unit": "%"}}},
-            {"identifier": "Label", "name": "标签", "accessMode": "rw",
-             "dataType": {"type": "text", "specs": {"length": "32"}}},
-            {"identifier": "History", "name": "历史", "accessMode": "r",
-             "dataType": {"type": "array", "specs": {"size": "8", "item": {"type": "double"}}}},
-            {"identifier": "ReportInterval", "name": "上报间隔", "accessMode": "rw",
-             "dataType": {"type": "int", "specs": {"min": "10", "max": "3600", "unit": "s"}}},
+            _item("CurrentTemperature", "温度", "float", {"min": "-40", "max": "120", "step": "0.1", "unit": "°C"},
+                  accessMode="r"),
+            _item("CurrentHumidity", "湿度", "int", {"min": "0", "max": "100", "step": "1", "unit": "%"}, accessMode="r"),
+            _item("BatteryPercentage", "电量", "double", {"min": "0", "max": "100", "unit": "%"}, accessMode="r"),
+            _item("Label", "标签", "text", {"length": "32"}, accessMode="rw"),
+            _item("History", "历史", "array", {"size": "8", "item": {"type": "double"}}, accessMode="r"),
+            _item("ReportInterval", "上报间隔", "int", {"min": "10", "max": "3600", "unit": "s"}, accessMode="rw"),
         ],
         "events": [
             {"identifier": "LowBattery", "name": "低电量", "type": "alert", "method": "thing.event.LowBattery.post",
-             "outputData": [{"identifier": "level", "name": "电量",
-                             "dataType": {"type": "double", "specs": {}}}]},
+             "outputData": [_item("level", "电量", "double")]},
         ],
         "services": [
             {"identifier": "Calibrate", "name": "校准", "callType": "sync", "method": "thing.service.Calibrate",
-             "inputData": [{"identifier": "offset", "name": "偏移",
-                            "dataType": {"type": "float", "specs": {"min": "-5", "max": "5"}}}],
-             "outputData": [{"identifier": "result", "name": "结果", "dataType": {"type": "text", "specs": {}}}]},
+             "inputData": [_item("offset", "偏移", "float", {"min": "-5", "max": "5"})],
+             "outputData": [_item("result", "结果", "text")]},
         ],
     },
 }
+
 
 INITIAL: dict[str, dict[str, Any]] = {
     LIGHT_PK: {"LightSwitch": 0, "Brightness": 60, "ColorTemperature": 4000, "WorkMode": 0,

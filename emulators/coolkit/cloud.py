@@ -9,7 +9,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
 from websockets.asyncio.server import Server
 from websockets.asyncio.server import serve as ws_serve
 
@@ -93,8 +92,7 @@ class CoolkitCloud(Population, HttpApi, PushSocket, Faults, SimulatedCloud):
     async def start(self) -> None:
         self._ws_server = await ws_serve(self._ws_handler, self.host, self.ws_port, compression=None)
         self.ws_port = self._ws_server.sockets[0].getsockname()[1] if self._ws_server.sockets else self.ws_port
-        app = web.Application()
-        app.router.add_post("/_control/{fault}", self._control)
+        app = self._http_app()
         app.router.add_route("*", "/{region}/{tail:.*}", self._handle)
         await self._serve_http(app)
         if self.push_interval:

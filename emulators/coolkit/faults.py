@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import contextlib
 
-from aiohttp import web
 from websockets.exceptions import ConnectionClosed
 
-from ..base import control_response
+from ..base import fault_table
 
 
 class Faults:
@@ -19,6 +18,10 @@ class Faults:
     ``_new_session``, ``_take_over``, ``push``, ``set_online``.
     """
 
+    FAULTS = fault_table(
+        "drop", "stall", "garble", "never_answer", "fail_504", "expire_tokens", "kick", "push",
+        "set_online", "reset",
+    )  # fmt: skip
 
     def drop(self) -> None:
         for conn in list(self.conns):
@@ -29,6 +32,7 @@ class Faults:
             conn.stalled = True
 
     async def garble(self, count: int = 1) -> None:
+        count = int(count)
         for conn in list(self.conns):
             if conn.session is not None and not conn.stalled:
                 for _ in range(count):
@@ -36,10 +40,10 @@ class Faults:
                         await conn.ws.send('{"action":"update","deviceid":')
 
     def never_answer(self, count: int = 1) -> None:
-        self._never_answer += count
+        self._never_answer += int(count)
 
     def fail_504(self, count: int = 1) -> None:
-        self._fail_504 += count
+        self._fail_504 += int(count)
 
     def expire_tokens(self) -> None:
         for sess in self.sessions.values():
@@ -47,25 +51,10 @@ class Faults:
 
     async def kick(self, email: str = "demo@example.com") -> None:
         """Another client logs in to the same account and app: the session is taken."""
-        await self._take_over(self._new_session(self.users[email], self.appid, 2))
+        await self._take_over(self._new_session(self.users[str(email)], self.appid, 2))
 
 
     def reset(self) -> None:
         self._never_answer = self._fail_504 = 0
         for conn in self.conns:
             conn.stalled = False
-
-    async def _control(self, request: web.Request) -> web.Response:
-        return await control_response(request, {
-            "drop": self.drop,
-            "stall": self.stall,
-            "expire_tokens": self.expire_tokens,
-            "reset": self.reset,
-            "never_answer": lambda count=1: self.never_answer(int(count)),
-            "fail_504": lambda count=1: self.fail_504(int(count)),
-            "garble": lambda count=1: self.garble(int(count)),
-            "kick": lambda email="demo@example.com": self.kick(str(email)),
-            "push": lambda deviceid, params: self.push(str(deviceid), dict(params)),
-            "set_online": lambda deviceid, online: self.set_online(str(deviceid), bool(online)),
-        })  # fmt: skip
-

@@ -36,12 +36,14 @@ class PushSocket:
 
 
     async def push(self, deviceid: str, params: dict[str, Any]) -> None:
+        deviceid, params = str(deviceid), dict(params)  # as ``/_control/push`` sends them
         dev = self.devices[deviceid]
         self._apply(dev, params)
         await self._broadcast(dev, {"action": "update", "deviceid": deviceid, "apikey": dev.owner,
                                     "userAgent": "device", "params": params, "from": "device"})  # fmt: skip
 
     async def set_online(self, deviceid: str, online: bool) -> None:
+        deviceid, online = str(deviceid), bool(online)  # as ``/_control/set_online`` sends them
         dev = self.devices[deviceid]
         dev.online = online
         await self._broadcast(dev, {"action": "sysmsg", "deviceid": deviceid, "apikey": dev.owner,

@@ -10,7 +10,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
 from websockets.asyncio.server import Server
 from websockets.asyncio.server import serve as ws_serve
 
@@ -104,8 +103,7 @@ class TencentCloud(DeviceModel, HttpApi, PushSocket, Faults, SimulatedCloud):
 
     async def start(self) -> None:
         self._stopping.clear()
-        app = web.Application(client_max_size=1 << 20)
-        app.router.add_post("/_control/{fault}", self._control)
+        app = self._http_app(client_max_size=1 << 20)
         app.router.add_get("/_control/state", self._state)
         app.router.add_post(API_PREFIX + "/{kind:appapi|tokenapi}", self._http)
         app.router.add_post(API_PREFIX + "/{kind:appapi|tokenapi}/{tail:.*}", self._http)

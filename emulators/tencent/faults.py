@@ -9,7 +9,7 @@ from typing import Final
 import orjson
 from aiohttp import web
 
-from ..base import control_response
+from ..base import fault_table
 from .model import REPORT_TIMESTAMPS, TEMPLATE_FORMS
 
 GARBAGE: Final = (
@@ -42,8 +42,16 @@ class Faults:
     State it shares (set by ``TencentCloud.__init__``): ``_garble``, ``_heartbeat_errors``,
     ``_nul_pad``, ``_refuse_logins``, ``_slow``, ``_stall_until``, ``devices``,
     ``report_timestamps``, ``sockets``, ``stats``, ``templates``, ``tokens``, ``users``.
-    From the other concerns it calls ``event``, ``report``, ``set_online``.
+    From the other concerns it calls ``set_online``.
+
+    The methods ``/_control`` calls coerce their JSON arguments (a count may come as ``"3"``).
     """
+
+    FAULTS = fault_table(
+        "stall", "garble", "garble_payloads", "expire_tokens", "refuse_logins", "slow",
+        "heartbeat_errors", "silence", "nul_pad", "report", "event", "online", "offline",
+        drop="drop_sockets", report_timestamps="set_report_timestamps", templates="set_templates",
+    )  # fmt: skip
 
     def drop_sockets(self) -> int:
         """Abort every WebSocket without a close handshake."""
@@ -53,16 +61,16 @@ class Faults:
         self.stats["dropped"] += n
         return n
 
-    def stall(self, seconds: float) -> None:
-        self._stall_until = asyncio.get_running_loop().time() + seconds
+    def stall(self, seconds: float = 5) -> None:
+        self._stall_until = asyncio.get_running_loop().time() + float(seconds)
 
     def garble(self, count: int = 1) -> None:
-        self._garble += count
+        self._garble += int(count)
 
     def garble_payloads(self, count: int = 1) -> None:
         """The next ``count`` device messages go out cut short: the frame and its DeviceId are
         fine, the base64 Payload decodes to JSON that ends mid-object."""
-        self._garble_payloads += count
+        self._garble_payloads += int(count)
 
     def expire_tokens(self) -> int:
         now = time.time()
@@ -72,19 +80,20 @@ class Faults:
 
     def refuse_logins(self, count: int = -1) -> None:
         """Refuse the next ``count`` logins (``-1``: all of them until called with ``0``)."""
-        self._refuse_logins = count
+        self._refuse_logins = int(count)
 
-    def slow(self, seconds: float) -> None:
-        self._slow = max(0.0, seconds)
+    def slow(self, seconds: float = 5) -> None:
+        self._slow = max(0.0, float(seconds))
 
     def heartbeat_errors(self, count: int = 1) -> None:
-        self._heartbeat_errors = count
+        self._heartbeat_errors = int(count)
 
-    def silence(self, seconds: float) -> int:
+    def silence(self, seconds: float = 5) -> int:
         """Every open socket goes silent for ``seconds``: nothing is sent (as ``stall``) and
         nothing is read, so neither WebSocket pings nor app heartbeats are answered. Returns
         the number of sockets silenced."""
         loop = asyncio.get_running_loop()
+        seconds = float(seconds)
         self.stall(seconds)
         silenced = 0
         for sock in list(self.sockets):
@@ -97,9 +106,10 @@ class Faults:
         self.stats["silenced"] += silenced
         return silenced
 
-    def set_report_timestamps(self, unit: str) -> None:
+    def set_report_timestamps(self, unit: str = "s") -> None:
         """The ``timestamp`` of device messages: ``"s"`` (seed 002, the default), ``"zero"``
         (also seen in the seed) or ``"ms"``."""
+        unit = str(unit)
         if unit not in REPORT_TIMESTAMPS:
             raise ValueError(f"unit must be one of {', '.join(REPORT_TIMESTAMPS)}")
         self.report_timestamps = unit
@@ -107,16 +117,26 @@ class Faults:
     def nul_pad(self, count: int = 4) -> None:
         """Append ``count`` NUL bytes to every device message before base64 (0: off), as real
         devices' fixed-size buffers do."""
+        count = int(count)
         if count < 0:
             raise ValueError("count must be >= 0")
         self._nul_pad = count
 
-    def set_templates(self, form: str) -> None:
+    def set_templates(self, form: str = "mixed") -> None:
         """``AppGetProducts`` sends ``DataTemplate`` as an ``"object"``, a JSON ``"string"``, or
         ``"mixed"`` (the default: the light as an object, the sensor as a string)."""
+        form = str(form)
         if form not in TEMPLATE_FORMS:
             raise ValueError(f"form must be one of {', '.join(TEMPLATE_FORMS)}")
         self.templates = form
+
+    def online(self, device: str) -> int:
+        """``device`` comes online (a ``StatusChange``/``Online`` push)."""
+        return self.set_online(str(device), True)
+
+    def offline(self, device: str) -> int:
+        """``device`` goes offline (a ``StatusChange``/``Offline`` push)."""
+        return self.set_online(str(device), False)
 
     async def _state(self, request: web.Request) -> web.Response:
         state = {
@@ -129,27 +149,6 @@ class Faults:
             },
         }
         return web.Response(body=orjson.dumps(state), content_type="application/json")
-
-    async def _control(self, request: web.Request) -> web.Response:
-        return await control_response(request, {
-            "drop": self.drop_sockets,
-            "stall": lambda seconds=5: self.stall(float(seconds)),
-            "garble": lambda count=1: self.garble(int(count)),
-            "garble_payloads": lambda count=1: self.garble_payloads(int(count)),
-            "expire_tokens": self.expire_tokens,
-            "refuse_logins": lambda count=-1: self.refuse_logins(int(count)),
-            "slow": lambda seconds=5: self.slow(float(seconds)),
-            "heartbeat_errors": lambda count=1: self.heartbeat_errors(int(count)),
-            "silence": lambda seconds=5: self.silence(float(seconds)),
-            "report_timestamps": lambda unit="s": self.set_report_timestamps(str(unit)),
-            "nul_pad": lambda count=4: self.nul_pad(int(count)),
-            "templates": lambda form="mixed": self.set_templates(str(form)),
-            "report": lambda device, props: self.report(str(device), dict(props)),
-            "event": lambda device, event, params=None: self.event(
-                str(device), str(event), dict(params or {})),
-            "online": lambda device: self.set_online(str(device), True),
-            "offline": lambda device: self.set_online(str(device), False),
-        })  # fmt: skip
 
 
 def _resume_reading(transport: asyncio.Transport) -> None:

@@ -117,6 +117,7 @@ class PushSocket:
         self, device: str, props: Mapping[str, Any], *, client_token: str | None = None
     ) -> int:
         """The device reports property values (wire form); pushed as ``Property``/``Report``."""
+        device, props = str(device), dict(props)  # as ``/_control/report`` sends them
         dev = self.devices[device]
         now = now_ms()
         for key, value in props.items():
@@ -126,15 +127,22 @@ class PushSocket:
             "method": "report",
             "clientToken": client_token or f"report-{next(self._seq)}",
             "timestamp": self.device_timestamp(now),
-            "params": dict(props),
+            "params": props,
         }
         return self._push(
             dev, "Property", "Report", body, topic=f"$thing/up/property/{dev.product_id}/{dev.name}"
         )
 
     def event(
-        self, device: str, event_id: str, params: Mapping[str, Any], *, level: str | None = None
+        self,
+        device: str,
+        event: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        level: str | None = None,
     ) -> int:
+        """The device posts the event ``event`` (an id); pushed as ``Event``/``Report``."""
+        device, event_id, params = str(device), str(event), dict(params or {})  # as ``/_control/event`` sends them
         dev = self.devices[device]
         spec = next((e for e in dev.schema.events if e.id == event_id), None)
         body = {
@@ -143,7 +151,7 @@ class PushSocket:
             "eventId": event_id,
             "type": level or (spec.level if spec else "info"),
             "timestamp": self.device_timestamp(now_ms()),
-            "params": dict(params),
+            "params": params,
             "clientToken": f"event-{next(self._seq)}",
         }
         return self._push(

@@ -29,7 +29,7 @@ from ..base import (
     SimulatedCloud,
     add_common_arguments,
     cancel_tasks,
-    control_response,
+    fault_table,
     serve_forever,
 )
 
@@ -173,8 +173,7 @@ class XkyCloud(SimulatedCloud):
 
     async def start(self) -> None:
         self._stopping.clear()
-        app = web.Application()
-        app.router.add_post("/_control/{fault}", self._control)
+        app = self._http_app()
         app.router.add_route("*", "/{path:.*}", self._handle)
         await self._serve_http(app)
         if self.change_interval:
@@ -235,6 +234,11 @@ class XkyCloud(SimulatedCloud):
 
     # ------------------------------------------------------------------ faults
 
+    FAULTS = fault_table(
+        "fail", "slow", "malformed", "expire_sessions", "reset", "add_device", "remove_device",
+        "update_device", "set_online",
+    )  # fmt: skip
+
     def expire_sessions(self) -> None:
         self.sessions.clear()
 
@@ -272,19 +276,6 @@ class XkyCloud(SimulatedCloud):
         taken.sort(key=lambda f: f.kind != "slow")
         self.faults = [f for f in self.faults if f.count > 0]
         return taken
-
-    async def _control(self, request: web.Request) -> web.Response:
-        return await control_response(request, {
-            "fail": self.fail,
-            "slow": self.slow,
-            "malformed": self.malformed,
-            "expire_sessions": self.expire_sessions,
-            "reset": self.reset,
-            "add_device": self.add_device,
-            "remove_device": self.remove_device,
-            "update_device": self.update_device,
-            "set_online": self.set_online,
-        })  # fmt: skip
 
     # ------------------------------------------------------------------ background life
 

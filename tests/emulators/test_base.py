@@ -44,6 +44,16 @@ def test_every_vendor_has_an_emulator_with_the_shared_options():
         assert callable(module.serve) and callable(module.demo_cloud)
 
 
+def test_every_fault_names_a_method_of_its_cloud() -> None:
+    """``POST /_control/<fault>`` calls the method ``FAULTS`` names: a misspelt one would only
+    show as a 500 when some test or tool first asks for that fault."""
+    for vendor in VENDORS:
+        cloud = emulator_module(vendor).demo_cloud()
+        assert cloud.FAULTS, vendor
+        for fault, method in cloud.FAULTS.items():
+            assert callable(getattr(cloud, method, None)), f"{vendor}: {fault} -> {method}"
+
+
 @pytest.mark.parametrize("vendor", list(VENDORS))
 async def test_serve_raises_port_in_use_naming_the_port(vendor: str, taken_port: int) -> None:
     serve = emulator_module(vendor).serve
