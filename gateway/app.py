@@ -274,15 +274,16 @@ class Gateway:
         running.task = asyncio.create_task(self._supervise(running), name=f"{key[0]}/{key[1]}")
         link.link(LinkState.CONNECTING)
 
-    async def stop_account(self, key: AccountKey) -> None:
-        """Stop one account: cancel its session, let the connector leave cleanly, forget it."""
+    async def stop_account(self, key: AccountKey, *, close_timeout: float = 5.0) -> None:
+        """Stop one account: cancel its session, let the connector leave cleanly (for at most
+        ``close_timeout`` seconds: cluster self-fencing gives less), forget it."""
         running = self._running.get(key)
         if running is None:
             return
         if running.task is not None:
             running.task.cancel()
             await asyncio.gather(running.task, return_exceptions=True)
-        await self._close(key)
+        await self._close(key, close_timeout)
         del self._running[key]
 
     async def restart_account(self, key: AccountKey) -> None:
@@ -309,10 +310,10 @@ class Gateway:
         running = self._running.get(key)
         return running.link if running is not None else None
 
-    async def _close(self, key: AccountKey) -> None:
+    async def _close(self, key: AccountKey, timeout: float = 5.0) -> None:
         running = self._running[key]
         try:
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(timeout):
                 await running.connector.close()
         except Exception as exc:
             running.link.log.warning("close failed: %s", exc)

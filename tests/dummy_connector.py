@@ -43,6 +43,7 @@ class DummyConnector(Connector):
         super().__init__(*args)
         self.calls: list[tuple[str, Any]] = []
         self.hang = False
+        self.close_hangs = False  # close() never returns (a vendor logout that hangs)
         self.fail: VendorError | None = None
         INSTANCES[self.ctx.account] = self
 
@@ -54,6 +55,10 @@ class DummyConnector(Connector):
         self.ctx.devices(self.infos(self.options.get("devices", ["lamp/1", "lamp-2"])))
         self.ctx.link(LinkState.ONLINE)
         await asyncio.Event().wait()
+
+    async def close(self) -> None:
+        if self.close_hangs:
+            await asyncio.Event().wait()
 
     async def set(self, device: str, props: dict[str, Any]) -> CommandResult:
         self.calls.append(("set", (device, props)))

@@ -65,7 +65,7 @@ class Cluster:
         accounts: list[AccountConfig],
         *,
         start_account: Callable[[AccountConfig], None],
-        stop_account: Callable[[AccountKey], Awaitable[None]],
+        stop_account: Callable[..., Awaitable[None]],
         on_change: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
@@ -150,7 +150,12 @@ class Cluster:
 
     async def _lost(self, slot: int) -> None:
         accounts = self.by_slot.get(slot, ())
-        await asyncio.gather(*(self._stop_account((a.vendor, a.name)) for a in accounts))
+        # Self-fencing: the sessions must be gone within the lease's margin; a connector's
+        # graceful leave (a vendor logout) gets half of it, not the usual 5 s.
+        within = self.leases.margin / 2 if self.leases is not None else 5.0
+        await asyncio.gather(
+            *(self._stop_account((a.vendor, a.name), close_timeout=within) for a in accounts)
+        )
 
     def describe(self) -> dict[str, Any]:
         """``bridge/info``'s ``cluster``: who this is, who is live, who runs which account."""

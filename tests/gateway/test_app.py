@@ -226,3 +226,12 @@ async def test_a_wildcard_response_topic_is_answered_invalid_and_the_link_stays(
     assert ok["status"] == "ok"
     assert gw.mqtt.connected and gw.mqtt.stats()["reconnects"] == 0
     assert not probe.find(f"{B}/bridge/state", lambda p: p == {"state": "offline"})
+
+
+async def test_stop_account_gives_a_hanging_leave_only_its_close_timeout(gateway_factory):
+    """Cluster self-fencing stops accounts within the lease margin: a connector whose graceful
+    leave hangs is cut off after ``close_timeout`` and the account is stopped all the same."""
+    gw, dummy = await start(gateway_factory)
+    dummy.close_hangs = True
+    await gw.stop_account(("dummy", "acc"), close_timeout=0.05)
+    assert ("dummy", "acc") not in gw.account_keys()
