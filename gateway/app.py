@@ -300,6 +300,9 @@ class Gateway:
         return self.cluster.describe() if self.cluster is not None else None
 
     def _on_cluster_change(self) -> None:
+        cluster = self.cluster
+        if cluster is not None and cluster.config.shared_egress and cluster.leases is not None:
+            self.pacer.share_with(len(cluster.leases.live()))
         self.observability.publish_info()
 
     def connector(self, key: AccountKey) -> Connector | None:

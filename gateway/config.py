@@ -151,6 +151,9 @@ class ClusterConfig:
     max_moves: int = 4
     #: default: ``gateway.instance_id``
     instance_id: str = ""
+    #: the instances leave through one egress IP: they share the vendors' per-IP (and per-app
+    #: key) budgets, each pacing to its part (``false``: each instance has its own IP)
+    shared_egress: bool = True
 
 
 @dataclass(slots=True)
@@ -541,7 +544,7 @@ def _parse_homeassistant(ha: HomeAssistantConfig, h: _Checker) -> None:
 
 def _parse_cluster(cluster: ClusterConfig, c: _Checker) -> None:
     """``[cluster]``: ``nats`` (a URL or a list of them), ``slots``, ``lease_ttl``,
-    ``max_moves``, ``instance_id``."""
+    ``max_moves``, ``instance_id``, ``shared_egress``."""
     servers = c.get("nats", (str, list), cluster.servers)
     urls = [servers] if isinstance(servers, str) else servers
     if not urls:
@@ -567,6 +570,7 @@ def _parse_cluster(cluster: ClusterConfig, c: _Checker) -> None:
             c.error("instance_id", "use 1–64 letters, digits, '_', '-' and '.'")
         else:
             cluster.instance_id = instance
+    cluster.shared_egress = c.get("shared_egress", bool, cluster.shared_egress)
     c.finish()
 
 

@@ -46,7 +46,11 @@ Accounting: every acquisition is counted per scope (process-wide), per (scope, a
 account's share) and per endpoint; ``budget(vendor, account)`` is the ``bridge/accounts`` view.
 
 The ``Pacer`` protocol is what connectors see; ``LocalPacer`` keeps the state in this process.
-A shared store (several instances behind one egress IP) implements the same protocol.
+Several instances (cluster mode) share the per-IP and per-app-key budgets by *division*:
+``share_with(n)`` gives this instance ``1/n`` of every shared scope's rate, burst and window
+(and ``n`` times its endpoint spacing), ``n`` being the live instances. No per-call round trip,
+and the instances together never exceed a vendor's limit; the account scope is not divided (an
+account runs on one instance). A shared store could implement the same protocol more finely.
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ __all__ = [
     "account_scope",
     "app_scope",
     "default_pacer",
+    "divided",
     "ip_scope",
     "parse_rates",
     "slot_held",
@@ -272,6 +277,10 @@ class _Bucket:
     def commit(self, t: float, endpoint: str) -> None:
         self.tat = max(t, self.tat) + self.interval
 
+    def adopt(self, old: _Bucket) -> None:
+        """Take over ``old``'s schedule (the same rule, re-scaled)."""
+        self.tat = old.tat
+
     def room(self, now: float) -> float:
         """The fraction of the burst still available at ``now`` (negative: reserved ahead)."""
         tokens = (now - self.tat) / self.interval + self.burst
@@ -309,6 +318,9 @@ class _Window:
     def commit(self, t: float, endpoint: str) -> None:
         bisect.insort(self.slots, t)
 
+    def adopt(self, old: _Window) -> None:
+        self.slots = old.slots
+
     def room(self, now: float) -> float:
         lo = bisect.bisect_right(self.slots, now - self.span)
         return 1.0 - (len(self.slots) - lo) / self.max_calls
@@ -339,6 +351,10 @@ class _Interval:
 
     def commit(self, t: float, endpoint: str) -> None:
         self.next[self._key(endpoint)] = t + self.gap + 0.005
+
+    def adopt(self, old: _Interval) -> None:
+        self.sent, self.inflight = old.sent, old.inflight
+        self.next = {k: t - old.gap + self.gap for k, t in old.next.items()}
 
     def room(self, now: float) -> float:
         return 1.0
@@ -455,6 +471,33 @@ class _Scope:
         return best
 
 
+def divided(rates: VendorRates, instances: int) -> VendorRates:
+    """One instance's part of ``rates``' shared (ip, app key) limits when ``instances`` share
+    them: rates and windows divided, bursts divided (at least 1), endpoint spacing multiplied."""
+    if instances <= 1:
+        return rates
+
+    def part(value: int) -> int:
+        return max(1, value // instances)
+
+    def per_second(value: float | None) -> float | None:
+        return None if value is None else value / instances
+
+    return dataclasses.replace(
+        rates,
+        connect_per_second=rates.connect_per_second / instances,
+        connect_burst=part(rates.connect_burst),
+        calls_per_second=per_second(rates.calls_per_second),
+        calls_burst=part(rates.calls_burst),
+        window_calls=None if rates.window_calls is None else part(rates.window_calls),
+        endpoint_interval=(
+            None if rates.endpoint_interval is None else rates.endpoint_interval * instances
+        ),
+        app_calls_per_second=per_second(rates.app_calls_per_second),
+        app_calls_burst=part(rates.app_calls_burst),
+    )
+
+
 # ---------------------------------------------------------------------------------- the pacer
 
 _HELD: contextvars.ContextVar[list[bool] | None] = contextvars.ContextVar("rate_slot", default=None)
@@ -512,6 +555,8 @@ class Pacer(Protocol):
 
     def configure_account(self, vendor: str, account: str, values: Mapping[str, Any]) -> None: ...
 
+    def share_with(self, instances: int) -> None: ...
+
     def budget(self, vendor: str, account: str) -> dict[str, Any]: ...
 
     def waiting(self) -> dict[str, int]: ...
@@ -545,6 +590,7 @@ class LocalPacer:
         self.on_waiting: Callable[[str, str, bool], None] | None = None
         self.waited = 0.0  # total seconds callers were held back
         self._account_rates: dict[ScopeKey, dict[str, Any]] = {}  # account scope → its own rules
+        self.instances = 1  # live instances sharing the ip and app scopes (cluster mode)
         self.refused = 0
 
     # ------------------------------------------------------------------ configuration
@@ -579,14 +625,33 @@ class LocalPacer:
         self._account_rates[key] = dict(values)
         self._scopes.pop(key, None)
 
+    def share_with(self, instances: int) -> None:
+        """Cluster mode: ``instances`` live instances share every ip and app scope; this one
+        keeps ``1/instances`` of each (see the module docstring). Usage counts are kept."""
+        instances = max(1, instances)
+        if instances == self.instances:
+            return
+        log.info("pacing: per-IP and per-app-key budgets shared by %d instance(s)", instances)
+        self.instances = instances
+        for key, scope in self._scopes.items():
+            if key[0] != "account":
+                scope.rates = self._rates_of(key)
+                rules = rules_for(key, scope.rates)
+                for new, old in zip(rules, scope.rules, strict=True):  # same rules, re-scaled:
+                    new.adopt(old)  # type: ignore[arg-type]  # what was reserved stays reserved
+                scope.rules = rules
+
+    def _rates_of(self, key: ScopeKey) -> VendorRates:
+        rates = self.rates(key[1])
+        if key[0] == "account":
+            own = self._account_rates.get(key)
+            return with_overrides(rates, own, key[2]) if own else rates
+        return divided(rates, self.instances)
+
     def _scope(self, key: ScopeKey) -> _Scope:
         scope = self._scopes.get(key)
         if scope is None:
-            rates = self.rates(key[1])
-            own = self._account_rates.get(key)
-            if own:
-                rates = with_overrides(rates, own, key[2])
-            scope = self._scopes[key] = _Scope(key, rates)
+            scope = self._scopes[key] = _Scope(key, self._rates_of(key))
         return scope
 
     # ------------------------------------------------------------------ slots
@@ -645,7 +710,7 @@ class LocalPacer:
     ) -> float:
         not_before = None
         if kind == "connect":
-            rates = [self.rates(k[1]) for k in scopes if k[0] == "ip"]
+            rates = [self._scope(k).rates for k in scopes if k[0] == "ip"]
             if rates:
                 not_before = self._clock() + self._rng.uniform(0, 1 / rates[0].connect_per_second)
         delay = self.reserve(
@@ -772,6 +837,8 @@ class LocalPacer:
                 if share is not None:
                     item["share"] = share[cls].used(now, window)
                 entry[cls] = item
+            if key[0] != "account" and self.instances > 1:
+                entry["instances"] = self.instances  # limits are this instance's part
             intervals = {r.name: r.interval for r in scope.rules if isinstance(r, _Interval)}
             if intervals:  # minimum spacings (seconds): endpoint, handshake, poll
                 entry["intervals_s"] = intervals

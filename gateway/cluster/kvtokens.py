@@ -32,6 +32,7 @@ from nats.js.kv import KV_DEL, KV_PURGE
 
 from ..backoff import Backoff
 from ..tokens import TokenStore
+from .tasks import stop_tasks
 
 if TYPE_CHECKING:
     from nats.js.kv import KeyValue
@@ -86,9 +87,7 @@ class KvTokenStore(TokenStore):
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self.drain()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_tasks(self._tasks)  # nats-py can swallow a cancellation (tasks.py)
         self._tasks = []
 
     async def drain(self) -> None:

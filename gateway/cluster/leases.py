@@ -71,6 +71,7 @@ from nats.errors import Error as NatsError
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 
 from .kvtokens import escape_key, unescape_key
+from .tasks import stop_tasks
 
 if TYPE_CHECKING:
     from nats.js.kv import KeyValue
@@ -191,9 +192,7 @@ class SlotLeases:
     async def stop(self) -> None:
         """Stop the rounds, stop every held slot's accounts (``on_lost``), then free the
         slots and withdraw the presence key so that the others take over at once."""
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_tasks(self._tasks)  # nats-py can swallow a cancellation (tasks.py)
         self._tasks = []
         for slot in sorted(self._held):
             await self._release(slot)
@@ -245,7 +244,7 @@ class SlotLeases:
 
     async def tick(self) -> None:
         """One round: presence, read, renew, then claim or release towards the fair share."""
-        before = self.owners()
+        before = self.owners(), set(self._live)
         await self._op(self.kv.put(self._presence_key, self._value(expires_only=True)))
         await self._read_live()
         await self._read_slots()
@@ -262,8 +261,8 @@ class SlotLeases:
             # instances started together see each other before they claim.
             for slot in self._claimable()[: fair - len(self._held)]:
                 await self._claim(slot)
-        if self.on_change is not None and self.owners() != before:
-            self.on_change()
+        if self.on_change is not None and (self.owners(), set(self._live)) != before:
+            self.on_change()  # who owns what, or who is live (the pacer shares by that)
 
     def _claimable(self) -> list[int]:
         now = self.clock()

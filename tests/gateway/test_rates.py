@@ -21,6 +21,7 @@ from gateway.rates import (
     VendorRates,
     account_scope,
     app_scope,
+    divided,
     ip_scope,
     parse_rates,
 )
@@ -242,3 +243,27 @@ def test_polls_keep_each_accounts_own_minimum_interval() -> None:
     assert ASSUMED_LIMITS["xky"].source("account_poll_interval") == ASSUMED
     with pytest.raises(ConfigError):
         p.configure_account("xky", "bad", {"account_poll_interval": 0})
+
+
+def test_instances_sharing_one_egress_ip_each_pace_to_their_part() -> None:
+    """Cluster mode: two instances behind one IP each keep half of every per-IP and per-app-key
+    budget (so together they keep the vendor's limit); an account's own rules are not divided."""
+    clock = Clock()
+    rules = VendorRates(4.0, 4, window_calls=300, window_seconds=300.0, endpoint_interval=0.5,
+                        account_connect_interval=20.0, app_calls_per_second=10.0,
+                        app_calls_burst=20, slack=0.0)  # fmt: skip
+    p = pacer(clock, coolkit=rules)
+    ip, acc = ip_scope("coolkit"), account_scope("coolkit", "a")
+    assert p.reserve("call", ip, endpoint="/x") == 0.0
+    p.share_with(2)
+    assert [p.reserve("connect", ip) for _ in range(3)] == pytest.approx([0.0, 0.0, 0.5])
+    assert p.reserve("call", ip, endpoint="/x") == pytest.approx(1.005)  # 0.5 s spacing × 2
+    assert p.reserve("handshake", ip, acc, endpoint="/ws") == 0.0
+    assert p.reserve("handshake", ip, acc, endpoint="/ws") == pytest.approx(20.005)  # not halved
+    budget = p.budget("coolkit", "a")
+    assert budget["ip"]["instances"] == 2 and budget["ip"]["calls"]["limit"] == 150
+    assert "instances" not in budget["account"]
+    assert divided(rules, 2).app_calls_per_second == 5.0 and divided(rules, 2).app_calls_burst == 10
+    assert divided(rules, 1) is rules
+    p.share_with(1)
+    assert p.budget("coolkit", "a")["ip"]["calls"]["limit"] == 300
