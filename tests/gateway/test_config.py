@@ -387,14 +387,15 @@ def test_cluster_section_defaults_and_values(tmp_path):
     assert cfg.cluster.servers == ["nats://n1:4222"]
     assert (cfg.cluster.slots, cfg.cluster.lease_ttl, cfg.cluster.max_moves) == (64, 15.0, 4)
     assert cfg.cluster.instance_id == cfg.gateway.instance_id  # the gateway's by default
+    assert cfg.cluster.shared_egress is True
     cfg = load(tmp_path, GOOD + (
         '\n[cluster]\nnats = ["nats://n1:4222", "tls://n2:4222"]\nslots = 16\nlease_ttl = 5\n'
-        'max_moves = 2\ninstance_id = "gw-a"\n'
+        'max_moves = 2\ninstance_id = "gw-a"\nshared_egress = false\n'
     ))  # fmt: skip
     assert cfg.cluster is not None
     assert cfg.cluster.servers == ["nats://n1:4222", "tls://n2:4222"]
     assert (cfg.cluster.slots, cfg.cluster.lease_ttl, cfg.cluster.max_moves) == (16, 5.0, 2)
-    assert cfg.cluster.instance_id == "gw-a"
+    assert cfg.cluster.instance_id == "gw-a" and cfg.cluster.shared_egress is False
 
 
 @pytest.mark.parametrize(
@@ -408,6 +409,7 @@ def test_cluster_section_defaults_and_values(tmp_path):
         ("nats = []", "cluster.nats", "at least one"),
         ('instance_id = "a b"', "cluster.instance_id", "letters, digits"),
         ("lease_tl = 5", "cluster.lease_tl", "did you mean 'lease_ttl'?"),
+        ('shared_egress = "yes"', "cluster.shared_egress", "expected bool"),
     ],
 )
 def test_cluster_errors_name_key_and_line(tmp_path, body, key, words):
