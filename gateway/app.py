@@ -48,7 +48,7 @@ from .mqtt.client import MqttClient, Will
 from .mqtt.topic import check_publish_topic
 from .observability import attach
 from .presence import Presence
-from .publisher import OFFLINE, Publisher
+from .publisher import JSON_PROPS, OFFLINE, ONLINE, Publisher
 from .rates import LocalPacer
 from .registry import Registry
 from .tokens import TokenStore
@@ -143,6 +143,7 @@ class Gateway:
             qos=m.qos,
             per_property_topics=config.gateway.per_property_topics,
             stats=lambda: {"mqtt": self.mqtt.stats()},
+            others_serve=lambda: self.cluster is not None and self.cluster.others_serve(),
         )
         self.bridge = BridgeRequests(self.publisher, self.registry, self)
         self.commands = CommandHandler(
@@ -197,6 +198,9 @@ class Gateway:
         self.homeassistant.start()
         await self.observability.start()
         if self.cluster is not None:
+            # A peer that dies sets bridge/state offline by its will while this one serves on:
+            # put it back (the flap lasts one round trip).
+            self._subscribe_route(self.topics.bridge("state"), self._on_bridge_state)
             await self.cluster.start()  # starts the accounts of the slots it gains
         else:
             for account in self.accounts:
@@ -344,6 +348,13 @@ class Gateway:
             route(topic, payload)
             return
         self.commands.on_message(topic, payload, props)
+
+    def _on_bridge_state(self, topic: str, payload: bytes) -> None:
+        """Cluster mode: ``bridge/state`` went offline (a peer's will) while this instance runs."""
+        leases = self.cluster.leases if self.cluster is not None else None
+        if payload == OFFLINE and leases is not None and leases.started and self.mqtt.connected:
+            log.info("cluster: a peer left bridge/state offline; this instance still serves")
+            self.mqtt.publish(topic, ONLINE, 1, True, JSON_PROPS)
 
     def _subscribe_route(self, topic: str, callback: Callable[[str, bytes], None]) -> None:
         """A consumer's own subscription (Home Assistant's status topic) on the main link."""

@@ -109,6 +109,9 @@ class Publisher:
     per_property_topics: bool = False
     #: extra fields for the ``bridge/health`` snapshot (the gateway's own figures)
     stats: Callable[[], dict[str, Any]] | None = None
+    #: cluster mode: other instances still serve this base topic (``goodbye`` then leaves
+    #: ``bridge/state`` online)
+    others_serve: Callable[[], bool] = lambda: False
     _accounts: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict, init=False)
     _unsubscribe: list[Callable[[], None]] = field(default_factory=list, init=False)
     _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False)
@@ -149,14 +152,16 @@ class Publisher:
         self._devices_dirty = self._accounts_dirty = None
 
     def goodbye(self, *, leave_no_trace: bool = False) -> None:
-        """The last words before a clean disconnect: accounts as they are, bridge offline.
+        """The last words before a clean disconnect: accounts as they are, bridge offline
+        (unless other cluster instances still serve: ``others_serve``).
 
         With ``leave_no_trace`` (the demo) every retained topic this publisher wrote is
         cleared instead, so the broker holds nothing of it afterwards.
         """
         if not leave_no_trace:
             self._publish_accounts()
-            self.mqtt.publish(self.topics.bridge("state"), OFFLINE, 1, True, JSON_PROPS)
+            if not self.others_serve():
+                self.mqtt.publish(self.topics.bridge("state"), OFFLINE, 1, True, JSON_PROPS)
             return
         for topic in self.retained_topics():
             self.mqtt.publish(topic, b"", 1, True)

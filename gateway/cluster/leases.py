@@ -149,6 +149,8 @@ class SlotLeases:
         self._seen: dict[int, _Seen] = {}
         self._live: list[str] = [instance_id]
         self._tasks: list[asyncio.Task[None]] = []
+        #: after ``stop()``: the other instances still live then (unknown: assumed none)
+        self.others_at_stop: list[str] = []
         self._wake = asyncio.Event()
         self._rounds = 0
 
@@ -156,6 +158,11 @@ class SlotLeases:
 
     def held(self) -> list[int]:
         return sorted(self._held)
+
+    @property
+    def started(self) -> bool:
+        """Between ``start()`` and ``stop()``: the lease rounds run."""
+        return bool(self._tasks)
 
     def live(self) -> list[str]:
         """The instances counted in the last round's fair share (this one included)."""
@@ -199,6 +206,12 @@ class SlotLeases:
         with contextlib.suppress(NatsError, TimeoutError):
             async with asyncio.timeout(self.op_timeout):
                 await self.kv.delete(self._presence_key)
+        # Who is still live, read after this instance's presence is gone: of instances that
+        # stop at the same time, the last to read sees no one left (the gateway publishes
+        # bridge/state offline only then).
+        with contextlib.suppress(NatsError, TimeoutError):
+            await self._read_live()
+            self.others_at_stop = [i for i in self._live if i != self.instance_id]
 
     async def _run_rounds(self) -> None:
         while True:

@@ -157,6 +157,15 @@ class Cluster:
             *(self._stop_account((a.vendor, a.name), close_timeout=within) for a in accounts)
         )
 
+    def others_serve(self) -> bool:
+        """Whether other instances serve the base topic: while running, from the last lease
+        round; after ``stop()``, from a fresh read made once this instance had left."""
+        if self.leases is None:
+            return False
+        if self.leases.started:
+            return any(i != self.instance_id for i in self.leases.live())
+        return bool(self.leases.others_at_stop)
+
     def describe(self) -> dict[str, Any]:
         """``bridge/info``'s ``cluster``: who this is, who is live, who runs which account."""
         owners = self.leases.owners() if self.leases is not None else {}
