@@ -80,12 +80,12 @@ async def test_each_command_is_answered_once_with_the_owners_result(
     assert sorted(got) == sorted(f"t{n}" for n in range(commands)), "one reply per command"
     with probe._lock:
         correlations = sorted(
-            props.CorrelationData for (topic, _, _), props in zip(probe.messages, probe.props)
+            props.CorrelationData for (topic, _, _), props in zip(probe.messages, probe.props, strict=True)
             if topic == "client/replies"
         )  # fmt: skip
     assert correlations == sorted(f"c{n}".encode() for n in range(commands))
     assert cloud.stats["controls"] - controls == commands, "the vendor saw each control once"
-    per_gateway = [now - before for now, before in zip(_received(a, b), received)]
+    per_gateway = [now - before for now, before in zip(_received(a, b), received, strict=True)]
     assert sum(per_gateway) == commands, "each command reached one instance"
     assert all(per_gateway), f"the shared subscription gave both instances some: {per_gateway}"
 
@@ -99,7 +99,9 @@ async def test_each_command_is_answered_once_with_the_owners_result(
     # A device no instance runs: "unknown device" once, from whichever received it.
     probe.publish(f"{B}/tencent/NOPE%2Fnothing/get", {"transaction": "u"})
     unknown = await probe.wait_for(f"{B}/tencent/NOPE%2Fnothing/response/get")
-    assert unknown["error"]["code"] == "invalid" and "unknown device" in unknown["error"]["message"], unknown
+    assert (
+        unknown["error"]["code"] == "invalid" and "unknown device" in unknown["error"]["message"]
+    ), unknown
 
     # Bridge requests: each answered once; a resync is run by the account's owner.
     mark = probe.mark()
@@ -152,18 +154,22 @@ async def test_a_command_for_a_crashed_owners_account_gets_one_unavailable_reply
                                   state_dir=str(tmp_path / "gw-b"))  # fmt: skip
         info = await probe.wait_for(
             f"{B}/bridge/info",
-            lambda p: p.get("cluster", {}).get("instance") == "gw-b"
-            and set(p["cluster"]["accounts"].values()) == {"gw-a", "gw-b"},
+            lambda p: (
+                p.get("cluster", {}).get("instance") == "gw-b"
+                and set(p["cluster"]["accounts"].values()) == {"gw-a", "gw-b"}
+            ),
             timeout=20,
         )
-        on_a = sorted(k.split("/")[1] for k, v in info["cluster"]["accounts"].items() if v == "gw-a")
+        on_a = sorted(
+            k.split("/")[1] for k, v in info["cluster"]["accounts"].items() if v == "gw-a"
+        )
         device = _light(cloud, on_a[0])
         await probe.wait_for(f"{device}/availability", lambda p: p["state"] == "online")
         mark = probe.mark()
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
         # its last will: the broker has dropped it, so only B is left in the shared group
-        await probe.wait_for(f"{B}/bridge/state", lambda p: p == "offline", start=mark)
+        await probe.wait_for(f"{B}/bridge/state", lambda p: p["state"] == "offline", start=mark)
         assert b.cluster is not None and b.cluster.leases is not None
         leases = b.cluster.leases
         controls = cloud.stats["controls"]
