@@ -103,6 +103,7 @@ class Gateway:
                 start_account=self.start_account,
                 stop_account=self.stop_account,
                 on_change=self._on_cluster_change,
+                command_timeout=config.gateway.command_timeout,
             )
             tokens = tokens or self.cluster.tokens
         self.tokens = tokens or TokenStore(Path(config.gateway.state_dir) / "tokens.json")
@@ -155,8 +156,9 @@ class Gateway:
             bridge=self.bridge,
             timeout=config.gateway.command_timeout,
             check_topic=check_publish_topic,
-            only_own_accounts=self.cluster is not None,
         )
+        if self.cluster is not None:
+            self.cluster.router.serve(self.commands)  # commands it does not run go to the owner
         ha = config.homeassistant
         self._routes: dict[str, Callable[[str, bytes], None]] = {}
         self.homeassistant = HomeAssistantDiscovery(
@@ -189,7 +191,7 @@ class Gateway:
         ensure_state_dir(self.config.gateway.state_dir)
         await self.presence.claim(strict=self._strict_claim, shared=self.cluster is not None)
         self.mqtt.start()
-        await self.mqtt.subscribe([(t, 1) for t in self.topics.subscriptions()])
+        await self.mqtt.subscribe([(t, 1) for t in self._command_filters()])
         self._http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=30),
             connector=aiohttp.TCPConnector(limit=200, ttl_dns_cache=300),
@@ -355,6 +357,17 @@ class Gateway:
         if payload == OFFLINE and leases is not None and leases.started and self.mqtt.connected:
             log.info("cluster: a peer left bridge/state offline; this instance still serves")
             self.mqtt.publish(topic, ONLINE, 1, True, JSON_PROPS)
+
+    def _command_filters(self) -> list[str]:
+        """The command topics; in cluster mode one MQTT 5 shared subscription of every instance
+        (the broker hands each command to one of them; gateway/cluster/routing.py)."""
+        filters = self.topics.subscriptions()
+        if self.cluster is None:
+            return filters
+        from .cluster.routing import share_group
+
+        group = share_group(self.topics.base)
+        return [f"$share/{group}/{f}" for f in filters]
 
     def _subscribe_route(self, topic: str, callback: Callable[[str, bytes], None]) -> None:
         """A consumer's own subscription (Home Assistant's status topic) on the main link."""

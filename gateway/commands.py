@@ -9,6 +9,11 @@ Every reply echoes the command's ``transaction`` when the payload named one, err
 Whatever of the command is echoed back (ids, values in error messages) is clipped to
 ``ECHO_LIMIT`` characters, and JSON nested deeper than ``MAX_DEPTH`` is refused, so a hostile
 command cannot make a huge reply, a huge log line or a ``RecursionError``.
+
+Cluster mode hands the handler a ``router`` (gateway/cluster/routing.py): a command for a device
+this instance does not run, and a bridge request about an account it does not run, go to the
+instance that runs it, which executes it with ``execute_here`` / ``bridge_result`` and sends the
+result back; the reply is still written here, once, by the instance that received the command.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import orjson
 
@@ -35,7 +40,7 @@ if TYPE_CHECKING:
     from .publisher import Publisher
     from .registry import DeviceRecord, Registry
 
-__all__ = ["ECHO_LIMIT", "MAX_DEPTH", "CommandHandler", "clip"]
+__all__ = ["ECHO_LIMIT", "MAX_DEPTH", "CommandHandler", "CommandRouter", "clip"]
 
 log = logging.getLogger("cloud2mqtt.commands")
 
@@ -113,6 +118,22 @@ def result_label(result: CommandResult) -> str:
     return result.code or ("timeout" if result.status == "timeout" else "vendor")
 
 
+class CommandRouter(Protocol):
+    """Cluster mode: where a command goes that this instance cannot run itself."""
+
+    async def device_command(
+        self, vendor: str, device: str, kind: str, request: dict[str, Any]
+    ) -> tuple[str, CommandResult]:
+        """Run the command on the instance that runs the device (never raises): the account
+        it ran on (``-`` when none) and the result to reply with."""
+        ...
+
+    async def bridge_request(self, command: str, request: dict[str, Any]) -> CommandResult | None:
+        """The result from the instance that runs the account the request is about, or None
+        when it is to be answered here (not about one account, or the account runs here)."""
+        ...
+
+
 @dataclass(kw_only=True, eq=False)
 class CommandHandler:
     """Turns command messages into vendor calls and answers each exactly once.
@@ -130,9 +151,8 @@ class CommandHandler:
     bridge: BridgeRequests
     timeout: float
     check_topic: Callable[[str], str | None] = lambda topic: None
-    #: cluster mode: every instance sees every command, and only the one that runs the
-    #: device's account answers (the others stay silent instead of answering "unknown")
-    only_own_accounts: bool = False
+    #: cluster mode: what this instance does not run is run by its owner (module docstring)
+    router: CommandRouter | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)
 
     def on_message(self, topic: str, payload: bytes, props: dict[str, Any]) -> None:
@@ -165,14 +185,8 @@ class CommandHandler:
         self, target: CommandTopic, payload: bytes, props: dict[str, Any]
     ) -> None:
         rec = self.registry.get(target.vendor, target.device)
-        if self.only_own_accounts and (
-            rec is None or self.connector((rec.vendor, rec.account)) is None
-        ):
-            if DEBUG.on:
-                log.debug("command for %s/%s left to the instance that runs it",
-                          target.vendor, clip(target.device))  # fmt: skip
-            return
         device_topic = rec.topic if rec else self.topics.device(target.vendor, target.device)
+        account = rec.account if rec else "-"
         transaction: Any = None
         try:
             if target.kind == "set" and target.prop is not None:
@@ -185,35 +199,60 @@ class CommandHandler:
             else:
                 request, transaction = _parse_object(payload)
             self._check_response_topic(props)
-            if rec is None:
-                raise CommandError(
+        except CommandError as exc:
+            result = self.refused(target.vendor, account, target.kind, target.device, exc)
+        else:
+            here = rec is not None and self.connector((rec.vendor, rec.account)) is not None
+            if self.router is not None and not here:
+                account, result = await self.router.device_command(
+                    target.vendor, target.device, target.kind, request
+                )
+            elif rec is None:
+                unknown = CommandError(
                     "invalid", f"unknown device {target.vendor}/{clip(target.device)}"
                 )
-            result = await self._run(rec, target.kind, request)
-        except CommandError as exc:
-            if exc.code == "invalid":
-                self.health.count("bad_commands", target.vendor)
-                log.warning(
-                    "[%s/%s] rejected %s command for device %s: %s",
-                    target.vendor, rec.account if rec else "-", target.kind,
-                    clip(target.device), clip(exc.message),
-                )  # fmt: skip
-            result = CommandResult.error(exc.code, exc.message, exc.vendor_code)
-        except VendorError as exc:
-            result = CommandResult.error(exc.code, exc.message, exc.vendor_code)
-        except LinkError as exc:  # the account's link failed under the command
-            result = CommandResult.error(exc.reply_code, str(exc))
-        except Exception as exc:
-            log.exception(
-                "command %s on %s/%s failed", target.kind, target.vendor, clip(target.device)
-            )
-            result = CommandResult.error("vendor", f"internal error: {type(exc).__name__}")
-        self.health.count_labelled(
-            "commands", target.vendor, rec.account if rec else "-", result_label(result)
-        )
+                result = self.refused(target.vendor, "-", target.kind, target.device, unknown)
+            else:
+                result = await self.execute(rec, target.kind, request)
+        self.health.count_labelled("commands", target.vendor, account, result_label(result))
         self.send_reply(
             self.topics.response(device_topic, target.kind), _reply(result, transaction), props
         )
+
+    async def execute_here(
+        self, vendor: str, device: str, kind: str, request: dict[str, Any]
+    ) -> tuple[str, CommandResult] | None:
+        """A routed command (cluster mode): run it when this instance runs the device's
+        account, as ``(account, result)``; None when it does not."""
+        rec = self.registry.get(vendor, device)
+        if rec is None or self.connector((rec.vendor, rec.account)) is None:
+            return None
+        return rec.account, await self.execute(rec, kind, request)
+
+    async def execute(self, rec: DeviceRecord, kind: str, request: dict[str, Any]) -> CommandResult:
+        """Validate and run one parsed command on its device; every failure is a result."""
+        try:
+            return await self._run(rec, kind, request)
+        except CommandError as exc:
+            return self.refused(rec.vendor, rec.account, kind, rec.device, exc)
+        except VendorError as exc:
+            return CommandResult.error(exc.code, exc.message, exc.vendor_code)
+        except LinkError as exc:  # the account's link failed under the command
+            return CommandResult.error(exc.reply_code, str(exc))
+        except Exception as exc:
+            log.exception("command %s on %s/%s failed", kind, rec.vendor, clip(rec.device))
+            return CommandResult.error("vendor", f"internal error: {type(exc).__name__}")
+
+    def refused(
+        self, vendor: str, account: str, kind: str, device: str, exc: CommandError
+    ) -> CommandResult:
+        if exc.code == "invalid":
+            self.health.count("bad_commands", vendor)
+            log.warning(
+                "[%s/%s] rejected %s command for device %s: %s",
+                vendor, account, kind, clip(device), clip(exc.message),
+            )  # fmt: skip
+        return CommandResult.error(exc.code, exc.message, exc.vendor_code)
 
     async def _run(self, rec: DeviceRecord, kind: str, request: dict[str, Any]) -> CommandResult:
         """Validate ``request`` against the device's schema, then call its connector."""
@@ -332,20 +371,34 @@ class CommandHandler:
         try:
             request, transaction = _parse_object(payload)
             self._check_response_topic(props)
-            async with asyncio.timeout(self.timeout):
-                result = await self.bridge.handle(command, request)
-        except TimeoutError:
-            result = CommandResult("timeout", code="timeout", message="no answer in time")
         except CommandError as exc:
-            if exc.code == "invalid":
-                self.health.count("bad_commands", "bridge")
-                log.warning("rejected bridge request %s: %s", clip(command), clip(exc.message))
-            result = CommandResult.error(exc.code, exc.message, exc.vendor_code)
+            result = self._bridgerefused(command, exc)
+        else:
+            routed = None
+            if self.router is not None:
+                routed = await self.router.bridge_request(command, request)
+            result = routed if routed is not None else await self.bridge_result(command, request)
+        self.send_reply(self.topics.bridge_response(command), _reply(result, transaction), props)
+
+    async def bridge_result(self, command: str, request: dict[str, Any]) -> CommandResult:
+        """Answer one parsed bridge request here; every failure is a result."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self.bridge.handle(command, request)
+        except TimeoutError:
+            return CommandResult("timeout", code="timeout", message="no answer in time")
+        except CommandError as exc:
+            return self._bridgerefused(command, exc)
         except VendorError as exc:
-            result = CommandResult.error(exc.code, exc.message, exc.vendor_code)
+            return CommandResult.error(exc.code, exc.message, exc.vendor_code)
         except LinkError as exc:
-            result = CommandResult.error(exc.reply_code, str(exc))
+            return CommandResult.error(exc.reply_code, str(exc))
         except Exception as exc:
             log.exception("bridge request %s failed", clip(command))
-            result = CommandResult.error("vendor", f"internal error: {type(exc).__name__}")
-        self.send_reply(self.topics.bridge_response(command), _reply(result, transaction), props)
+            return CommandResult.error("vendor", f"internal error: {type(exc).__name__}")
+
+    def _bridgerefused(self, command: str, exc: CommandError) -> CommandResult:
+        if exc.code == "invalid":
+            self.health.count("bad_commands", "bridge")
+            log.warning("rejected bridge request %s: %s", clip(command), clip(exc.message))
+        return CommandResult.error(exc.code, exc.message, exc.vendor_code)

@@ -428,6 +428,14 @@ def _parse(
     if cluster_raw is not None:
         cfg.cluster = ClusterConfig(instance_id=cfg.gateway.instance_id)
         _parse_cluster(cfg.cluster, _Checker(cluster_raw, "cluster", errors))
+        if cfg.mqtt.protocol == 4:
+            # Refused, not a fallback: without MQTT 5 every instance would get every command
+            # (shared subscriptions are an MQTT 5 feature) and no Response Topic could be kept.
+            errors.add(
+                "mqtt.protocol",
+                "cluster mode needs MQTT 5: the instances share the command topics through an "
+                'MQTT 5 shared subscription; remove protocol = "3.1.1" (or the [cluster] section)',
+            )
     try:  # [rates.<vendor>]: validated by gateway/rates.py
         cfg.rates = parse_rates(rates_raw, table)
     except ConfigError as exc:

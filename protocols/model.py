@@ -51,7 +51,10 @@ EPOCH_MS_FROM: Final = 100_000_000_000
 """Vendors send epoch times in seconds or in milliseconds: a positive number below this is
 seconds (100e9 s is the year 5138), from it on milliseconds (100e9 ms is March 1973)."""
 
-ErrorCode = Literal["offline", "rejected", "invalid", "auth", "throttled", "vendor", "timeout"]
+#: ``unavailable``: cluster mode only, no instance runs the account right now (it is moving)
+ErrorCode = Literal[
+    "offline", "rejected", "invalid", "auth", "throttled", "vendor", "timeout", "unavailable"
+]
 
 
 # --------------------------------------------------------------------------------------------

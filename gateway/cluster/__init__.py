@@ -7,10 +7,11 @@ extra, nats-py); a single instance never loads it. The parts:
   renewed, rebalanced sticky and paced, self-fenced before a lease could expire;
 * ``kvtokens``: the vendor tokens in a KV bucket, mirrored in memory for the connectors'
   synchronous ``load()``/``save()``;
-* ``node``: ``Cluster``, which wires both to the gateway's ``start_account``/``stop_account``.
+* ``routing``: each command arrives at one instance (MQTT 5 shared subscription) and is run by
+  the instance that runs its device or account (NATS request/reply), answered once;
+* ``node``: ``Cluster``, which wires these to the gateway's ``start_account``/``stop_account``.
 
-Not yet here: routing a command to the instance that runs its account (MQTT 5 shared
-subscription + NATS request/reply) and a pacer shared across instances.
+Not yet here: a pacer shared across instances.
 """
 
 from .node import Cluster

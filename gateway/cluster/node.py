@@ -5,6 +5,7 @@
 hash into it (``start_account``); a lost one stops them (``stop_account``) and returns once
 their vendor sessions are closed, which is what self-fencing waits on. ``describe()`` is what
 ``bridge/info`` shows: this instance, the live instances, and which instance runs each account.
+``router`` (routing.py) runs commands for accounts that run elsewhere on their owner.
 
 Order matters at both ends: ``start()`` mirrors the tokens before the first lease round, so an
 account that moves here finds the session its previous owner saved; ``stop()`` stops the
@@ -25,6 +26,7 @@ from nats.js.errors import BucketNotFoundError
 
 from .kvtokens import KvTokenStore
 from .leases import SlotLeases, slot_of
+from .routing import CommandRouter
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -67,6 +69,7 @@ class Cluster:
         start_account: Callable[[AccountConfig], None],
         stop_account: Callable[..., Awaitable[None]],
         on_change: Callable[[], None] | None = None,
+        command_timeout: float = 10.0,
     ) -> None:
         self.config = config
         self.instance_id = config.instance_id
@@ -81,6 +84,13 @@ class Cluster:
         self.nc: Client | None = None
         self.leases: SlotLeases | None = None
         self._last_error = ""
+        #: commands for accounts run elsewhere go to their owner (``router.serve(handler)``)
+        self.router = CommandRouter(
+            self.instance_id, accounts, config.slots,
+            owners=lambda: self.leases.owners() if self.leases is not None else {},
+            live=lambda: self.leases.live() if self.leases is not None else [],
+            timeout=command_timeout,
+        )  # fmt: skip
 
     async def start(self) -> None:
         """Connect, mirror the tokens, start the lease rounds. Raises ``ClusterUnavailable``."""
@@ -108,6 +118,7 @@ class Cluster:
                 f"cluster: cannot use NATS JetStream at {servers}: {type(exc).__name__} {exc}"
             ) from None
         await self.tokens.start(tokens_kv)
+        await self.router.start(self.nc)
         self.leases = SlotLeases(
             leases_kv,
             self.instance_id,
@@ -127,6 +138,7 @@ class Cluster:
     async def stop(self) -> None:
         if self.leases is not None:
             await self.leases.stop()
+        await self.router.stop()
         await self.tokens.close()
         if self.nc is not None:
             await self.nc.close()

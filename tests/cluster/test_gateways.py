@@ -79,7 +79,7 @@ async def test_two_gateways_split_the_accounts_and_one_takes_over(
         owners = info["cluster"]["accounts"]
         assert {k for k, v in owners.items() if v == "gw-a"} == {f"tencent/{n}" for _, n in on_a}
 
-        # every instance sees every command; only the one running the account answers
+        # each command reaches one instance, which runs it or has its owner run it: one reply
         [x_acct] = sorted(on_a)[:1]
         [y_acct] = sorted(everything - on_a)[:1]
         [x] = cloud.device_ids(f"user-{x_acct[1].removeprefix('acct')}")

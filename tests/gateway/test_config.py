@@ -376,19 +376,22 @@ def test_a_literal_option_refuses_a_bool_that_equals_one_of_its_values():
 
 # ---------------------------------------------------------------------------- [cluster]
 
+#: cluster mode needs MQTT 5 (shared subscriptions): GOOD asks for 3.1.1
+CLUSTER_GOOD = GOOD.replace('protocol = "3.1.1"', "protocol = 5")
+
 
 def test_no_cluster_section_means_a_single_instance(tmp_path):
     assert load(tmp_path, GOOD).cluster is None
 
 
 def test_cluster_section_defaults_and_values(tmp_path):
-    cfg = load(tmp_path, GOOD + '\n[cluster]\nnats = "nats://n1:4222"\n')
+    cfg = load(tmp_path, CLUSTER_GOOD + '\n[cluster]\nnats = "nats://n1:4222"\n')
     assert cfg.cluster is not None
     assert cfg.cluster.servers == ["nats://n1:4222"]
     assert (cfg.cluster.slots, cfg.cluster.lease_ttl, cfg.cluster.max_moves) == (64, 15.0, 4)
     assert cfg.cluster.instance_id == cfg.gateway.instance_id  # the gateway's by default
     assert cfg.cluster.shared_egress is True
-    cfg = load(tmp_path, GOOD + (
+    cfg = load(tmp_path, CLUSTER_GOOD + (
         '\n[cluster]\nnats = ["nats://n1:4222", "tls://n2:4222"]\nslots = 16\nlease_ttl = 5\n'
         'max_moves = 2\ninstance_id = "gw-a"\nshared_egress = false\n'
     ))  # fmt: skip
@@ -413,7 +416,7 @@ def test_cluster_section_defaults_and_values(tmp_path):
     ],
 )
 def test_cluster_errors_name_key_and_line(tmp_path, body, key, words):
-    text = GOOD + "\n[cluster]\n" + body + "\n"
+    text = CLUSTER_GOOD + "\n[cluster]\n" + body + "\n"
     [error] = [e for e in problems(tmp_path, text) if e.key == key]
     assert words in error.message
     assert error.line == text.splitlines().index(body) + 1
@@ -422,3 +425,11 @@ def test_cluster_errors_name_key_and_line(tmp_path, body, key, words):
 def test_cluster_must_be_a_table(tmp_path):
     [error] = problems(tmp_path, 'cluster = "yes"\n' + GOOD)
     assert error.key == "cluster" and error.line == 1
+
+
+def test_cluster_refuses_mqtt_311(tmp_path):
+    """Commands reach one instance through an MQTT 5 shared subscription: 3.1.1 is refused."""
+    text = GOOD + '\n[cluster]\nnats = "nats://n1:4222"\n'
+    [error] = problems(tmp_path, text)
+    assert error.key == "mqtt.protocol" and "cluster mode needs MQTT 5" in error.message
+    assert error.line == text.splitlines().index('protocol = "3.1.1"') + 1

@@ -1,0 +1,296 @@
+"""Commands in a cluster: each arrives at one instance and is answered once, by that instance.
+
+Arrival. Every instance subscribes to the command topics (``Topics.subscriptions()``) through
+one MQTT 5 shared subscription, ``$share/<group>/<filter>`` with ``group`` derived from the
+base topic (``share_group``), so the broker hands each command to one instance of the group.
+The PUBLISH it receives carries the real topic, so parsing is the same as with one instance.
+
+Routing. The receiving instance runs the command itself when it runs the device's account
+(``CommandHandler``'s local path, unchanged). Otherwise it asks the other instances over NATS
+request/reply, each on its own subject ``c2m.cmd.<instance id>``: one request at a time, first
+the owners of the slots of that vendor's accounts (``slot_of`` → ``SlotLeases.owners()``, in
+account-name order), then any other live instance. An instance that runs the device executes the
+command exactly as a single instance would (``CommandHandler.execute``: validation, vendor call
+under ``command_timeout``) and answers with the result; one that does not answers "not here" at
+once and the next is asked. The first that runs it is the only one that executes it.
+
+Why ask rather than look the device up: a command topic names the vendor and the device, not
+the account, and only the registry of the instance that runs an account knows its devices. A
+cluster-wide device → account index (a KV bucket) would have to be written on every device
+change, cleaned up, and would still be stale while an account moves; carrying the account in
+the topic would change the public topics. Asking costs one NATS round trip per instance that
+does not run the device (sub-millisecond on a LAN), needs no state, and the owners of the
+vendor's accounts are asked first, so the usual cost is one round trip. A device shared into
+two accounts that run on two instances is executed by the first asked, never by both.
+
+Replies. The result travels back over NATS and the receiving instance writes the one MQTT reply
+(``…/response/<kind>`` and the Response Topic with its Correlation Data), so a late answer from
+an owner is dropped with the request's inbox and never becomes a second reply. The receiving
+instance answers itself when:
+
+* an owner took longer than ``command_timeout`` + ``HOP`` (status and code ``timeout``: the
+  command may or may not have run, as with a vendor that does not answer in time);
+* no instance runs the device while an account of its vendor has no running instance, or an
+  instance could not be reached (code ``unavailable``: the account is moving; try again);
+* no instance runs the device and every account of its vendor runs somewhere (``invalid``,
+  "unknown device", as with one instance).
+
+Bridge requests arrive the same way, once. Those about one account (``resync`` and vendor
+requests naming an ``account``) go to the instance that holds that account's slot; the others
+(``health``, ``devices``, ``accounts``, …) are answered by the receiving instance from its view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
+
+from protocols.model import CommandError, CommandResult
+
+from .kvtokens import escape_key
+from .leases import slot_of
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
+
+    from ..commands import CommandHandler
+    from ..config import AccountConfig
+
+__all__ = ["HOP", "CommandRouter", "share_group", "subject"]
+
+log = logging.getLogger("cloud2mqtt.cluster")
+
+#: what a routed command may take beyond ``command_timeout``: the NATS hops and the validation
+HOP: Final = 1.0
+
+
+def share_group(base_topic: str) -> str:
+    """The shared-subscription group of every instance serving ``base_topic`` (a group name
+    may not contain ``/``, ``+`` or ``#``; a base topic may)."""
+    digest = hashlib.blake2b(base_topic.encode(), digest_size=6).hexdigest()
+    return f"cloud2mqtt-{digest}"
+
+
+def subject(instance_id: str) -> str:
+    """The NATS subject on which ``instance_id`` runs commands routed to it."""
+    return f"c2m.cmd.{escape_key(instance_id)}"
+
+
+def _result(raw: Any) -> CommandResult:
+    if not isinstance(raw, dict) or raw.get("status") not in ("ok", "error", "timeout"):
+        return CommandResult.error("vendor", "internal error: a malformed routed answer")
+    return CommandResult(
+        raw["status"], raw.get("data"), raw.get("code"), raw.get("vendor_code"),
+        raw.get("message") or "",
+    )  # fmt: skip
+
+
+def _dump_result(result: CommandResult) -> dict[str, Any]:
+    return {
+        "status": result.status,
+        "data": result.data,
+        "code": result.code,
+        "vendor_code": result.vendor_code,
+        "message": result.message,
+    }
+
+
+def _unavailable(message: str) -> CommandResult:
+    return CommandResult.error("unavailable", message)
+
+
+class CommandRouter:
+    """See the module docstring. ``start(nc)`` serves this instance's subject; ``serve``
+    hands it the gateway's ``CommandHandler`` (which calls back for what it cannot run)."""
+
+    def __init__(
+        self,
+        instance_id: str,
+        accounts: list[AccountConfig],
+        slots: int,
+        owners: Callable[[], dict[int, str | None]],
+        live: Callable[[], list[str]],
+        timeout: float,
+    ) -> None:
+        self.instance_id = instance_id
+        self.accounts = accounts
+        self.slots = slots
+        self._owners = owners  # every slot's holder as last read (SlotLeases.owners)
+        self._live = live  # the live instances (SlotLeases.live)
+        self.timeout = timeout
+        self.handler: CommandHandler | None = None
+        self.nc: Client | None = None
+        self._sub: Subscription | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def serve(self, handler: CommandHandler) -> None:
+        self.handler = handler
+        handler.router = self
+
+    async def start(self, nc: Client) -> None:
+        self.nc = nc
+        self._sub = await nc.subscribe(subject(self.instance_id), cb=self._on_request)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except NatsError:
+                pass
+            self._sub = None
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # ------------------------------------------------------------------ asking
+
+    async def device_command(
+        self, vendor: str, device: str, kind: str, request: dict[str, Any]
+    ) -> tuple[str, CommandResult]:
+        accounts = sorted(a.name for a in self.accounts if a.vendor == vendor)
+        if not accounts:
+            return "-", self._unknown(vendor, device, kind)
+        owners = self._owners()
+        owner_of = {name: owners.get(slot_of(vendor, name, self.slots)) for name in accounts}
+        moving = [name for name, owner in owner_of.items() if owner is None]
+        asked: list[str] = []
+        for owner in [*owner_of.values(), *self._live()]:
+            if owner is not None and owner != self.instance_id and owner not in asked:
+                asked.append(owner)
+        body = {"op": "device", "vendor": vendor, "device": device, "kind": kind,
+                "request": request}  # fmt: skip
+        deadline = asyncio.get_running_loop().time() + self.timeout + HOP
+        unreachable: list[str] = []
+        for instance in asked:
+            answer = await self._ask(instance, body, deadline)
+            if isinstance(answer, CommandResult):
+                return "-", answer
+            if answer is None:
+                unreachable.append(instance)
+            elif answer.get("here"):
+                return str(answer.get("account") or "-"), _result(answer.get("result"))
+        if moving or unreachable:
+            why = []
+            if moving:
+                why.append(f"account(s) {', '.join(moving)} moving between instances")
+            if unreachable:
+                why.append(f"instance(s) {', '.join(unreachable)} unreachable")
+            because = "; ".join(why)
+            return "-", _unavailable(
+                f"no instance runs device {vendor}/{device[:200]} now ({because}); try again"
+            )
+        return "-", self._unknown(vendor, device, kind)
+
+    async def bridge_request(self, command: str, request: dict[str, Any]) -> CommandResult | None:
+        handler = self.handler
+        assert handler is not None, "serve() first"
+        if command != "resync" and command in handler.bridge.BUILTIN:
+            return None  # about the whole gateway: this instance's view
+        name, vendor = request.get("account"), request.get("vendor")
+        if not isinstance(name, str):
+            return None  # the local answer says what is missing
+        matches = [a for a in self.accounts if a.name == name and vendor in (None, a.vendor)]
+        if len(matches) > 1:
+            return CommandResult.error(
+                "invalid", f'account {name[:200]!r} exists for several vendors: add "vendor"'
+            )
+        if not matches:
+            return None  # unknown everywhere: the local answer says so
+        account = matches[0]
+        if handler.connector((account.vendor, account.name)) is not None:
+            return None  # runs here
+        owner = self._owners().get(slot_of(account.vendor, account.name, self.slots))
+        label = f"{account.vendor}/{account.name}"
+        if owner is None or owner == self.instance_id:
+            return _unavailable(f"account {label} is moving between instances; try again")
+        deadline = asyncio.get_running_loop().time() + self.timeout + HOP
+        body = {"op": "bridge", "command": command, "request": request}
+        answer = await self._ask(owner, body, deadline)
+        if answer is None:
+            return _unavailable(f"account {label}: instance {owner} unreachable; try again")
+        if isinstance(answer, CommandResult):
+            return answer
+        return _result(answer.get("result"))
+
+    async def _ask(
+        self, instance: str, body: dict[str, Any], deadline: float
+    ) -> dict[str, Any] | CommandResult | None:
+        """One request to ``instance``: its answer, a ``timeout`` result when it did not answer
+        before ``deadline`` (it may have run the command), or None when it has no subscriber
+        (gone: it ran nothing) or NATS is down."""
+        if self.nc is None:
+            return None
+        remaining = deadline - asyncio.get_running_loop().time()
+        try:
+            if remaining <= 0:
+                raise TimeoutError
+            msg = await self.nc.request(
+                subject(instance), orjson.dumps(body, default=str), timeout=remaining
+            )
+        except NoRespondersError:
+            return None
+        except TimeoutError:
+            return CommandResult(
+                "timeout", code="timeout",
+                message=f"instance {instance} did not answer within "
+                f"{self.timeout + HOP:g}s; the command may or may not have run",
+            )  # fmt: skip
+        except NatsError as exc:
+            log.warning("cluster: routing to %s failed: %s", instance, type(exc).__name__)
+            return None
+        try:
+            answer = orjson.loads(msg.data)
+        except orjson.JSONDecodeError:
+            answer = None
+        return answer if isinstance(answer, dict) else {}
+
+    def _unknown(self, vendor: str, device: str, kind: str) -> CommandResult:
+        unknown = CommandError("invalid", f"unknown device {vendor}/{device[:200]}")
+        assert self.handler is not None
+        return self.handler.refused(vendor, "-", kind, device, unknown)
+
+    # ------------------------------------------------------------------ answering
+
+    async def _on_request(self, msg: Msg) -> None:
+        # nats-py runs one subscription's callbacks one after the other: one task per command
+        task = asyncio.get_running_loop().create_task(self._answer(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, msg: Msg) -> None:
+        handler = self.handler
+        if handler is None:
+            return
+        try:
+            body = orjson.loads(msg.data)
+            request = body.get("request")
+            if not isinstance(request, dict):
+                raise ValueError("no request")
+            if body.get("op") == "device":
+                done = await handler.execute_here(
+                    str(body["vendor"]), str(body["device"]), str(body["kind"]), request
+                )
+                answer: dict[str, Any] = {"here": False}
+                if done is not None:
+                    answer = {"here": True, "account": done[0], "result": _dump_result(done[1])}
+            elif body.get("op") == "bridge":
+                result = await handler.bridge_result(str(body["command"]), request)
+                answer = {"result": _dump_result(result)}
+            else:
+                raise ValueError(f"unknown op {body.get('op')!r}")
+        except (orjson.JSONDecodeError, ValueError, KeyError, AttributeError) as exc:
+            log.warning("cluster: malformed routed request: %s", exc)
+            return
+        try:
+            await msg.respond(orjson.dumps(answer, default=str))
+        except NatsError as exc:
+            log.warning("cluster: answering a routed command failed: %s", type(exc).__name__)
