@@ -220,6 +220,12 @@ class Gateway:
         """Stop every account, say goodbye on MQTT and disconnect. ``leave_no_trace`` clears
         every retained topic the gateway wrote instead of leaving them (the demo)."""
         await self.observability.stop()
+        # Take no new command (in cluster mode the broker now gives them to the other
+        # instances), and answer the ones in flight before their accounts stop.
+        if self.mqtt.connected:
+            with contextlib.suppress(TimeoutError):
+                await self.mqtt.unsubscribe(self._command_filters(), timeout=2.0)
+        await self.commands.drain(self.config.gateway.command_timeout + 1.0)
         if self.cluster is not None:
             # stop this instance's accounts and free its slots: the others take over at once
             await self.cluster.stop()

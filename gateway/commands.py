@@ -173,6 +173,13 @@ class CommandHandler:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def drain(self, timeout: float) -> None:
+        """Shutdown: let the commands in flight finish (each answers within its own timeout)
+        for at most ``timeout`` seconds, then cancel what is left."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+        await self.cancel_all()
+
     async def cancel_all(self) -> None:
         for task in list(self._tasks):
             task.cancel()

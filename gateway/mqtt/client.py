@@ -97,6 +97,7 @@ from .codec import (
     PUBACK,
     PUBLISH,
     SUBACK,
+    UNSUBACK,
     Connect,
     MqttProtocolError,
     decode_connack,
@@ -107,6 +108,7 @@ from .codec import (
     encode_puback,
     encode_publish,
     encode_subscribe,
+    encode_unsubscribe,
 )
 from .topic import check_publish_topic, check_publish_topic_bytes
 
@@ -976,22 +978,36 @@ class MqttClient:
             self._subscriptions[topic] = qos
         if self._transport is None or not self.connected:
             return []  # sent on connect
-        assert self._loop is not None
-        pid = self._packet_id()
-        fut: asyncio.Future[list[int]] = self._loop.create_future()
-        self._waiters[pid] = fut
-        self._out.append(encode_subscribe(pid, topics, self.protocol))
-        self._flush()
-        try:
-            async with asyncio.timeout(timeout):
-                granted = await fut
-        finally:
-            self._waiters.pop(pid, None)
+        granted = await self._acked(lambda pid: encode_subscribe(pid, topics, self.protocol),
+                                    timeout)  # fmt: skip
         for (topic, _), code in zip(topics, granted, strict=False):
             if code >= 0x80:
                 log.warning("MQTT broker %s:%s refused the subscription to %s (%#x)",
                             self.host, self.port, _echo(topic), code)  # fmt: skip
         return granted
+
+    async def unsubscribe(self, topics: list[str], timeout: float = 10.0) -> None:
+        """Unsubscribe (and forget it for reconnects); returns once the broker confirmed it,
+        so no message for ``topics`` arrives after this. Not connected: forgets at once."""
+        for topic in topics:
+            self._subscriptions.pop(topic, None)
+        if self._transport is None or not self.connected:
+            return
+        await self._acked(lambda pid: encode_unsubscribe(pid, topics, self.protocol), timeout)
+
+    async def _acked(self, packet: Callable[[int], bytes], timeout: float) -> list[int]:
+        """Send ``packet(packet_id)`` and return the reason codes of its SUBACK / UNSUBACK."""
+        assert self._loop is not None
+        pid = self._packet_id()
+        fut: asyncio.Future[list[int]] = self._loop.create_future()
+        self._waiters[pid] = fut
+        self._out.append(packet(pid))
+        self._flush()
+        try:
+            async with asyncio.timeout(timeout):
+                return await fut
+        finally:
+            self._waiters.pop(pid, None)
 
     # ------------------------------------------------------------------ receiving
 
@@ -1027,7 +1043,7 @@ class MqttClient:
                     connack = decode_connack(body, self.protocol)
                     if self._connack is not None and not self._connack.done():
                         self._connack.set_result(connack)
-                elif ptype == SUBACK:
+                elif ptype in (SUBACK, UNSUBACK):
                     pid, granted = decode_suback(body, self.protocol)
                     fut = self._waiters.get(pid)
                     if fut is not None and not fut.done():

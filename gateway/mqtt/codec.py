@@ -30,6 +30,7 @@ __all__ = [
     "PUBLISH",
     "SUBACK",
     "SUBSCRIBE",
+    "UNSUBACK",
     "Connack",
     "Connect",
     "MqttProtocolError",
@@ -48,6 +49,7 @@ __all__ = [
     "encode_publish",
     "encode_publish_py",
     "encode_subscribe",
+    "encode_unsubscribe",
 ]
 
 CONNECT: Final = 1
@@ -423,16 +425,26 @@ def encode_puback(packet_id: int, kind: int = PUBACK) -> bytes:
 # SUBSCRIBE / SUBACK / DISCONNECT
 
 
-def encode_subscribe(packet_id: int, topics: list[tuple[str, int]], protocol: int) -> bytes:
+def _filters_packet(ptype: int, packet_id: int, entries: list[bytes], protocol: int) -> bytes:
+    """SUBSCRIBE / UNSUBSCRIBE: packet id, (v5: no properties), then one entry per filter."""
     body = bytearray(struct.pack("!H", packet_id))
     if protocol == 5:
         body += b"\x00"
-    for topic, qos in topics:
-        body += _str(topic) + bytes((qos,))
-    return _packet((SUBSCRIBE << 4) | 2, bytes(body))
+    for entry in entries:
+        body += entry
+    return _packet((ptype << 4) | 2, bytes(body))
+
+
+def encode_subscribe(packet_id: int, topics: list[tuple[str, int]], protocol: int) -> bytes:
+    return _filters_packet(SUBSCRIBE, packet_id, [_str(t) + bytes((q,)) for t, q in topics], protocol)
+
+
+def encode_unsubscribe(packet_id: int, topics: list[str], protocol: int) -> bytes:
+    return _filters_packet(UNSUBSCRIBE, packet_id, [_str(t) for t in topics], protocol)
 
 
 def decode_suback(body: bytes, protocol: int) -> tuple[int, list[int]]:
+    """SUBACK, and UNSUBACK (the same layout; a 3.1.1 UNSUBACK carries no reason codes)."""
     if len(body) < 2:
         raise MqttProtocolError("truncated SUBACK")
     (packet_id,) = struct.unpack_from("!H", body, 0)

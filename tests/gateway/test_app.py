@@ -10,6 +10,7 @@ from gateway.link import LinkState
 from gateway.presence import InstanceConflict
 from protocols.model import Availability, DeviceEvent, StateChange, VendorError
 from tests.dummy_connector import INSTANCES, DummyConnector
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.both_loops  # gateway end to end: uvloop and asyncio
 
@@ -235,3 +236,16 @@ async def test_stop_account_gives_a_hanging_leave_only_its_close_timeout(gateway
     dummy.close_hangs = True
     await gw.stop_account(("dummy", "acc"), close_timeout=0.05)
     assert ("dummy", "acc") not in gw.account_keys()
+
+
+async def test_stop_answers_the_commands_in_flight(gateway_factory, probe):
+    """A clean stop first takes no new command, then lets those in flight answer (here: the
+    vendor never answers, so the reply is the command's own timeout) before the accounts go."""
+    gw, dummy = await start(gateway_factory, command_timeout=0.3)
+    dummy.hang = True
+    probe.publish(f"{LAMP}/set", {"power": True, "transaction": "in-flight"})
+    await eventually(lambda: dummy.calls, "the command reached the vendor")
+    await gw.stop()
+    reply = await probe.wait_for(f"{LAMP}/response/set", lambda p: p["transaction"] == "in-flight")
+    assert reply["status"] == "timeout"
+    assert len(probe.find(f"{LAMP}/response/set")) == 1

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from gateway.mqtt import codec
 from gateway.mqtt.client import ConnectRefused, MqttClient
 from tests.gateway.mqtt.scripted import assert_falls_back_to_311, scripted
@@ -111,5 +113,28 @@ async def test_flow_pauses_reading_while_congested(mosquitto):
     Flow.released.set()
     await eventually(lambda: len(got) == 3000, "every message once drained")
     assert [int(p[:-1000]) for p in got] == list(range(3000))
+    await pub.disconnect()
+    await sub.disconnect()
+
+
+@pytest.mark.parametrize("protocol", [4, 5])
+async def test_unsubscribe_stops_delivery_and_is_not_renewed_on_reconnect(mosquitto, protocol):
+    """What a clean stop relies on: once ``unsubscribe`` returns (UNSUBACK), nothing more
+    arrives on the filter, and a reconnect does not subscribe it again."""
+    got: list[bytes] = []
+    sub = MqttClient(mosquitto.host, mosquitto.port, client_id=f"u{protocol}", protocol=protocol,
+                     on_message=lambda t, p, props: got.append(p))  # fmt: skip
+    pub = MqttClient(mosquitto.host, mosquitto.port, client_id=f"up{protocol}", protocol=protocol)
+    await sub.connect()
+    await sub.subscribe([("cmd/#", 1), ("marker", 1)])
+    await pub.connect()
+    pub.publish("cmd/a", b"before", qos=1)
+    await eventually(lambda: got == [b"before"], "the subscribed filter delivers")
+    await sub.unsubscribe(["cmd/#"])
+    assert "cmd/#" not in sub._subscriptions and "marker" in sub._subscriptions
+    pub.publish("cmd/a", b"after", qos=1)
+    pub.publish("marker", b"end", qos=1)  # same publisher: delivered after "after" would be
+    await eventually(lambda: got[-1:] == [b"end"], "the marker arrives")
+    assert got == [b"before", b"end"]
     await pub.disconnect()
     await sub.disconnect()
