@@ -91,37 +91,29 @@ MAPPING: Final[Mapping[tuple[str, bool], str]] = {
 ACTION_COMPONENT: Final = "button"
 EVENT_COMPONENT: Final = "event"
 
+#: device_class (None: none fits) → (state_class, the units Home Assistant knows for it)
+_CLASS_UNITS: Final[Mapping[str | None, tuple[str, tuple[str, ...]]]] = {
+    "temperature": ("measurement", ("°C", "°F")),
+    "power": ("measurement", ("W", "kW")),
+    "energy": ("total_increasing", ("Wh", "kWh")),
+    "voltage": ("measurement", ("V", "mV")),
+    "current": ("measurement", ("A", "mA")),
+    "illuminance": ("measurement", ("lx",)),
+    "pressure": ("measurement", ("hPa", "Pa", "kPa")),
+    "signal_strength": ("measurement", ("dBm",)),
+    "sound_pressure": ("measurement", ("dB",)),
+    "duration": ("measurement", ("s", "ms", "min", "h")),
+    None: ("measurement", ("ppm", "µg/m³", "%")),
+}
+#: vendor spellings of those units
+_UNIT_ALIASES: Final = {"℃": "°C", "C": "°C", "℉": "°F", "lux": "lx", "ug/m3": "µg/m³"}
 #: unit → (Home Assistant unit, device_class or None, state_class). ``%`` and ``ppm`` depend
 #: on the property: see :func:`_unit_class`.
 UNIT_CLASSES: Final[Mapping[str, tuple[str, str | None, str]]] = {
-    "°C": ("°C", "temperature", "measurement"),
-    "℃": ("°C", "temperature", "measurement"),
-    "C": ("°C", "temperature", "measurement"),
-    "°F": ("°F", "temperature", "measurement"),
-    "℉": ("°F", "temperature", "measurement"),
-    "W": ("W", "power", "measurement"),
-    "kW": ("kW", "power", "measurement"),
-    "Wh": ("Wh", "energy", "total_increasing"),
-    "kWh": ("kWh", "energy", "total_increasing"),
-    "V": ("V", "voltage", "measurement"),
-    "mV": ("mV", "voltage", "measurement"),
-    "A": ("A", "current", "measurement"),
-    "mA": ("mA", "current", "measurement"),
-    "lx": ("lx", "illuminance", "measurement"),
-    "lux": ("lx", "illuminance", "measurement"),
-    "ppm": ("ppm", None, "measurement"),
-    "µg/m³": ("µg/m³", None, "measurement"),
-    "ug/m3": ("µg/m³", None, "measurement"),
-    "hPa": ("hPa", "pressure", "measurement"),
-    "Pa": ("Pa", "pressure", "measurement"),
-    "kPa": ("kPa", "pressure", "measurement"),
-    "dBm": ("dBm", "signal_strength", "measurement"),
-    "dB": ("dB", "sound_pressure", "measurement"),
-    "s": ("s", "duration", "measurement"),
-    "ms": ("ms", "duration", "measurement"),
-    "min": ("min", "duration", "measurement"),
-    "h": ("h", "duration", "measurement"),
-    "%": ("%", None, "measurement"),
+    spelling: (unit, device_class, state_class)
+    for device_class, (state_class, units) in _CLASS_UNITS.items()
+    for unit in units
+    for spelling in (unit, *(a for a, u in _UNIT_ALIASES.items() if u == unit))
 }
 
 
