@@ -178,7 +178,7 @@ class CoolkitConnector(Session):
         # CoolKit's own hard schedule (documented: 15 min doubling to 4 h) is this account's
         # attention schedule: a session taken or a refused login waits on it.
         self.attention_base, self.attention_cap = options.attention_backoff, options.attention_cap
-        self.signer = Signer(options.app_secret)
+        self.app = rest.App(options.app_id, Signer(options.app_secret), options.hosts)
         self._tokens: dict[str, Any] | None = None
         self._tokens_loaded = False
         self._taken = False  # the last session was taken over: its access token is dead
@@ -345,7 +345,7 @@ class CoolkitConnector(Session):
             try:
                 data = await self._signed(
                     rest.login_request(
-                        opts.hosts, opts.api_version, region, appid=opts.app_id, signer=self.signer,
+                        self.app, opts.api_version, region,
                         nonce=make_nonce(), password=opts.password or "", country_code=opts.country_code,
                         email=opts.email, phone_number=opts.phone_number, ts=now,
                     ),
@@ -402,7 +402,7 @@ class CoolkitConnector(Session):
                 raise VendorError("auth", 0, "no refresh token")
             data = await self._signed(
                 rest.refresh_request(
-                    opts.hosts, opts.api_version, self.region, appid=opts.app_id, signer=self.signer,
+                    self.app, opts.api_version, self.region,
                     nonce=make_nonce(), rt=rt, ts=int(time.time()),
                 ),
                 "login",
@@ -444,8 +444,8 @@ class CoolkitConnector(Session):
                 "the user apikey is unknown: configure apikey with the at/rt pair", "apikey"
             )
         dispatch = rest.parse_dispatch(*await self._raw_bearer(
-            lambda at: rest.dispatch_request(opts.hosts, opts.api_version, self.region, appid=opts.app_id,
-                                             at=at, nonce=make_nonce(), ts=int(time.time()))))  # fmt: skip
+            lambda at: rest.dispatch_request(self.app, opts.api_version, self.region, at=at,
+                                             nonce=make_nonce(), ts=int(time.time()))))  # fmt: skip
         url = dispatch.url(opts.hosts.ws_scheme())
         tokens = await self._ensure_tokens()
         # One userOnline: the per-IP interface rules and this account's userOnline interval.
@@ -542,7 +542,7 @@ class CoolkitConnector(Session):
                         things.append(thing)
         else:
             doc = await self._bearer(
-                lambda at: rest.v1_devices_request(opts.hosts, self.region, appid=opts.app_id, at=at,
+                lambda at: rest.v1_devices_request(self.app, self.region, at=at,
                                                    nonce=make_nonce(), ts=int(time.time())))  # fmt: skip
             things, bad = rest.parse_v1_devices(doc, apikey)
             for reason in bad:

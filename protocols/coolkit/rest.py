@@ -31,6 +31,7 @@ __all__ = [
     "DEFAULT_HOSTS",
     "ERROR_TEXT",
     "RATE_LIMITED",
+    "App",
     "Dispatch",
     "Family",
     "Hosts",
@@ -148,6 +149,16 @@ DEFAULT_HOSTS: Final = Hosts()
 
 
 @dataclass(frozen=True, slots=True)
+class App:
+    """The developer app the signed calls are made as: its APPID, the signer of its APP SECRET
+    (seed 001, *Signature Rules*) and the hosts. One per account configuration."""
+
+    appid: str
+    signer: Signer
+    hosts: Hosts = DEFAULT_HOSTS
+
+
+@dataclass(frozen=True, slots=True)
 class HttpRequest:
     """One request, ready to send. ``endpoint`` names the interface for the per-IP rate rules."""
 
@@ -173,13 +184,13 @@ def _query(params: Mapping[str, object]) -> str:
     return "&".join(pairs)
 
 
-def _signed_v2(appid: str, nonce: str, signer: Signer, raw: bytes) -> dict[str, str]:
+def _signed_v2(app: App, nonce: str, raw: bytes) -> dict[str, str]:
     """The headers of a v2 call signed with the APP SECRET (seed 001: `Authorization: Sign {sign}`,
     *Signature Rules*)."""
     return {
-        "X-CK-Appid": appid,
+        "X-CK-Appid": app.appid,
         "X-CK-Nonce": nonce,
-        "Authorization": f"Sign {signer(raw)}",
+        "Authorization": f"Sign {app.signer(raw)}",
         "Content-Type": "application/json",
     }
 
@@ -189,12 +200,10 @@ def _v1_common(appid: str, nonce: str, ts: int) -> dict[str, Any]:
 
 
 def login_request(
-    hosts: Hosts,
+    app: App,
     version: Version,
     region: str,
     *,
-    appid: str,
-    signer: Signer,
     nonce: str,
     password: str,
     country_code: str,
@@ -211,43 +220,35 @@ def login_request(
     else:
         body["email"] = email
     body["password"] = password
-    base = hosts.base(version, region)
+    base = app.hosts.base(version, region)
     if version == 1:
-        body.update(_v1_common(appid, nonce, ts))
+        body.update(_v1_common(app.appid, nonce, ts))
         raw = _dumps(body)
-        headers = {"Authorization": f"Sign {signer(raw)}", "Content-Type": "application/json"}
+        headers = {"Authorization": f"Sign {app.signer(raw)}", "Content-Type": "application/json"}
         return HttpRequest("POST", f"{base}/api/user/login", "/api/user/login", headers, raw)
     raw = _dumps(body)
-    headers = _signed_v2(appid, nonce, signer, raw)
+    headers = _signed_v2(app, nonce, raw)
     return HttpRequest("POST", f"{base}/v2/user/login", "/v2/user/login", headers, raw)
 
 
 def refresh_request(
-    hosts: Hosts,
-    version: Version,
-    region: str,
-    *,
-    appid: str,
-    signer: Signer,
-    nonce: str,
-    rt: str,
-    ts: int = 0,
+    app: App, version: Version, region: str, *, nonce: str, rt: str, ts: int = 0
 ) -> HttpRequest:
     """v2 ``POST /v2/user/refresh {"rt"}`` signed; v1 ``GET /api/user/refresh?grantType=refresh…`` signed.
 
     The v2 seed allows "Token or Sign"; Sign works even when the ``at`` is already expired.
     """
-    base = hosts.base(version, region)
+    base = app.hosts.base(version, region)
     if version == 1:
-        params: dict[str, object] = {"grantType": "refresh", "rt": rt, **_v1_common(appid, nonce, ts)}
+        params: dict[str, object] = {"grantType": "refresh", "rt": rt, **_v1_common(app.appid, nonce, ts)}
         headers = {
-            "Authorization": f"Sign {signer(canonical_query(params).encode())}",
+            "Authorization": f"Sign {app.signer(canonical_query(params).encode())}",
             "Content-Type": "application/json",
         }
         url = f"{base}/api/user/refresh?{_query(params)}"
         return HttpRequest("GET", url, "/api/user/refresh", headers)
     raw = _dumps({"rt": rt})
-    headers = _signed_v2(appid, nonce, signer, raw)
+    headers = _signed_v2(app, nonce, raw)
     return HttpRequest("POST", f"{base}/v2/user/refresh", "/v2/user/refresh", headers, raw)
 
 
@@ -289,23 +290,21 @@ def group_status_request(
     return HttpRequest("POST", url, "/v2/device/thing/status", headers, raw)
 
 
-def v1_devices_request(
-    hosts: Hosts, region: str, *, appid: str, at: str, nonce: str, ts: int
-) -> HttpRequest:
+def v1_devices_request(app: App, region: str, *, at: str, nonce: str, ts: int) -> HttpRequest:
     """``GET /api/user/device`` (seed 003, 获取设备列表); v1 has no paging and no thing list."""
-    params: dict[str, object] = {"lang": "en", **_v1_common(appid, nonce, ts)}
-    url = f"{hosts.base(1, region)}/api/user/device?{_query(params)}"
+    params: dict[str, object] = {"lang": "en", **_v1_common(app.appid, nonce, ts)}
+    url = f"{app.hosts.base(1, region)}/api/user/device?{_query(params)}"
     headers = {"Authorization": f"Bearer {at}", "Content-Type": "application/json"}
     return HttpRequest("GET", url, "/api/user/device", headers)
 
 
 def dispatch_request(
-    hosts: Hosts, version: Version, region: str, *, appid: str, at: str, nonce: str, ts: int
+    app: App, version: Version, region: str, *, at: str, nonce: str, ts: int
 ) -> HttpRequest:
     """Where to open the WebSocket: v2 ``GET /dispatch/app``, v1 ``POST /dispatch/app {"accept":"ws",…}``."""
-    base = hosts.dispatch_base(version, region)
+    base = app.hosts.dispatch_base(version, region)
     if version == 1:
-        raw = _dumps({"accept": "ws", **_v1_common(appid, nonce, ts)})
+        raw = _dumps({"accept": "ws", **_v1_common(app.appid, nonce, ts)})
         headers = {"Authorization": f"Bearer {at}", "Content-Type": "application/json"}
         return HttpRequest("POST", f"{base}/dispatch/app", "/dispatch/app", headers, raw)
     return HttpRequest("GET", f"{base}/dispatch/app", "/dispatch/app", _bearer(at, nonce))

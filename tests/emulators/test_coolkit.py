@@ -34,6 +34,11 @@ def hosts(cloud: CoolkitCloud) -> rest.Hosts:
     return rest.Hosts(base, base, base)
 
 
+def app(cloud: CoolkitCloud, secret: str | None = None) -> rest.App:
+    """The emulator's developer app (``secret``: sign with another, wrong, APP SECRET)."""
+    return rest.App(cloud.appid, Signer(secret or cloud.app_secret), hosts(cloud))
+
+
 async def send(http: aiohttp.ClientSession, req: rest.HttpRequest, version: rest.Version = 2) -> Any:
     await asyncio.sleep(0.03)  # stay inside the emulator's per-endpoint interval
     async with http.request(req.method, req.url, headers=dict(req.headers), data=req.body) as resp:
@@ -43,8 +48,7 @@ async def send(http: aiohttp.ClientSession, req: rest.HttpRequest, version: rest
 def login(cloud: CoolkitCloud, region: str = "eu", version: rest.Version = 2, password: str = "demo-pass",
           secret: str | None = None) -> rest.HttpRequest:  # fmt: skip
     return rest.login_request(
-        hosts(cloud), version, region, appid=cloud.appid, signer=Signer(secret or cloud.app_secret),
-        nonce="abcd1234", password=password, country_code="+44", email="demo@example.com", ts=1,
+        app(cloud, secret), version, region, nonce="abcd1234", password=password, country_code="+44", email="demo@example.com", ts=1,
     )  # fmt: skip
 
 
@@ -67,8 +71,7 @@ async def test_login_redirect_and_errors(cloud: CoolkitCloud, http: aiohttp.Clie
 
 async def test_refresh_rotates_and_old_tokens_die(cloud: CoolkitCloud, http: aiohttp.ClientSession) -> None:
     first = rest.parse_login(await send(http, login(cloud)))
-    req = rest.refresh_request(hosts(cloud), 2, "eu", appid=cloud.appid, signer=Signer(cloud.app_secret),
-                               nonce="n", rt=first.rt)  # fmt: skip
+    req = rest.refresh_request(app(cloud), 2, "eu", nonce="n", rt=first.rt)
     at, rt = rest.parse_refresh(await send(http, req))
     assert rt != first.rt and at != first.at
     with pytest.raises(VendorError) as stale:
@@ -87,10 +90,9 @@ async def test_refresh_rotates_and_old_tokens_die(cloud: CoolkitCloud, http: aio
 
 async def test_v1_refresh_signed_query(cloud: CoolkitCloud, http: aiohttp.ClientSession) -> None:
     first = rest.parse_login(await send(http, login(cloud, version=1), 1))
-    req = rest.refresh_request(hosts(cloud), 1, "eu", appid=cloud.appid, signer=Signer(cloud.app_secret),
-                               nonce="abcdefgh", rt=first.rt, ts=5)  # fmt: skip
+    req = rest.refresh_request(app(cloud), 1, "eu", nonce="abcdefgh", rt=first.rt, ts=5)
     at, _ = rest.parse_refresh(await send(http, req, 1))
-    doc = await send(http, rest.v1_devices_request(hosts(cloud), "eu", appid=cloud.appid, at=at, nonce="n", ts=1), 1)
+    doc = await send(http, rest.v1_devices_request(app(cloud), "eu", at=at, nonce="n", ts=1), 1)
     things, bad = rest.parse_v1_devices(doc, first.apikey)
     assert not bad and any(t.shared for t in things) and len(things) == 8
     forged = rest.HttpRequest("GET", req.url.replace("ts=5", "ts=6"), req.endpoint, req.headers)

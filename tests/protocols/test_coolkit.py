@@ -15,6 +15,7 @@ from protocols.tsl import validate_props
 SECRET = "OdPuCZ4PkPPi0rVKRVcGmll2NM6vVk0c"
 BODY = b'{"email":"1234@gmail.com","password":"12345678","countryCode":"+1"}'
 HOSTS = rest.Hosts()
+APP = rest.App("APP", Signer(SECRET), HOSTS)
 
 
 # --- signing -------------------------------------------------------------------------------
@@ -41,7 +42,7 @@ def test_nonce_shape() -> None:
 
 def test_login_v2_signs_the_bytes_it_sends() -> None:
     req = rest.login_request(
-        HOSTS, 2, "us", appid="APP", signer=Signer(SECRET), nonce="abcd1234",
+        APP, 2, "us", nonce="abcd1234",
         password="12345678", country_code="+1", email="1234@gmail.com",
     )
     assert req.url == "https://us-apia.coolkit.cc/v2/user/login"
@@ -54,7 +55,7 @@ def test_login_v2_signs_the_bytes_it_sends() -> None:
 
 def test_login_v1_body_and_hosts() -> None:
     req = rest.login_request(
-        HOSTS, 1, "cn", appid="APP", signer=Signer(SECRET), nonce="n0nce123", ts=1558004249,
+        APP, 1, "cn", nonce="n0nce123", ts=1558004249,
         password="pw", country_code="+86", phone_number="+8613185260282",
     )
     assert req.url == "https://cn-api.coolkit.cn:8080/api/user/login"
@@ -67,7 +68,7 @@ def test_login_v1_body_and_hosts() -> None:
 
 
 def test_refresh_v1_signs_sorted_query() -> None:
-    req = rest.refresh_request(HOSTS, 1, "eu", appid="APP", signer=Signer(SECRET), nonce="abcdefgh", rt="R/T+", ts=5)
+    req = rest.refresh_request(APP, 1, "eu", nonce="abcdefgh", rt="R/T+", ts=5)
     assert req.method == "GET"
     canon = "appid=APP&grantType=refresh&nonce=abcdefgh&rt=R/T+&ts=5&version=8"
     assert req.headers["Authorization"] == "Sign " + sign(SECRET, canon.encode())
