@@ -118,10 +118,12 @@ class Binding(abc.ABC):
     async def drop(self) -> None:
         """Break the account's link from the emulator's side (push socket dropped)."""
 
-    @abc.abstractmethod
     async def garble(self) -> None:
         """Make the emulator send one frame the gateway cannot read, in place of a frame for
-        ``device``."""
+        ``device``. By default: the next frame garbled, and a push to make it (a vendor whose
+        emulator garbles otherwise overrides this)."""
+        self.cloud.garble(1)
+        await self.push()
 
     @abc.abstractmethod
     def read(self, device: str, prop: str) -> Any:
@@ -170,10 +172,6 @@ class TencentBinding(Binding):
 
     async def drop(self) -> None:
         assert self.cloud.drop_sockets() >= 1, "no socket to drop"
-
-    async def garble(self) -> None:
-        self.cloud.garble(1)  # the next frame: the push's
-        await self.push()
 
     def read(self, device: str, prop: str) -> Any:
         return self.cloud.devices[device].values[prop]
@@ -293,10 +291,6 @@ class AliyunBinding(Binding):
 
     async def drop(self) -> None:
         assert self.cloud.drop_mqtt() >= 1, "no MQTT connection to drop"
-
-    async def garble(self) -> None:
-        self.cloud.garble(1)  # the next frame: the push's
-        await self.push()
 
     def read(self, device: str, prop: str) -> Any:
         return self.cloud.devices[device].props[prop]["value"]
