@@ -79,10 +79,10 @@ class BridgeRequests:
         return CommandResult.ok(self.publisher.health_snapshot())
 
     async def _devices(self, request: dict[str, Any]) -> CommandResult:
-        return CommandResult.ok({"devices": [rec.describe() for rec in self.registry]})
+        return CommandResult.ok({"devices": self.publisher.devices_view()})
 
     async def _accounts(self, request: dict[str, Any]) -> CommandResult:
-        return CommandResult.ok({"accounts": self.publisher.accounts()})
+        return CommandResult.ok({"accounts": self.publisher.accounts_view()})
 
     async def _resync(self, request: dict[str, Any]) -> CommandResult:
         key = self._account_key("resync", request)
