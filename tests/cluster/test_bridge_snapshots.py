@@ -1,0 +1,114 @@
+"""Cluster mode and ``bridge/accounts`` / ``bridge/devices``: each instance publishes its own
+snapshots on ``bridge/instances/<id>/…``, and every instance writes the same merge of them all
+on the shared topics: each account once, under the instance that runs it (gateway/instances.py).
+A clean stop clears the stopping instance's own snapshots; the survivor's merge shows the
+accounts it took over once, under its own name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from emulators.tencent import TencentCloud
+from gateway.app import Gateway
+from tests.conftest import Probe
+from tests.helpers import emulator, eventually
+
+B = "cloud2mqtt"
+ACCOUNTS = 6
+ACCOUNTS_TOPIC = f"{B}/bridge/accounts"
+DEVICES_TOPIC = f"{B}/bridge/devices"
+
+cloud = emulator(lambda: TencentCloud(devices=1, latency=0.0))
+
+
+def owners(*gateways: Gateway) -> dict[str, str]:
+    """Who runs which account now: ``{account name: instance id}``."""
+    return {
+        name: gw.config.cluster.instance_id  # type: ignore[union-attr]
+        for gw in gateways
+        for _, name in gw.account_keys()
+    }
+
+
+def listed(accounts: Any) -> dict[str, str]:
+    """A ``bridge/accounts`` payload as ``{account name: instance}``; fails on duplicates."""
+    names = [a["name"] for a in accounts]
+    assert len(names) == len(set(names)), f"an account listed twice: {sorted(names)}"
+    return {a["name"]: a["instance"] for a in accounts}
+
+
+async def retained(mosquitto: Any, topic: str, until: str) -> dict[str, Any]:
+    """The retained messages a new subscriber to ``topic`` gets, read until ``until`` came."""
+    fresh = Probe(mosquitto.host, mosquitto.port, topic)
+    try:
+        await fresh.ready()
+        await fresh.wait_for(until)
+        return {t: p for t, p, retain in fresh.messages if retain}
+    finally:
+        fresh.close()
+
+
+async def test_bridge_accounts_and_devices_show_the_whole_cluster(
+    nats_server: Any, gateway_factory: Any, mosquitto: Any, probe: Any, cloud: TencentCloud,
+    tmp_path: Any,
+) -> None:  # fmt: skip
+    accounts = [
+        cloud.account_config(f"acct{i}", open_id=f"user-{i}", heartbeat=0.5,
+                             backoff_base=0.05, backoff_cap=0.3)
+        for i in range(ACCOUNTS)
+    ]  # fmt: skip
+    everything = {f"acct{i}" for i in range(ACCOUNTS)}
+    devices = {d for i in range(ACCOUNTS) for d in cloud.device_ids(f"user-{i}")}
+    cluster = {"nats": nats_server.url, "slots": 4, "lease_ttl": 1.0}
+
+    async def start(name: str) -> Gateway:
+        gw: Gateway = await gateway_factory(
+            accounts, cluster=cluster, instance_id=name, state_dir=str(tmp_path / name)
+        )
+        return gw
+
+    a = await start("gw-a")
+    b = await start("gw-b")
+    await eventually(
+        lambda: set(owners(a, b)) == everything and set(owners(a, b).values()) == {"gw-a", "gw-b"},
+        "every account runs, on both instances",
+        timeout=15,
+    )
+    split = owners(a, b)
+    await probe.wait_for(ACCOUNTS_TOPIC, lambda p: listed(p) == split)
+    # both instances compute the same merge (the shared topic's last writer changes nothing)
+    await eventually(
+        lambda: listed(a.publisher.accounts_view()) == listed(b.publisher.accounts_view()) == split,
+        "both instances' merge lists every account once, under its owner",
+    )
+    await probe.wait_for(
+        DEVICES_TOPIC, lambda p: sorted(d["id"] for d in p) == sorted(devices)
+    )  # each device once
+    for name in ("gw-a", "gw-b"):  # each instance's own part, retained
+        own = await probe.wait_for(f"{B}/bridge/instances/{name}/accounts")
+        assert {e["name"] for e in own} <= {n for n, i in split.items() if i == name}
+        await probe.wait_for(f"{B}/bridge/instances/{name}/health")
+    probe.publish(f"{B}/bridge/request/accounts", {"transaction": "acc"})
+    reply = await probe.wait_for(
+        f"{B}/bridge/response/accounts", lambda p: p.get("transaction") == "acc"
+    )
+    assert reply["status"] == "ok" and listed(reply["data"]["accounts"]) == split
+    probe.publish(f"{B}/bridge/request/devices", {"transaction": "dev"})
+    reply = await probe.wait_for(
+        f"{B}/bridge/response/devices", lambda p: p.get("transaction") == "dev"
+    )
+    assert sorted(d["id"] for d in reply["data"]["devices"]) == sorted(devices)
+
+    mark = probe.mark()
+    await a.stop()  # b takes a's accounts over; a's own snapshots are cleared
+    await eventually(lambda: set(b.account_keys()) == {("tencent", n) for n in everything})
+    taken_over = dict.fromkeys(everything, "gw-b")
+    await probe.wait_for(ACCOUNTS_TOPIC, lambda p: listed(p) == taken_over, start=mark)
+    await probe.wait_for(
+        DEVICES_TOPIC, lambda p: sorted(d["id"] for d in p) == sorted(devices), start=mark
+    )
+    assert probe.find(f"{B}/bridge/instances/gw-a/accounts", lambda p: p == b"", start=mark)
+    kept = await retained(mosquitto, f"{B}/bridge/#", until=f"{B}/bridge/instances/gw-b/accounts")
+    assert f"{B}/bridge/instances/gw-a/accounts" not in kept
+    assert f"{B}/bridge/instances/gw-a/devices" not in kept
+    assert listed(kept[ACCOUNTS_TOPIC]) == taken_over
