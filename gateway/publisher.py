@@ -25,6 +25,11 @@ is O(N); with thousands of accounts starting at once each change would republish
 (O(N²) at start-up: 10,000 Tencent accounts took minutes of one core). The debounce delay
 therefore grows with the cost of the last publish: at most ~10% of the loop goes to them.
 
+In cluster mode (``cluster``: gateway/instances.py) this instance's ``bridge/accounts``,
+``bridge/devices`` and ``bridge/health`` also go to ``bridge/instances/<id>/…``, and
+``bridge/accounts`` / ``bridge/devices`` carry the merge of every instance's snapshots,
+written only when it changed; ``goodbye`` clears the instance's own snapshots.
+
 The publisher never reaches a connector or the gateway: it knows the MQTT client, the topic
 names, the registry (to republish) and the health counters.
 
