@@ -10,6 +10,7 @@ from typing import Any
 
 from emulators.tencent import TencentCloud
 from gateway.app import Gateway
+from tests.cluster.conftest import quick_accounts
 from tests.conftest import Probe
 from tests.helpers import emulator, eventually
 
@@ -56,26 +57,13 @@ async def retained(mosquitto: Any, topic: str, *until: str) -> dict[str, Any]:
 
 
 async def test_bridge_accounts_and_devices_show_the_whole_cluster(
-    nats_server: Any, gateway_factory: Any, mosquitto: Any, probe: Any, cloud: TencentCloud,
-    tmp_path: Any,
-) -> None:  # fmt: skip
-    accounts = [
-        cloud.account_config(f"acct{i}", open_id=f"user-{i}", heartbeat=0.5,
-                             backoff_base=0.05, backoff_cap=0.3)
-        for i in range(ACCOUNTS)
-    ]  # fmt: skip
+    instance: Any, mosquitto: Any, probe: Any, cloud: TencentCloud
+) -> None:
+    accounts = quick_accounts(cloud, ACCOUNTS)
     everything = {f"acct{i}" for i in range(ACCOUNTS)}
     devices = {d for i in range(ACCOUNTS) for d in cloud.device_ids(f"user-{i}")}
-    cluster = {"nats": nats_server.url, "slots": 4, "lease_ttl": 1.0}
-
-    async def start(name: str) -> Gateway:
-        gw: Gateway = await gateway_factory(
-            accounts, cluster=cluster, instance_id=name, state_dir=str(tmp_path / name)
-        )
-        return gw
-
-    a = await start("gw-a")
-    b = await start("gw-b")
+    a = await instance("gw-a", accounts)
+    b = await instance("gw-b", accounts)
     await eventually(  # settled: the slots split 2/2 (of acct0-5 only slot 1 is empty)
         lambda: set(owners(a, b)) == everything and held(a) == held(b) == 2,
         "the slots split 2/2 and every account runs",
