@@ -98,9 +98,7 @@ async def test_cluster_mode_publishes_its_own_snapshot_and_the_merge_on_change_o
     assert core.mqtt.on("base/bridge/instances/gw-a/accounts") == [[desc]]
     assert core.mqtt.on("base/bridge/accounts") == [[{**desc, "instance": "gw-a"}]]
     peer = {"vendor": "v", "name": "b1", "state": "online"}
-    core.publisher.on_instance_snapshot(
-        "base/bridge/instances/gw-b/accounts", orjson.dumps([peer])
-    )
+    core.publisher.on_instance_snapshot("base/bridge/instances/gw-b/accounts", orjson.dumps([peer]))
     core.publisher._publish_accounts()
     assert core.mqtt.on("base/bridge/accounts")[-1] == [
         {**desc, "instance": "gw-a"}, {**peer, "instance": "gw-b"},
