@@ -43,6 +43,7 @@ from .connectors.session import Session
 from .consumers.homeassistant import HomeAssistantDiscovery, HomeAssistantSettings
 from .events import EventBus, MqttConnected
 from .health import Health
+from .instances import KINDS, InstanceSnapshots
 from .link import AccountLink, LinkState
 from .mqtt.client import MqttClient, Will
 from .mqtt.topic import check_publish_topic
@@ -145,6 +146,7 @@ class Gateway:
             per_property_topics=config.gateway.per_property_topics,
             stats=lambda: {"mqtt": self.mqtt.stats()},
             others_serve=lambda: self.cluster is not None and self.cluster.others_serve(),
+            cluster=self._instance_snapshots(),
         )
         self.bridge = BridgeRequests(self.publisher, self.registry, self)
         self.commands = CommandHandler(
@@ -161,6 +163,8 @@ class Gateway:
             self.cluster.router.serve(self.commands)  # commands it does not run go to the owner
         ha = config.homeassistant
         self._routes: dict[str, Callable[[str, bytes], None]] = {}
+        #: routes whose filter has a ``+`` (cluster mode: the instances' snapshots)
+        self._wildcard_routes: list[tuple[list[str], Callable[[str, bytes], None]]] = []
         self.homeassistant = HomeAssistantDiscovery(
             self.bus,
             HomeAssistantSettings(
@@ -203,6 +207,11 @@ class Gateway:
             # A peer that dies sets bridge/state offline by its will while this one serves on:
             # put it back (the flap lasts one round trip).
             self._subscribe_route(self.topics.bridge("state"), self._on_bridge_state)
+            # every instance's own bridge/accounts and bridge/devices: the merge of them all
+            for kind in KINDS:
+                self._subscribe_route(
+                    self.topics.bridge(f"instances/+/{kind}"), self.publisher.on_instance_snapshot
+                )
             await self.cluster.start()  # starts the accounts of the slots it gains
         else:
             for account in self.accounts:
@@ -311,11 +320,19 @@ class Gateway:
         """``bridge/info``'s ``cluster`` (who runs which account), or None without a cluster."""
         return self.cluster.describe() if self.cluster is not None else None
 
+    def _instance_snapshots(self) -> InstanceSnapshots | None:
+        """Cluster mode: the instances' snapshots that ``bridge/accounts|devices`` merge."""
+        cluster = self.cluster
+        if cluster is None:
+            return None
+        return InstanceSnapshots(cluster.instance_id, cluster.owner_lookup, cluster.serving)
+
     def _on_cluster_change(self) -> None:
         cluster = self.cluster
         if cluster is not None and cluster.config.shared_egress and cluster.leases is not None:
             self.pacer.share_with(len(cluster.leases.live()))
         self.observability.publish_info()
+        self.publisher.snapshots_changed()  # the merge keeps each owner's accounts
 
     def connector(self, key: AccountKey) -> Connector | None:
         running = self._running.get(key)
@@ -352,6 +369,9 @@ class Gateway:
 
     def _on_message(self, topic: str, payload: bytes, props: dict[str, Any]) -> None:
         route = self._routes.get(topic)
+        if route is None and self._wildcard_routes:
+            levels = topic.split("/")
+            route = next((cb for f, cb in self._wildcard_routes if _matches(f, levels)), None)
         if route is not None:
             route(topic, payload)
             return
@@ -376,8 +396,12 @@ class Gateway:
         return [f"$share/{group}/{f}" for f in filters]
 
     def _subscribe_route(self, topic: str, callback: Callable[[str, bytes], None]) -> None:
-        """A consumer's own subscription (Home Assistant's status topic) on the main link."""
-        self._routes[topic] = callback
+        """A consumer's own subscription (Home Assistant's status topic) on the main link;
+        ``topic`` may be a filter with ``+`` levels."""
+        if "+" in topic:
+            self._wildcard_routes.append((topic.split("/"), callback))
+        else:
+            self._routes[topic] = callback
         task = asyncio.get_running_loop().create_task(self.mqtt.subscribe([(topic, 1)]))
         self._background.append(task)
 
@@ -406,3 +430,10 @@ class Gateway:
         while True:
             await asyncio.sleep(self.config.gateway.health_interval)
             self.publisher.publish_health()
+
+
+def _matches(filter_levels: list[str], levels: list[str]) -> bool:
+    """Whether a topic (split into levels) matches a filter whose wildcards are ``+`` only."""
+    return len(filter_levels) == len(levels) and all(
+        f in ("+", t) for f, t in zip(filter_levels, levels, strict=True)
+    )

@@ -1,6 +1,7 @@
 """``bridge/request/<command>``: the admin RPC, answered by ``gateway.commands``.
 
-Built-in requests read the publisher's view (``health``, ``devices``, ``accounts``) or act on
+Built-in requests read the publisher's view (``health``, ``devices``, ``accounts``; in cluster
+mode ``devices`` and ``accounts`` are every instance's, merged: gateway/instances.py) or act on
 one account through the supervisor's account control (``resync`` restarts the account's
 session); any other request is routed to the named account's connector (vendor requests such
 as XiakeCloud's ``multi_device``). An unknown request is answered with the list of known ones.
@@ -79,10 +80,10 @@ class BridgeRequests:
         return CommandResult.ok(self.publisher.health_snapshot())
 
     async def _devices(self, request: dict[str, Any]) -> CommandResult:
-        return CommandResult.ok({"devices": [rec.describe() for rec in self.registry]})
+        return CommandResult.ok({"devices": self.publisher.devices_view()})
 
     async def _accounts(self, request: dict[str, Any]) -> CommandResult:
-        return CommandResult.ok({"accounts": self.publisher.accounts()})
+        return CommandResult.ok({"accounts": self.publisher.accounts_view()})
 
     async def _resync(self, request: dict[str, Any]) -> CommandResult:
         key = self._account_key("resync", request)

@@ -25,6 +25,11 @@ is O(N); with thousands of accounts starting at once each change would republish
 (O(N²) at start-up: 10,000 Tencent accounts took minutes of one core). The debounce delay
 therefore grows with the cost of the last publish: at most ~10% of the loop goes to them.
 
+In cluster mode (``cluster``: gateway/instances.py) this instance's ``bridge/accounts``,
+``bridge/devices`` and ``bridge/health`` also go to ``bridge/instances/<id>/…``, and
+``bridge/accounts`` / ``bridge/devices`` carry the merge of every instance's snapshots,
+written only when it changed; ``goodbye`` clears the instance's own snapshots.
+
 The publisher never reaches a connector or the gateway: it knows the MQTT client, the topic
 names, the registry (to republish) and the health counters.
 
@@ -59,6 +64,7 @@ from .events import (
     StateChanged,
 )
 from .health import Health
+from .instances import KINDS, InstanceSnapshots
 from .memory import trim_heap
 from .mqtt.codec import encode_props
 from .registry import DeviceRecord, Registry
@@ -112,6 +118,11 @@ class Publisher:
     #: cluster mode: other instances still serve this base topic (``goodbye`` then leaves
     #: ``bridge/state`` online)
     others_serve: Callable[[], bool] = lambda: False
+    #: cluster mode: this instance's own snapshots go to ``bridge/instances/<id>/…`` and
+    #: ``bridge/accounts`` / ``bridge/devices`` carry every instance's, merged
+    cluster: InstanceSnapshots | None = None
+    #: cluster mode: the last payload written on each topic that is only written on change
+    _sent: dict[str, bytes] = field(default_factory=dict, init=False)
     _accounts: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict, init=False)
     _unsubscribe: list[Callable[[], None]] = field(default_factory=list, init=False)
     _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False)
@@ -159,18 +170,48 @@ class Publisher:
         cleared instead, so the broker holds nothing of it afterwards.
         """
         if not leave_no_trace:
-            self._publish_accounts()
-            if not self.others_serve():
+            others = self.others_serve()
+            if self.cluster is None:
+                self._publish_accounts()
+            else:
+                self._cluster_goodbye(last=not others)
+            if not others:
                 self.mqtt.publish(self.topics.bridge("state"), OFFLINE, 1, True, JSON_PROPS)
             return
         for topic in self.retained_topics():
             self.mqtt.publish(topic, b"", 1, True)
+
+    def _cluster_goodbye(self, *, last: bool) -> None:
+        """Cluster mode: clear this instance's ``bridge/instances/<id>/*`` (its peers drop
+        them). The instances still serving write the merge once they run its accounts; the
+        last one leaves ``bridge/accounts`` as its accounts are, as a single instance does."""
+        if last:
+            own = [{**a, "instance": self._instance_id} for a in self.accounts()]
+            own.sort(key=lambda e: (e["vendor"], e["name"]))
+            self.publish_raw(self.topics.bridge("accounts"), _dumps(own), retain=True)
+        for topic in self._instance_topics():
+            self.mqtt.publish(topic, b"", 1, True)
+
+    @property
+    def _instance_id(self) -> str:
+        assert self.cluster is not None
+        return self.cluster.instance_id
+
+    def _instance_topics(self) -> list[str]:
+        """Cluster mode: this instance's own snapshots (``bridge/instances/<id>/<kind>``)."""
+        if self.cluster is None:
+            return []
+        return [self._instance_topic(kind) for kind in (*KINDS, "health")]
+
+    def _instance_topic(self, kind: str) -> str:
+        return self.topics.bridge(f"instances/{self._instance_id}/{kind}")
 
     def retained_topics(self) -> list[str | bytes]:
         """Every retained topic this publisher writes (devices and the bridge snapshots)."""
         topics: list[str | bytes] = [
             self.topics.bridge(name) for name in ("state", "info", "devices", "accounts", "health")
         ]
+        topics.extend(self._instance_topics())
         for rec in self.registry:
             topics += [rec.topic, self.topics.availability(rec.topic)]
             topics.extend(rec.prop_topics.values())
@@ -283,7 +324,10 @@ class Publisher:
             self._devices_dirty.cancel()
         self._devices_dirty = None
         devices = sorted((rec.describe() for rec in self.registry), key=lambda d: d["topic"])
-        self.publish_raw(self.topics.bridge("devices"), _dumps(devices), retain=True)
+        if self.cluster is None:
+            self.publish_raw(self.topics.bridge("devices"), _dumps(devices), retain=True)
+        else:
+            self._publish_cluster("devices", devices)
         self._devices_cost = time.perf_counter() - t0
 
     def _publish_accounts(self) -> None:
@@ -292,13 +336,56 @@ class Publisher:
             self._accounts_dirty.cancel()
         self._accounts_dirty = None
         accounts = self.accounts()
-        self.publish_raw(self.topics.bridge("accounts"), _dumps(accounts), retain=True)
+        if self.cluster is None:
+            self.publish_raw(self.topics.bridge("accounts"), _dumps(accounts), retain=True)
+        else:
+            self._publish_cluster("accounts", accounts)
         self._accounts_cost = time.perf_counter() - t0
         connecting = sum(1 for a in accounts if a["state"] == "connecting")
         if self._connecting > 16 and connecting == 0 and self._loop is not None:
             # A burst of (re)connects just settled: give its garbage back (gateway/memory.py).
             self._loop.call_later(1.0, trim_heap)
         self._connecting = max(self._connecting, connecting) if connecting else 0
+
+    def _publish_cluster(self, kind: str, own: list[dict[str, Any]]) -> None:
+        """Cluster mode: this instance's snapshot on ``bridge/instances/<id>/<kind>`` and the
+        merge on ``bridge/<kind>``, each only when it changed (a peer republishes its merge
+        on every snapshot it receives: writing an unchanged one would ping-pong)."""
+        assert self.cluster is not None
+        self._publish_changed(self._instance_topic(kind), _dumps(own))
+        if self.cluster.serving():
+            merged = self.cluster.merge(kind, own)
+            self._publish_changed(self.topics.bridge(kind), _dumps(merged))
+
+    def _publish_changed(self, topic: str, payload: bytes) -> None:
+        if self._sent.get(topic) != payload:
+            self._sent[topic] = payload
+            self.publish_raw(topic, payload, retain=True)
+
+    def on_instance_snapshot(self, topic: str, payload: bytes) -> None:
+        """Cluster mode: a message on ``bridge/instances/<id>/<kind>`` (a peer's snapshot, or
+        empty when it left): republish the merge if it changed anything."""
+        instance, _, kind = topic.removeprefix(self.topics.bridge("instances/")).partition("/")
+        if self.cluster is not None and self.cluster.receive(instance, kind, payload):
+            self.snapshots_changed()
+
+    def snapshots_changed(self) -> None:
+        """Cluster mode: a peer's snapshot or the ownership changed: merge again."""
+        self.accounts_changed()
+        self.devices_changed()
+
+    def accounts_view(self) -> list[dict[str, Any]]:
+        """``bridge/request/accounts``: the merge in cluster mode, else this instance's."""
+        if self.cluster is None:
+            return self.accounts()
+        return self.cluster.merge("accounts", self.accounts())
+
+    def devices_view(self) -> list[dict[str, Any]]:
+        """``bridge/request/devices``: the merge in cluster mode, else this instance's."""
+        devices = [rec.describe() for rec in self.registry]
+        if self.cluster is None:
+            return devices
+        return self.cluster.merge("devices", sorted(devices, key=lambda d: d["topic"]))
 
     def health_snapshot(self) -> dict[str, Any]:
         accounts = self.accounts()
@@ -315,10 +402,15 @@ class Publisher:
         }
         if self.stats is not None:
             extra.update(self.stats())
+        if self.cluster is not None:
+            extra["instance"] = self.cluster.instance_id
         return self.health.snapshot(extra)
 
     def publish_health(self) -> None:
-        self.publish_raw(self.topics.bridge("health"), _dumps(self.health_snapshot()), retain=True)
+        payload = _dumps(self.health_snapshot())
+        self.publish_raw(self.topics.bridge("health"), payload, retain=True)
+        if self.cluster is not None:
+            self.publish_raw(self._instance_topic("health"), payload, retain=True)
 
     def republish(self) -> None:
         """After every (re)connect: announce the bridge and publish every retained topic again
@@ -329,6 +421,7 @@ class Publisher:
                 self.publish_state(rec)
             if rec.online is not None:
                 self.publish_availability(rec)
+        self._sent.clear()  # cluster mode: write the snapshots even if unchanged
         self._publish_devices()
         self._publish_accounts()
         self.publish_health()

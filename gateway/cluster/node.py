@@ -78,9 +78,11 @@ class Cluster:
         self._stop_account = stop_account
         self._on_change = on_change
         self.by_slot: dict[int, list[AccountConfig]] = {}
+        self._slot: dict[AccountKey, int] = {}
         for account in accounts:
             slot = slot_of(account.vendor, account.name, config.slots)
             self.by_slot.setdefault(slot, []).append(account)
+            self._slot[account.vendor, account.name] = slot
         self.nc: Client | None = None
         self.leases: SlotLeases | None = None
         self._last_error = ""
@@ -177,6 +179,22 @@ class Cluster:
         if self.leases.started:
             return any(i != self.instance_id for i in self.leases.live())
         return bool(self.leases.others_at_stop)
+
+    def owner_lookup(self) -> Callable[[str, str], str | None]:
+        """Who runs ``(vendor, account)`` as of the last lease round (None: nobody now); the
+        leases are read once, the lookup is cheap (the merged ``bridge/accounts``)."""
+        owners = self.leases.owners() if self.leases is not None else {}
+        slots = self.config.slots
+
+        def owner(vendor: str, account: str) -> str | None:
+            slot = self._slot.get((vendor, account))
+            return owners.get(slot_of(vendor, account, slots) if slot is None else slot)
+
+        return owner
+
+    def serving(self) -> bool:
+        """Between ``start()`` and ``stop()``: the lease rounds run."""
+        return self.leases is not None and self.leases.started
 
     def describe(self) -> dict[str, Any]:
         """``bridge/info``'s ``cluster``: who this is, who is live, who runs which account."""

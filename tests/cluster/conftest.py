@@ -9,14 +9,18 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from gateway.mosquitto import free_port, start_listening
 from tests.conftest import IN_CI
+
+if TYPE_CHECKING:
+    from emulators.tencent import TencentCloud
+    from gateway.app import Gateway
 
 
 def cluster_unavailable(reason: str) -> None:
@@ -91,3 +95,33 @@ async def nats_client(nats_server: NatsServer) -> AsyncIterator[Callable[..., An
                     await nc.close()
             except Exception:
                 pass
+
+
+@pytest.fixture
+def instance(
+    nats_server: NatsServer, gateway_factory: Callable[..., Any], tmp_path: Path
+) -> Callable[..., Awaitable[Gateway]]:
+    """``await instance(name, accounts, **cluster)``: a started gateway in cluster mode named
+    ``name``, with its own state dir, on the test's nats-server; ``[cluster]`` is ``slots = 4``
+    and ``lease_ttl = 1`` unless ``cluster`` says otherwise."""
+
+    async def start(name: str, accounts: list[dict[str, Any]], **cluster: Any) -> Gateway:
+        gw: Gateway = await gateway_factory(
+            accounts,
+            cluster={"nats": nats_server.url, "slots": 4, "lease_ttl": 1.0, **cluster},
+            instance_id=name,
+            state_dir=str(tmp_path / name),
+        )
+        return gw
+
+    return start
+
+
+def quick_accounts(cloud: TencentCloud, n: int) -> list[dict[str, Any]]:
+    """``acct0`` … ``acct<n-1>`` of the Tencent emulator (``user-<i>``), with a fast heartbeat
+    and backoff: an account that moves is up again quickly."""
+    return [
+        cloud.account_config(f"acct{i}", open_id=f"user-{i}", heartbeat=0.5,
+                             backoff_base=0.05, backoff_cap=0.3)
+        for i in range(n)
+    ]  # fmt: skip

@@ -9,7 +9,6 @@ from typing import Any
 import paho.mqtt.client as paho
 
 from emulators.tencent import TencentCloud
-from gateway.app import Gateway
 from gateway.publisher import OFFLINE
 from tests.conftest import Probe
 from tests.helpers import emulator, eventually
@@ -30,19 +29,11 @@ async def retained_state(mosquitto: Any) -> Any:
 
 
 async def test_bridge_state_reads_offline_only_when_no_instance_serves(
-    nats_server: Any, gateway_factory: Any, mosquitto: Any, probe: Any, cloud: TencentCloud,
-    tmp_path: Any,
+    instance: Any, mosquitto: Any, probe: Any, cloud: TencentCloud
 ) -> None:
     accounts = [cloud.account_config("acct0", open_id="user-0")]
-    cluster = {"nats": nats_server.url, "slots": 4, "lease_ttl": 1.0}
-
-    async def start(name: str) -> Gateway:
-        gw: Gateway = await gateway_factory(accounts, cluster=cluster, instance_id=name,
-                                            state_dir=str(tmp_path / name))  # fmt: skip
-        return gw
-
-    a = await start("gw-a")
-    b = await start("gw-b")
+    a = await instance("gw-a", accounts)
+    b = await instance("gw-b", accounts)
     await eventually(
         lambda: all(gw.cluster is not None and gw.cluster.others_serve() for gw in (a, b)),
         "each instance sees the other",

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from emulators.tencent import TencentCloud
-from gateway.app import Gateway
 from gateway.topics import encode_id
+from tests.cluster.conftest import quick_accounts
 from tests.helpers import emulator, eventually
 
 B = "cloud2mqtt"
@@ -23,24 +23,12 @@ cloud = emulator(lambda: TencentCloud(devices=1, latency=0.0))
 
 
 async def test_two_gateways_split_the_accounts_and_one_takes_over(
-    nats_server: Any, gateway_factory: Any, probe: Any, cloud: TencentCloud, tmp_path: Any
+    instance: Any, probe: Any, cloud: TencentCloud
 ) -> None:
-    accounts = [
-        cloud.account_config(f"acct{i}", open_id=f"user-{i}", heartbeat=0.5,
-                             backoff_base=0.05, backoff_cap=0.3)
-        for i in range(ACCOUNTS)
-    ]  # fmt: skip
+    accounts = quick_accounts(cloud, ACCOUNTS)
     everything = {("tencent", f"acct{i}") for i in range(ACCOUNTS)}
-    cluster = {"nats": nats_server.url, "slots": 8, "lease_ttl": 1.0}
-
-    async def start(name: str) -> Gateway:
-        gw: Gateway = await gateway_factory(
-            accounts, cluster=cluster, instance_id=name, state_dir=str(tmp_path / name)
-        )
-        return gw
-
-    a = await start("gw-a")
-    b = await start("gw-b")
+    a = await instance("gw-a", accounts, slots=8)
+    b = await instance("gw-b", accounts, slots=8)
     overlap: list[set[tuple[str, str]]] = []
 
     async def watch() -> None:  # the gateways share this loop: each sample is consistent

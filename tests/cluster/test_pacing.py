@@ -6,27 +6,17 @@ from __future__ import annotations
 from typing import Any
 
 from emulators.tencent import TencentCloud
-from gateway.app import Gateway
 from tests.helpers import emulator, eventually
 
 cloud = emulator(lambda: TencentCloud(devices=1, latency=0.0))
 
 
 async def test_two_instances_each_pace_to_half_of_the_per_ip_budget(
-    nats_server: Any, gateway_factory: Any, cloud: TencentCloud, tmp_path: Any
+    instance: Any, cloud: TencentCloud
 ) -> None:
     accounts = [cloud.account_config(f"acct{i}", open_id=f"user-{i}") for i in range(2)]
-    cluster = {"nats": nats_server.url, "slots": 4, "lease_ttl": 1.0}
-
-    async def start(name: str, **extra: Any) -> Gateway:
-        gw: Gateway = await gateway_factory(
-            accounts, cluster={**cluster, **extra}, instance_id=name,
-            state_dir=str(tmp_path / name),
-        )  # fmt: skip
-        return gw
-
-    a = await start("gw-a")
-    b = await start("gw-b")
+    a = await instance("gw-a", accounts)
+    b = await instance("gw-b", accounts)
     await eventually(
         lambda: a.pacer.instances == 2 and b.pacer.instances == 2,
         "both instances count two live instances sharing the egress IP",
@@ -40,15 +30,10 @@ async def test_two_instances_each_pace_to_half_of_the_per_ip_budget(
 
 
 async def test_instances_with_their_own_egress_keep_the_whole_budget(
-    nats_server: Any, gateway_factory: Any, cloud: TencentCloud, tmp_path: Any
+    instance: Any, cloud: TencentCloud
 ) -> None:
     accounts = [cloud.account_config("acct0", open_id="user-0")]
-    cluster = {"nats": nats_server.url, "slots": 4, "lease_ttl": 1.0, "shared_egress": False}
-    gws = [
-        await gateway_factory(accounts, cluster=cluster, instance_id=name,
-                              state_dir=str(tmp_path / name))
-        for name in ("gw-a", "gw-b")
-    ]  # fmt: skip
+    gws = [await instance(name, accounts, shared_egress=False) for name in ("gw-a", "gw-b")]
     await eventually(
         lambda: all(gw.cluster.leases is not None and len(gw.cluster.leases.live()) == 2
                     for gw in gws),

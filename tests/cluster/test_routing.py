@@ -16,6 +16,7 @@ from typing import Any
 from emulators.tencent import TencentCloud
 from gateway.app import Gateway
 from gateway.topics import encode_id
+from tests.cluster.conftest import quick_accounts
 from tests.helpers import emulator, eventually
 
 B = "cloud2mqtt"
@@ -27,11 +28,7 @@ cloud = emulator(lambda: TencentCloud(devices=1, latency=0.0))
 
 
 def _accounts(cloud: TencentCloud) -> list[dict[str, Any]]:
-    return [
-        cloud.account_config(f"acct{i}", open_id=f"user-{i}", heartbeat=0.5,
-                             backoff_base=0.05, backoff_cap=0.3)
-        for i in range(ACCOUNTS)
-    ]  # fmt: skip
+    return quick_accounts(cloud, ACCOUNTS)
 
 
 def _light(cloud: TencentCloud, account: str) -> str:
@@ -44,14 +41,9 @@ def _received(*gateways: Gateway) -> list[int]:
 
 
 async def test_each_command_is_answered_once_with_the_owners_result(
-    nats_server: Any, gateway_factory: Any, probe: Any, cloud: TencentCloud, tmp_path: Any
+    instance: Any, probe: Any, cloud: TencentCloud
 ) -> None:
-    cluster = {"nats": nats_server.url, "slots": 8, "lease_ttl": 1.0}
-    a, b = [
-        await gateway_factory(_accounts(cloud), cluster=cluster, instance_id=name,
-                              state_dir=str(tmp_path / name))
-        for name in ("gw-a", "gw-b")
-    ]  # fmt: skip
+    a, b = [await instance(name, _accounts(cloud), slots=8) for name in ("gw-a", "gw-b")]
     await eventually(
         lambda: len(a.account_keys()) + len(b.account_keys()) == ACCOUNTS
         and [len(gw.cluster.leases.held()) for gw in (a, b)] == [4, 4]  # type: ignore[union-attr]
@@ -131,7 +123,7 @@ def _toml(tables: dict[str, Any]) -> str:
 
 
 async def test_a_command_for_a_crashed_owners_account_gets_one_unavailable_reply(
-    nats_server: Any, mosquitto: Any, gateway_factory: Any, probe: Any, cloud: TencentCloud,
+    nats_server: Any, mosquitto: Any, instance: Any, probe: Any, cloud: TencentCloud,
     tmp_path: Path,
 ) -> None:  # fmt: skip
     # lease_ttl 3: after the crash, B waits a whole lease (3 s) before it takes the slots over
@@ -150,8 +142,7 @@ async def test_a_command_for_a_crashed_owners_account_gets_one_unavailable_reply
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )  # fmt: skip
     try:
-        b = await gateway_factory(_accounts(cloud), cluster=cluster, instance_id="gw-b",
-                                  state_dir=str(tmp_path / "gw-b"))  # fmt: skip
+        b = await instance("gw-b", _accounts(cloud), slots=8, lease_ttl=3.0)
         info = await probe.wait_for(
             f"{B}/bridge/info",
             lambda p: (

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import orjson
+
 from gateway.events import AccountLinkChanged, MqttConnected
+from gateway.instances import InstanceSnapshots
 from protocols.model import DeviceEvent, DeviceInfo, Property, Schema
 
 from .conftest import Core
@@ -73,3 +76,52 @@ async def test_stop_unsubscribes(core: Core) -> None:
     rec, _ = core.registry.upsert("v", "acc", DeviceInfo("d1", "Lamp", "M", SCHEMA))
     core.registry.apply_state(rec, {"power": True}, 1000, None)
     assert core.mqtt.sent == []
+
+
+def clustered(core: Core, owners: dict[str, str | None], others: bool = True) -> None:
+    """Make ``core``'s publisher instance ``gw-a`` of a cluster (gateway/instances.py)."""
+    core.publisher.cluster = InstanceSnapshots(
+        "gw-a", lambda: lambda vendor, account: owners.get(account)
+    )
+    core.publisher.others_serve = lambda: others
+
+
+async def test_cluster_mode_publishes_its_own_snapshot_and_the_merge_on_change_only(
+    core: Core,
+) -> None:
+    clustered(core, {"a1": "gw-a", "b1": "gw-b"})
+    core.publisher.start()
+    desc = {"vendor": "v", "name": "a1", "state": "online"}
+    core.bus.emit(AccountLinkChanged("v", "a1", desc, needs_attention=False))
+    core.publisher._publish_accounts()
+    core.publisher._publish_accounts()  # unchanged: written once
+    assert core.mqtt.on("base/bridge/instances/gw-a/accounts") == [[desc]]
+    assert core.mqtt.on("base/bridge/accounts") == [[{**desc, "instance": "gw-a"}]]
+    peer = {"vendor": "v", "name": "b1", "state": "online"}
+    core.publisher.on_instance_snapshot("base/bridge/instances/gw-b/accounts", orjson.dumps([peer]))
+    core.publisher._publish_accounts()
+    assert core.mqtt.on("base/bridge/accounts")[-1] == [
+        {**desc, "instance": "gw-a"}, {**peer, "instance": "gw-b"},
+    ]  # fmt: skip
+    assert core.publisher.accounts_view() == core.mqtt.on("base/bridge/accounts")[-1]
+    assert len(core.mqtt.on("base/bridge/instances/gw-a/accounts")) == 1
+
+
+async def test_cluster_goodbye_clears_the_instances_own_snapshots(core: Core) -> None:
+    clustered(core, {"a1": "gw-a"})
+    core.publisher.start()
+    core.bus.emit(AccountLinkChanged("v", "a1", {"vendor": "v", "name": "a1", "state": "x"}))
+    core.publisher._publish_accounts()
+    before = len(core.mqtt.on("base/bridge/accounts"))
+    core.publisher.goodbye()  # others serve: they write the merge
+    assert len(core.mqtt.on("base/bridge/accounts")) == before
+    for kind in ("accounts", "devices", "health"):
+        assert core.mqtt.on(f"base/bridge/instances/gw-a/{kind}")[-1] == b""
+    assert core.mqtt.on("base/bridge/state") == [{"state": "online"}]
+    clustered(core, {}, others=False)
+    core.publisher.goodbye()  # the last one: its accounts as they are, and offline
+    assert core.mqtt.on("base/bridge/accounts")[-1] == [
+        {"vendor": "v", "name": "a1", "state": "x", "instance": "gw-a"}
+    ]
+    assert core.mqtt.on("base/bridge/state")[-1] == {"state": "offline"}
+    assert "base/bridge/instances/gw-a/accounts" in core.publisher.retained_topics()
