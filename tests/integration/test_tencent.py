@@ -33,6 +33,9 @@ async def start(
         await probe.wait_for(
             f"{topic(device)}/availability", lambda p: p and p["state"] == "online"
         )
+    # online once the start-up resync is complete (availability comes first, state reads after:
+    # a test that changes a value now must not see a start-up read still in flight)
+    await probe.wait_for(f"{B}/bridge/accounts", lambda p: p and p[0]["state"] == "online")
     return ids
 
 
