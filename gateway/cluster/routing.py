@@ -288,8 +288,15 @@ class CommandRouter:
             else:
                 raise ValueError(f"unknown op {body.get('op')!r}")
         except (orjson.JSONDecodeError, ValueError, KeyError, AttributeError) as exc:
-            log.warning("cluster: malformed routed request: %s", exc)
-            return
+            # A peer on another version, or a stray publisher: counted, logged, and answered at
+            # once (the asker replies with this instead of waiting for its timeout).
+            handler.health.count("bad_peer_messages", "cluster")
+            log.warning("cluster: malformed routed request on %s: %s: %s", msg.subject,
+                        type(exc).__name__, str(exc)[:200])  # fmt: skip
+            refused = CommandResult.error(
+                "invalid", f"instance {self.instance_id} could not read the routed request"
+            )
+            answer = {"here": True, "account": "-", "result": _dump_result(refused)}
         try:
             await msg.respond(orjson.dumps(answer, default=str))
         except NatsError as exc:

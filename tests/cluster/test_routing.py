@@ -189,3 +189,19 @@ async def test_a_command_for_a_crashed_owners_account_gets_one_unavailable_reply
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_a_malformed_routed_request_is_counted_and_answered_at_once(
+    instance: Any, nats_client: Any, cloud: TencentCloud
+) -> None:
+    """Bad input from a peer (another version, a stray publisher): a clear error back at
+    once, a counter and a log line; the instance carries on."""
+    from gateway.cluster.routing import subject
+
+    a = await instance("gw-a", quick_accounts(cloud, 1), slots=4)
+    nc = await nats_client()
+    for garbage in (b"not json", b'{"op": "device"}', b'{"op": "teleport", "request": {}}'):
+        msg = await nc.request(subject("gw-a"), garbage, timeout=5)
+        answer = json.loads(msg.data)
+        assert answer["result"]["status"] == "error" and answer["result"]["code"] == "invalid"
+    assert a.health.counters["bad_peer_messages"]["cluster"] == 3
