@@ -2,7 +2,8 @@
 
 Subscribes (with the runtime's own MQTT client) to the retained ``bridge/state``,
 ``bridge/accounts``, ``bridge/health`` and ``bridge/info`` of one base topic and shows a table of
-accounts — vendor, name, state, since (how long ago), devices, last error — and the totals.
+accounts — vendor, name, state, since (how long ago), devices, last error, and in cluster mode
+the instance that runs it — and the totals.
 Live (a ``rich`` table refreshed in place) until Ctrl-C, or ``--once``: plain text for scripts,
 exit 0; exit 1 with one line when no gateway answers within ``--timeout`` seconds.
 """
@@ -62,8 +63,17 @@ class Snapshot:
     def complete(self) -> bool:
         return "state" in self.values and "accounts" in self.values
 
+    @property
+    def clustered(self) -> bool:
+        """A cluster's merged ``bridge/accounts``: each entry names its instance."""
+        return any("instance" in a for a in self.values.get("accounts") or [])
+
+    def headers(self) -> list[str]:
+        return [*HEADERS, "INSTANCE"] if self.clustered else HEADERS
+
     def rows(self) -> list[list[str]]:
         accounts = self.values.get("accounts") or []
+        clustered = self.clustered
         rows = []
         for a in sorted(accounts, key=lambda a: (str(a.get("vendor")), str(a.get("name")))):
             state = str(a.get("state", "?")) + (" !" if a.get("attention") else "")
@@ -71,6 +81,8 @@ class Snapshot:
                 str(a.get("vendor", "?")), str(a.get("name", "?")), state, ago(a.get("since")),
                 str(a.get("devices", 0)), str(a.get("error") or "")[:80],
             ])  # fmt: skip
+            if clustered:
+                rows[-1].append(str(a.get("instance") or "-"))
         return rows
 
     def totals(self) -> str:
@@ -90,6 +102,9 @@ class Snapshot:
         rates = health.get("rates") or {}
         if rates:
             parts.append(f"published {rates.get('published_per_s', 0)}/s")
+        live = (info.get("cluster") or {}).get("live")
+        if live:
+            parts.append(f"cluster {len(live)} instance(s)")
         if info.get("version"):
             parts.append(f"v{info['version']} ({info.get('speedups', '?')})")
         return " | ".join(p for p in parts if p)
@@ -99,8 +114,9 @@ HEADERS = ["VENDOR", "NAME", "STATE", "SINCE", "DEVICES", "LAST ERROR"]
 
 
 def render_plain(snap: Snapshot, out: TextIO) -> None:
-    rows = [HEADERS, *snap.rows()]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADERS))]
+    headers = snap.headers()
+    rows = [headers, *snap.rows()]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(headers))]
     for row in rows:
         out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
     out.write(snap.totals() + "\n")
@@ -111,7 +127,7 @@ def _render_rich(snap: Snapshot, source: str) -> Any:
 
     table = Table(title=f"cloud2mqtt status — {source}", caption=snap.totals(), expand=False)
     styles = {"online": "green", "connecting": "yellow", "backoff": "yellow", "attention": "red"}
-    for h in HEADERS:
+    for h in snap.headers():
         table.add_column(h, justify="right" if h == "DEVICES" else "left")
     for row in snap.rows():
         style = styles.get(row[2].rstrip(" !"), "")

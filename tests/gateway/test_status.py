@@ -62,3 +62,21 @@ def test_plain_rendering_and_ages() -> None:
     text = buf.getvalue()
     assert "attention !" in text and "credentials refused" in text and "1 need attention" in text
     assert ago(0) == "-" and ago(1000, 66_000) == "1m 05s" and ago(1, 1 + 90_000_000) == "1d 1h"
+
+
+def test_a_cluster_shows_which_instance_runs_each_account() -> None:
+    snap = Snapshot("cloud2mqtt")
+    snap.values = {
+        "state": {"state": "online"},
+        "accounts": [{"vendor": "tencent", "name": "a", "state": "online", "instance": "gw-a"},
+                     {"vendor": "tencent", "name": "b", "state": "online", "instance": "gw-b"}],
+        "info": {"cluster": {"live": ["gw-a", "gw-b"]}},
+    }  # fmt: skip
+    import io
+
+    buf = io.StringIO()
+    render_plain(snap, buf)
+    header, row_a, row_b, totals = buf.getvalue().splitlines()
+    assert header.split()[-1] == "INSTANCE"
+    assert row_a.split()[-1] == "gw-a" and row_b.split()[-1] == "gw-b"
+    assert "cluster 2 instance(s)" in totals
