@@ -379,8 +379,8 @@ class Gateway:
 
     def _on_bridge_state(self, topic: str, payload: bytes) -> None:
         """Cluster mode: ``bridge/state`` went offline (a peer's will) while this instance runs."""
-        leases = self.cluster.leases if self.cluster is not None else None
-        if payload == OFFLINE and leases is not None and leases.started and self.mqtt.connected:
+        serving = self.cluster is not None and self.cluster.serving()
+        if payload == OFFLINE and serving and self.mqtt.connected:
             log.info("cluster: a peer left bridge/state offline; this instance still serves")
             self.mqtt.publish(topic, ONLINE, 1, True, JSON_PROPS)
 

@@ -88,8 +88,8 @@ class Cluster:
         self._last_error = ""
         #: commands for accounts run elsewhere go to their owner (``router.serve(handler)``)
         self.router = CommandRouter(
-            self.instance_id, accounts, config.slots,
-            owners=lambda: self.leases.owners() if self.leases is not None else {},
+            self.instance_id, accounts,
+            owners=self.owner_lookup,
             live=lambda: self.leases.live() if self.leases is not None else [],
             timeout=command_timeout,
         )  # fmt: skip

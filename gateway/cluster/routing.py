@@ -8,7 +8,7 @@ The PUBLISH it receives carries the real topic, so parsing is the same as with o
 Routing. The receiving instance runs the command itself when it runs the device's account
 (``CommandHandler``'s local path, unchanged). Otherwise it asks the other instances over NATS
 request/reply, each on its own subject ``c2m.cmd.<instance id>``: one request at a time, first
-the owners of the slots of that vendor's accounts (``slot_of`` → ``SlotLeases.owners()``, in
+the owners of that vendor's accounts (``Cluster.owner_lookup``: the slot leases, in
 account-name order), then any other live instance. An instance that runs the device executes the
 command exactly as a single instance would (``CommandHandler.execute``: validation, vendor call
 under ``command_timeout``) and answers with the result; one that does not answers "not here" at
@@ -55,7 +55,6 @@ from nats.errors import NoRespondersError
 from protocols.model import CommandError, CommandResult
 
 from .kvtokens import escape_key
-from .leases import slot_of
 
 if TYPE_CHECKING:
     from nats.aio.client import Client
@@ -116,15 +115,13 @@ class CommandRouter:
         self,
         instance_id: str,
         accounts: list[AccountConfig],
-        slots: int,
-        owners: Callable[[], dict[int, str | None]],
+        owners: Callable[[], Callable[[str, str], str | None]],
         live: Callable[[], list[str]],
         timeout: float,
     ) -> None:
         self.instance_id = instance_id
         self.accounts = accounts
-        self.slots = slots
-        self._owners = owners  # every slot's holder as last read (SlotLeases.owners)
+        self._owners = owners  # who runs (vendor, account) as last read (Cluster.owner_lookup)
         self._live = live  # the live instances (SlotLeases.live)
         self.timeout = timeout
         self.handler: CommandHandler | None = None
@@ -159,8 +156,8 @@ class CommandRouter:
         accounts = sorted(a.name for a in self.accounts if a.vendor == vendor)
         if not accounts:
             return "-", self._unknown(vendor, device, kind)
-        owners = self._owners()
-        owner_of = {name: owners.get(slot_of(vendor, name, self.slots)) for name in accounts}
+        runs = self._owners()
+        owner_of = {name: runs(vendor, name) for name in accounts}
         moving = [name for name, owner in owner_of.items() if owner is None]
         asked: list[str] = []
         for owner in [*owner_of.values(), *self._live()]:
@@ -208,7 +205,7 @@ class CommandRouter:
         account = matches[0]
         if handler.connector((account.vendor, account.name)) is not None:
             return None  # runs here
-        owner = self._owners().get(slot_of(account.vendor, account.name, self.slots))
+        owner = self._owners()(account.vendor, account.name)
         label = f"{account.vendor}/{account.name}"
         if owner is None or owner == self.instance_id:
             return _unavailable(f"account {label} is moving between instances; try again")
