@@ -97,6 +97,11 @@ class XkyOptions:
     backoff_cap: float = opt(300.0, above=0, help="seconds")
     logout_on_close: bool = opt(False, help="log out on shutdown")
 
+    @property
+    def poll_floor(self) -> float:
+        """The minimum poll spacing: this account's, else the rate model's default."""
+        return self.min_poll_interval or DEFAULT_MIN_POLL
+
 
 class XkyConnector(Session):
     vendor: ClassVar[str] = "xky"
@@ -109,10 +114,10 @@ class XkyConnector(Session):
         opts = read_options(XkyOptions, raw, key)
         if not opts.key:
             opts = dataclasses.replace(opts, key=api.DEFAULT_KEY)
-        floor = opts.min_poll_interval or DEFAULT_MIN_POLL
-        if opts.poll_interval < floor:
+        if opts.poll_interval < opts.poll_floor:
             raise ConfigError(
-                f"{key}.poll_interval", f"{opts.poll_interval:g}s is below min_poll_interval ({floor:g}s)"
+                f"{key}.poll_interval",
+                f"{opts.poll_interval:g}s is below min_poll_interval ({opts.poll_floor:g}s)",
             )
         return opts
 
@@ -120,7 +125,7 @@ class XkyConnector(Session):
         self, options: XkyOptions, ctx: AccountContext, http: aiohttp.ClientSession
     ) -> None:
         super().__init__(options, ctx, http)
-        self.backoff_base = self.backoff_floor = options.min_poll_interval or DEFAULT_MIN_POLL
+        self.backoff_base = self.backoff_floor = options.poll_floor
         self.backoff_cap = options.backoff_cap
         self._session: str | None = None
         self._snapshot: dict[str, DeviceRecord] = {}
