@@ -551,7 +551,7 @@ class AliyunConnector(Session):
         self.breaker.check()
         api = API[name]
         body = build_request(api.version, params, self.iot_token if token else None)
-        headers = sign_request(self.opts.app_key, self.opts.app_secret, "POST", api.path, {}, body=body)
+        headers = sign_request(self.opts.app_key, self.opts.app_secret, "POST", api.path, body=body)
         async with self._sem:
             probe = self.breaker.admit()
             try:

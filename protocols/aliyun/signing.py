@@ -155,21 +155,21 @@ def sign_request(
     app_secret: str,
     method: str,
     path: str,
-    headers: Mapping[str, str],
+    headers: Mapping[str, str] | None = None,
     query: Mapping[str, str] | None = None,
     body: bytes = b"",
 ) -> dict[str, str]:
     """Return the complete, signed headers to send (lower-case names).
 
-    Given headers win over the defaults, so callers (and tests) may pin ``x-ca-nonce``,
-    ``date`` or ``x-ca-timestamp``. Defaults: ``accept: application/json``, ``x-ca-key``,
-    ``x-ca-nonce`` (UUID4), ``x-ca-signaturemethod: HmacSHA256``, ``x-ca-timestamp`` (ms) when
-    neither ``date`` nor ``x-ca-timestamp`` was given, and for a body ``content-type:
-    application/octet-stream`` (the official package's choice) with ``content-md5`` unless the
-    body is a form.
+    ``headers`` are the caller's own (none is fine). They win over the defaults, so callers (and
+    tests) may pin ``x-ca-nonce``, ``date`` or ``x-ca-timestamp``. Defaults: ``accept:
+    application/json``, ``x-ca-key``, ``x-ca-nonce`` (UUID4), ``x-ca-signaturemethod:
+    HmacSHA256``, ``x-ca-timestamp`` (ms) when neither ``date`` nor ``x-ca-timestamp`` was given,
+    and for a body ``content-type: application/octet-stream`` (the official package's choice) with
+    ``content-md5`` unless the body is a form.
     """
     out: dict[str, str] = {"accept": "application/json"}
-    out.update({key.lower(): value for key, value in headers.items()})
+    out.update({key.lower(): value for key, value in (headers or {}).items()})
     out["x-ca-key"] = app_key
     out.setdefault("x-ca-nonce", str(uuid.uuid4()))
     out.setdefault("x-ca-signaturemethod", "HmacSHA256")

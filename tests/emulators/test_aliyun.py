@@ -41,7 +41,7 @@ async def cloud() -> AsyncIterator[AliyunCloud]:
 async def _post(cloud: AliyunCloud, path: str, params: dict[str, Any], *, secret: str | None = None,
                 token: str | None = None, extra: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
     body = build_request("1.0.0", params, token if token is not None else cloud.account.iot_token)
-    headers = sign_request(cloud.app_key, secret or cloud.app_secret, "POST", path, extra or {}, body=body)
+    headers = sign_request(cloud.app_key, secret or cloud.app_secret, "POST", path, extra, body=body)
     async with aiohttp.ClientSession() as http, http.post(cloud.url + path, data=body, headers=headers) as resp:
         raw = await resp.read()
         return resp.status, dict(resp.headers), orjson.loads(raw) if raw else None

@@ -108,7 +108,7 @@ def test_sign_request_form_body_goes_into_url_without_md5() -> None:
 
 
 def test_sign_request_defaults_timestamp_and_nonce() -> None:
-    out = sign_request("key", "s", "POST", "/p", {})
+    out = sign_request("key", "s", "POST", "/p")
     assert abs(int(out["x-ca-timestamp"]) - time.time() * 1000) < 60_000
     assert len(out["x-ca-nonce"]) == 36
 
