@@ -97,9 +97,9 @@ class AccountContext(Protocol):
         error: str | None = None,
         *,
         token_expires_ms: int | None = None,
-        attention: bool = False,
     ) -> None:
-        """Report the account's link state on ``bridge/accounts`` (``attention``: needs a human)."""
+        """Report the account's link state on ``bridge/accounts``; ``LinkState.ATTENTION`` flags
+        the account for a human (logged and raised once each time the account enters it)."""
 
     def bad_input(
         self, reason: str, device: str | None = None, counter: str = "bad_frames"
@@ -268,12 +268,11 @@ class AccountLink:
         error: str | None = None,
         *,
         token_expires_ms: int | None = None,
-        attention: bool = False,
     ) -> None:
-        """Report the account's link state on ``bridge/accounts`` (``attention``: needs a human)."""
-        changed = (
-            state != self.link_state or error != self.link_error or attention != self.attention
-        )
+        """Report the account's link state on ``bridge/accounts``; ``LinkState.ATTENTION`` flags
+        the account for a human (logged and raised once each time the account enters it)."""
+        attention = state is LinkState.ATTENTION
+        changed = state != self.link_state or error != self.link_error
         if state != self.link_state:
             self.link_since = now_ms()
             if DEBUG.on:
@@ -288,12 +287,7 @@ class AccountLink:
         if newly_flagged:
             self.log.error("needs attention: %s", error)
         self.attention = attention
-        if state is LinkState.ONLINE:
-            self.attention = False
-            if self._grace is not None:
-                self._grace.cancel()
-                self._grace = None
-        elif state is LinkState.STOPPED:
+        if state in (LinkState.ONLINE, LinkState.STOPPED):
             if self._grace is not None:
                 self._grace.cancel()
                 self._grace = None

@@ -160,9 +160,8 @@ class RecordingContext:
         error: str | None = None,
         *,
         token_expires_ms: int | None = None,
-        attention: bool = False,
     ) -> None:
-        self.links.append((state, error, attention))
+        self.links.append((state, error, state is LinkState.ATTENTION))
         if token_expires_ms is not None:
             self.token_expiry = token_expires_ms
 

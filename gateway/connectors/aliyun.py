@@ -436,7 +436,7 @@ class AliyunConnector(Session):
                 # Pushes may still flow on the bound channel; calls will not. A human must
                 # give a new iotToken; nothing here retries on its own.
                 self._token_rejected.clear()
-                self.ctx.link(LinkState.ATTENTION, "the API rejected the iotToken", attention=True)
+                self.ctx.link(LinkState.ATTENTION, "the API rejected the iotToken")
         elif self._refresh_due:
             await self._refresh_session()
             self._refresh_due = False

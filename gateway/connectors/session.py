@@ -363,7 +363,7 @@ class Session(Connector):
             delay = exc.retry_after or self.attention_backoff.next()
             keys = (exc.config_key,) if exc.config_key else self.credential_keys
             hint = f"; check {', '.join(keys)} in this account's configuration" if keys else ""
-            self.ctx.link(LinkState.ATTENTION, str(exc), attention=True)
+            self.ctx.link(LinkState.ATTENTION, str(exc))
             self.ctx.log.error("%s%s; next attempt in %.0fs", exc, hint, delay)
             return delay
         if isinstance(exc, Throttled):

@@ -52,8 +52,8 @@ async def test_link_changes_are_emitted_and_attention_flagged_once(core: Core) -
     core.bus.subscribe(AccountLinkChanged, seen.append)
     acc = link(core)
     acc.link(LinkState.CONNECTING)
-    acc.link(LinkState.ATTENTION, "refused", attention=True)
-    acc.link(LinkState.ATTENTION, "refused", attention=True)
+    acc.link(LinkState.ATTENTION, "refused")
+    acc.link(LinkState.ATTENTION, "refused")
     acc.link(LinkState.ONLINE)
     assert [(e.description["state"], e.needs_attention) for e in seen] == [
         ("connecting", False), ("attention", True), ("online", False),

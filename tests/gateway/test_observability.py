@@ -162,7 +162,7 @@ async def test_readyz_waits_for_first_sync_but_not_for_attention(gateway_factory
     assert not ready and detail["accounts_pending"] == ["dummy/acc"]
     status, body = await get(f"{gw.observability.http.url}/readyz")
     assert status == 503 and orjson.loads(body)["accounts_pending"] == ["dummy/acc"]
-    dummy.ctx.link(LinkState.ATTENTION, "credentials refused", attention=True)
+    dummy.ctx.link(LinkState.ATTENTION, "credentials refused")
     assert readiness()[0]
 
 
