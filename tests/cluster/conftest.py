@@ -7,8 +7,11 @@ scripts/bootstrap installs both.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import shutil
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from gateway.mosquitto import free_port, start_listening
-from tests.conftest import IN_CI
+from tests.conftest import IN_CI, Probe
 
 if TYPE_CHECKING:
     from emulators.tencent import TencentCloud
@@ -117,6 +120,56 @@ def instance(
     return start
 
 
+def toml_config(tables: dict[str, Any]) -> str:
+    """Just enough TOML for a test config: tables and arrays of tables of plain values."""
+    out: list[str] = []
+    for name, value in tables.items():
+        rows = value if isinstance(value, list) else [value]
+        for row in rows:
+            out.append(f"[[{name}]]" if isinstance(value, list) else f"[{name}]")
+            out.extend(f"{k} = {json.dumps(v)}" for k, v in row.items())
+    return "\n".join(out) + "\n"
+
+
+@pytest.fixture
+async def instance_process(
+    nats_server: NatsServer, mosquitto: Any, tmp_path: Path
+) -> AsyncIterator[Callable[..., Awaitable[asyncio.subprocess.Process]]]:
+    """``await instance_process(name, accounts, cluster={…}, **gateway)``: a real ``cloud2mqtt
+    run`` process in cluster mode on the test's nats-server and broker, for what one process
+    cannot show of another (a SIGKILL, the process-wide log level); its log goes to
+    ``<tmp_path>/<name>.log``. ``[cluster]`` is ``slots = 4``, ``lease_ttl = 1`` unless
+    ``cluster`` says otherwise. Killed after the test if still running."""
+    started: list[asyncio.subprocess.Process] = []
+
+    async def start(
+        name: str, accounts: list[dict[str, Any]], *, cluster: dict[str, Any] | None = None,
+        **gateway: Any,
+    ) -> asyncio.subprocess.Process:  # fmt: skip
+        config = tmp_path / f"{name}.toml"
+        config.write_text(toml_config({
+            "mqtt": {"url": mosquitto.url, "client_id": f"proc-{name}"},
+            "gateway": {"state_dir": str(tmp_path / name), "instance_id": name,
+                        "command_timeout": 3.0, "health_interval": 0.5, **gateway},
+            "cluster": {"nats": nats_server.url, "slots": 4, "lease_ttl": 1.0, **(cluster or {})},
+            "accounts": accounts,
+        }))  # fmt: skip
+        with open(tmp_path / f"{name}.log", "wb") as log:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gateway.cli", "run", "-c", str(config),
+                stdout=asyncio.subprocess.DEVNULL, stderr=log,
+                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+            )  # fmt: skip
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 def quick_accounts(cloud: TencentCloud, n: int) -> list[dict[str, Any]]:
     """``acct0`` … ``acct<n-1>`` of the Tencent emulator (``user-<i>``), with a fast heartbeat
     and backoff: an account that moves is up again quickly."""
@@ -125,3 +178,16 @@ def quick_accounts(cloud: TencentCloud, n: int) -> list[dict[str, Any]]:
                              backoff_base=0.05, backoff_cap=0.3)
         for i in range(n)
     ]  # fmt: skip
+
+
+async def retained(mosquitto: Any, topic: str, *until: str) -> dict[str, Any]:
+    """The retained messages a new subscriber to ``topic`` gets, read until each of ``until``
+    came."""
+    fresh = Probe(mosquitto.host, mosquitto.port, topic)
+    try:
+        await fresh.ready()
+        for name in until:
+            await fresh.wait_for(name)
+        return {t: p for t, p, retain in fresh.messages if retain}
+    finally:
+        fresh.close()

@@ -10,8 +10,7 @@ from typing import Any
 
 from emulators.tencent import TencentCloud
 from gateway.app import Gateway
-from tests.cluster.conftest import quick_accounts
-from tests.conftest import Probe
+from tests.cluster.conftest import quick_accounts, retained
 from tests.helpers import emulator, eventually
 
 B = "cloud2mqtt"
@@ -41,19 +40,6 @@ def listed(accounts: Any) -> dict[str, str]:
     names = [a["name"] for a in accounts]
     assert len(names) == len(set(names)), f"an account listed twice: {sorted(names)}"
     return {a["name"]: a["instance"] for a in accounts}
-
-
-async def retained(mosquitto: Any, topic: str, *until: str) -> dict[str, Any]:
-    """The retained messages a new subscriber to ``topic`` gets, read until each of ``until``
-    came."""
-    fresh = Probe(mosquitto.host, mosquitto.port, topic)
-    try:
-        await fresh.ready()
-        for name in until:
-            await fresh.wait_for(name)
-        return {t: p for t, p, retain in fresh.messages if retain}
-    finally:
-        fresh.close()
 
 
 async def test_bridge_accounts_and_devices_show_the_whole_cluster(

@@ -5,12 +5,8 @@ Tencent emulator; the crashed owner is a real ``cloud2mqtt run`` process killed 
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import signal
-import sys
-from pathlib import Path
 from typing import Any
 
 from emulators.tencent import TencentCloud
@@ -111,84 +107,54 @@ async def test_each_command_is_answered_once_with_the_owners_result(
     assert got == [f"r{i}" for i in range(RESYNCS)], "one reply per bridge request"
 
 
-def _toml(tables: dict[str, Any]) -> str:
-    """Just enough TOML for a test config: tables and arrays of tables of plain values."""
-    out: list[str] = []
-    for name, value in tables.items():
-        rows = value if isinstance(value, list) else [value]
-        for row in rows:
-            out.append(f"[[{name}]]" if isinstance(value, list) else f"[{name}]")
-            out.extend(f"{k} = {json.dumps(v)}" for k, v in row.items())
-    return "\n".join(out) + "\n"
-
-
 async def test_a_command_for_a_crashed_owners_account_gets_one_unavailable_reply(
-    nats_server: Any, mosquitto: Any, instance: Any, probe: Any, cloud: TencentCloud,
-    tmp_path: Path,
-) -> None:  # fmt: skip
+    instance_process: Any, instance: Any, probe: Any, cloud: TencentCloud
+) -> None:
     # lease_ttl 3: after the crash, B waits a whole lease (3 s) before it takes the slots over
-    cluster = {"nats": nats_server.url, "slots": 8, "lease_ttl": 3.0}
-    config = tmp_path / "gw-a.toml"
-    config.write_text(_toml({
-        "mqtt": {"url": mosquitto.url, "client_id": "gw-crash"},
-        "gateway": {"state_dir": str(tmp_path / "gw-a"), "instance_id": "gw-a",
-                    "command_timeout": 3.0, "health_interval": 0.5},
-        "cluster": cluster,
-        "accounts": _accounts(cloud),
-    }))  # fmt: skip
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway.cli", "run", "-c", str(config),
-        stdout=asyncio.subprocess.DEVNULL, stderr=open(tmp_path / "gw-a.log", "wb"),  # noqa: SIM115
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
-    )  # fmt: skip
-    try:
-        b = await instance("gw-b", _accounts(cloud), slots=8, lease_ttl=3.0)
-        info = await probe.wait_for(
-            f"{B}/bridge/info",
-            lambda p: (
-                p.get("cluster", {}).get("instance") == "gw-b"
-                and set(p["cluster"]["accounts"].values()) == {"gw-a", "gw-b"}
-            ),
-            timeout=20,
-        )
-        on_a = sorted(
-            k.split("/")[1] for k, v in info["cluster"]["accounts"].items() if v == "gw-a"
-        )
-        device = _light(cloud, on_a[0])
-        await probe.wait_for(f"{device}/availability", lambda p: p["state"] == "online")
-        mark = probe.mark()
-        proc.send_signal(signal.SIGKILL)
-        await proc.wait()
-        # its last will: the broker has dropped it, so only B is left in the shared group
-        await probe.wait_for(f"{B}/bridge/state", lambda p: p["state"] == "offline", start=mark)
-        assert b.cluster is not None and b.cluster.leases is not None
-        leases = b.cluster.leases
-        controls = cloud.stats["controls"]
+    proc = await instance_process("gw-a", _accounts(cloud), cluster={"slots": 8, "lease_ttl": 3.0})
+    b = await instance("gw-b", _accounts(cloud), slots=8, lease_ttl=3.0)
+    info = await probe.wait_for(
+        f"{B}/bridge/info",
+        lambda p: (
+            p.get("cluster", {}).get("instance") == "gw-b"
+            and set(p["cluster"]["accounts"].values()) == {"gw-a", "gw-b"}
+        ),
+        timeout=20,
+    )
+    on_a = sorted(
+        k.split("/")[1] for k, v in info["cluster"]["accounts"].items() if v == "gw-a"
+    )
+    device = _light(cloud, on_a[0])
+    await probe.wait_for(f"{device}/availability", lambda p: p["state"] == "online")
+    mark = probe.mark()
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
+    # its last will: the broker has dropped it, so only B is left in the shared group
+    await probe.wait_for(f"{B}/bridge/state", lambda p: p["state"] == "offline", start=mark)
+    assert b.cluster is not None and b.cluster.leases is not None
+    leases = b.cluster.leases
+    controls = cloud.stats["controls"]
 
-        probe.publish(f"{device}/set", {"brightness": 7, "transaction": "gone"})
-        reply = await probe.wait_for(
-            f"{device}/response/set", lambda p: p.get("transaction") == "gone", start=mark
-        )
-        assert "gw-a" in leases.owners().values(), "answered before the takeover"
-        assert reply["status"] == "error" and reply["error"]["code"] == "unavailable", reply
-        assert "gw-a" in reply["error"]["message"]
+    probe.publish(f"{device}/set", {"brightness": 7, "transaction": "gone"})
+    reply = await probe.wait_for(
+        f"{device}/response/set", lambda p: p.get("transaction") == "gone", start=mark
+    )
+    assert "gw-a" in leases.owners().values(), "answered before the takeover"
+    assert reply["status"] == "error" and reply["error"]["code"] == "unavailable", reply
+    assert "gw-a" in reply["error"]["message"]
 
-        # after the takeover the new owner runs it
-        await eventually(lambda: len(b.account_keys()) == ACCOUNTS, timeout=15)
-        await probe.wait_for(f"{device}/availability", lambda p: p["state"] == "online", start=mark)
-        probe.publish(f"{device}/set", {"brightness": 8, "transaction": "back"})
-        ok = await probe.wait_for(
-            f"{device}/response/set", lambda p: p.get("transaction") == "back", start=mark
-        )
-        assert ok["status"] == "ok", ok
-        assert cloud.stats["controls"] == controls + 1, "the refused command never ran"
-        assert [p["transaction"] for p in probe.find(f"{device}/response/set", start=mark)] == [
-            "gone", "back",
-        ]  # fmt: skip
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    # after the takeover the new owner runs it
+    await eventually(lambda: len(b.account_keys()) == ACCOUNTS, timeout=15)
+    await probe.wait_for(f"{device}/availability", lambda p: p["state"] == "online", start=mark)
+    probe.publish(f"{device}/set", {"brightness": 8, "transaction": "back"})
+    ok = await probe.wait_for(
+        f"{device}/response/set", lambda p: p.get("transaction") == "back", start=mark
+    )
+    assert ok["status"] == "ok", ok
+    assert cloud.stats["controls"] == controls + 1, "the refused command never ran"
+    assert [p["transaction"] for p in probe.find(f"{device}/response/set", start=mark)] == [
+        "gone", "back",
+    ]  # fmt: skip
 
 
 async def test_a_malformed_routed_request_is_counted_and_answered_at_once(
