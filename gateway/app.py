@@ -207,7 +207,7 @@ class Gateway:
             # A peer that dies sets bridge/state offline by its will while this one serves on:
             # put it back (the flap lasts one round trip).
             self._subscribe_route(self.topics.bridge("state"), self._on_bridge_state)
-            # every instance's own bridge/accounts and bridge/devices: the merge of them all
+            # every instance's own bridge/accounts, bridge/devices and bridge/health: merged
             for kind in KINDS:
                 self._subscribe_route(
                     self.topics.bridge(f"instances/+/{kind}"), self.publisher.on_instance_snapshot
@@ -325,14 +325,16 @@ class Gateway:
         cluster = self.cluster
         if cluster is None:
             return None
-        return InstanceSnapshots(cluster.instance_id, cluster.owner_lookup, cluster.serving)
+        return InstanceSnapshots(
+            cluster.instance_id, cluster.owner_lookup, cluster.serving, live=cluster.live
+        )
 
     def _on_cluster_change(self) -> None:
         cluster = self.cluster
         if cluster is not None and cluster.config.shared_egress and cluster.leases is not None:
             self.pacer.share_with(len(cluster.leases.live()))
         self.observability.publish_info()
-        self.publisher.snapshots_changed()  # the merge keeps each owner's accounts
+        self.publisher.snapshots_changed()  # the merge keeps each owner's accounts, live health
 
     def connector(self, key: AccountKey) -> Connector | None:
         running = self._running.get(key)

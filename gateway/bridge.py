@@ -1,7 +1,7 @@
 """``bridge/request/<command>``: the admin RPC, answered by ``gateway.commands``.
 
 Built-in requests read the publisher's view (``health``, ``devices``, ``accounts``; in cluster
-mode ``devices`` and ``accounts`` are every instance's, merged: gateway/instances.py) or act on
+mode they are every instance's, merged: gateway/instances.py) or act on
 one account through the supervisor's account control (``resync`` restarts the account's
 session); any other request is routed to the named account's connector (vendor requests such
 as XiakeCloud's ``multi_device``). An unknown request is answered with the list of known ones.
@@ -77,7 +77,7 @@ class BridgeRequests:
         return await connector.request(command, request)
 
     async def _health(self, request: dict[str, Any]) -> CommandResult:
-        return CommandResult.ok(self.publisher.health_snapshot())
+        return CommandResult.ok(self.publisher.health_view())
 
     async def _devices(self, request: dict[str, Any]) -> CommandResult:
         return CommandResult.ok({"devices": self.publisher.devices_view()})

@@ -26,9 +26,10 @@ is O(N); with thousands of accounts starting at once each change would republish
 therefore grows with the cost of the last publish: at most ~10% of the loop goes to them.
 
 In cluster mode (``cluster``: gateway/instances.py) this instance's ``bridge/accounts``,
-``bridge/devices`` and ``bridge/health`` also go to ``bridge/instances/<id>/…``, and
-``bridge/accounts`` / ``bridge/devices`` carry the merge of every instance's snapshots,
-written only when it changed; ``goodbye`` clears the instance's own snapshots.
+``bridge/devices`` and ``bridge/health`` also go to ``bridge/instances/<id>/…``, and ``bridge/accounts`` / ``bridge/devices`` / ``bridge/health``
+carry the merge of every instance's snapshots, written only when it changed; ``goodbye`` clears
+the instance's own snapshots. The health merge uses the snapshot this instance last published,
+not a fresh one, so that every instance merges the same snapshots into the same payload.
 
 The publisher never reaches a connector or the gateway: it knows the MQTT client, the topic
 names, the registry (to republish) and the health counters.
@@ -123,6 +124,8 @@ class Publisher:
     cluster: InstanceSnapshots | None = None
     #: cluster mode: the last payload written on each topic that is only written on change
     _sent: dict[str, bytes] = field(default_factory=dict, init=False)
+    #: cluster mode: this instance's last published health snapshot (what the merge adds up)
+    _own_health: dict[str, Any] | None = field(default=None, init=False)
     _accounts: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict, init=False)
     _unsubscribe: list[Callable[[], None]] = field(default_factory=list, init=False)
     _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False)
@@ -201,7 +204,7 @@ class Publisher:
         """Cluster mode: this instance's own snapshots (``bridge/instances/<id>/<kind>``)."""
         if self.cluster is None:
             return []
-        return [self._instance_topic(kind) for kind in (*KINDS, "health")]
+        return [self._instance_topic(kind) for kind in KINDS]
 
     def _instance_topic(self, kind: str) -> str:
         return self.topics.bridge(f"instances/{self._instance_id}/{kind}")
@@ -366,13 +369,19 @@ class Publisher:
         """Cluster mode: a message on ``bridge/instances/<id>/<kind>`` (a peer's snapshot, or
         empty when it left): republish the merge if it changed anything."""
         instance, _, kind = topic.removeprefix(self.topics.bridge("instances/")).partition("/")
-        if self.cluster is not None and self.cluster.receive(instance, kind, payload):
-            self.snapshots_changed()
+        if self.cluster is None or not self.cluster.receive(instance, kind, payload):
+            return
+        if kind == "health":
+            self._publish_health_merge()
+        else:
+            self.accounts_changed()
+            self.devices_changed()
 
     def snapshots_changed(self) -> None:
-        """Cluster mode: a peer's snapshot or the ownership changed: merge again."""
+        """Cluster mode: the ownership or the live instances changed: merge again."""
         self.accounts_changed()
         self.devices_changed()
+        self._publish_health_merge()
 
     def accounts_view(self) -> list[dict[str, Any]]:
         """``bridge/request/accounts``: the merge in cluster mode, else this instance's."""
@@ -388,10 +397,18 @@ class Publisher:
         return self.cluster.merge("devices", sorted(devices, key=lambda d: d["topic"]))
 
     def health_snapshot(self) -> dict[str, Any]:
+        """This instance's health (``bridge/health`` of a single instance). In cluster mode
+        ``devices`` and ``accounts`` count only what runs here now: an account that moved away
+        stays in the registry and the accounts list, stopped, but is counted by its owner."""
         accounts = self.accounts()
+        devices = len(self.registry)
+        if self.cluster is not None:
+            owner, me = self.cluster.owners(), self._instance_id
+            accounts = [a for a in accounts if owner(a["vendor"], a["name"]) == me]
+            devices = sum(1 for rec in self.registry if owner(rec.vendor, rec.account) == me)
         mqtt = self.mqtt
         extra: dict[str, Any] = {
-            "devices": len(self.registry),
+            "devices": devices,
             "accounts": {
                 "total": len(accounts),
                 "online": sum(1 for a in accounts if a["state"] == "online"),
@@ -406,11 +423,32 @@ class Publisher:
             extra["instance"] = self.cluster.instance_id
         return self.health.snapshot(extra)
 
+    def health_view(self) -> dict[str, Any]:
+        """``bridge/request/health``: in cluster mode the merge (with this instance's health as
+        of now) and ``answered_by``; else this instance's health."""
+        own = self.health_snapshot()
+        if self.cluster is None:
+            return own
+        return {**self.cluster.merge_health(own), "answered_by": self._instance_id}
+
     def publish_health(self) -> None:
-        payload = _dumps(self.health_snapshot())
-        self.publish_raw(self.topics.bridge("health"), payload, retain=True)
-        if self.cluster is not None:
-            self.publish_raw(self._instance_topic("health"), payload, retain=True)
+        """Every ``health_interval``: this instance's health on ``bridge/health``; in cluster
+        mode on ``bridge/instances/<id>/health``, and the merge on ``bridge/health``."""
+        own = self.health_snapshot()
+        if self.cluster is None:
+            self.publish_raw(self.topics.bridge("health"), _dumps(own), retain=True)
+            return
+        self.publish_raw(self._instance_topic("health"), _dumps(own), retain=True)
+        self._own_health = own
+        self._publish_health_merge()
+
+    def _publish_health_merge(self) -> None:
+        """Cluster mode: the live instances' health, summed, on ``bridge/health`` when it
+        changed (not before this instance published its own)."""
+        if self.cluster is None or self._own_health is None or not self.cluster.serving():
+            return
+        merged = self.cluster.merge_health(self._own_health)
+        self._publish_changed(self.topics.bridge("health"), _dumps(merged))
 
     def republish(self) -> None:
         """After every (re)connect: announce the bridge and publish every retained topic again

@@ -3,7 +3,9 @@
 Subscribes (with the runtime's own MQTT client) to the retained ``bridge/state``,
 ``bridge/accounts``, ``bridge/health`` and ``bridge/info`` of one base topic and shows a table of
 accounts — vendor, name, state, since (how long ago), devices, last error, and in cluster mode
-the instance that runs it — and the totals.
+the instance that runs it — and the totals. In cluster mode ``bridge/health`` is the live
+instances' sum (gateway/instances.py), so the rates are the cluster's, and its ``instances``
+name the instances it counted, each with its uptime.
 Live (a ``rich`` table refreshed in place) until Ctrl-C, or ``--once``: plain text for scripts,
 exit 0; exit 1 with one line when no gateway answers within ``--timeout`` seconds.
 """
@@ -102,8 +104,13 @@ class Snapshot:
         rates = health.get("rates") or {}
         if rates:
             parts.append(f"published {rates.get('published_per_s', 0)}/s")
-        live = (info.get("cluster") or {}).get("live")
-        if live:
+        instances = health.get("instances")
+        if isinstance(instances, dict) and instances:  # a cluster's merged bridge/health
+            up = ", ".join(
+                f"{name} up {_uptime(own)}" for name, own in sorted(instances.items())
+            )
+            parts.append(f"cluster {len(instances)} instance(s): {up}")
+        elif live := (info.get("cluster") or {}).get("live"):
             parts.append(f"cluster {len(live)} instance(s)")
         if info.get("version"):
             parts.append(f"v{info['version']} ({info.get('speedups', '?')})")
@@ -111,6 +118,14 @@ class Snapshot:
 
 
 HEADERS = ["VENDOR", "NAME", "STATE", "SINCE", "DEVICES", "LAST ERROR"]
+
+
+def _uptime(own: Any) -> str:
+    """An instance's uptime from its part of the merged ``bridge/health``."""
+    uptime = own.get("uptime_s") if isinstance(own, dict) else None
+    if not isinstance(uptime, int):
+        return "?"
+    return ago(1, 1 + uptime * 1000)  # "how long ago it started"
 
 
 def render_plain(snap: Snapshot, out: TextIO) -> None:

@@ -90,7 +90,7 @@ class Cluster:
         self.router = CommandRouter(
             self.instance_id, accounts,
             owners=self.owner_lookup,
-            live=lambda: self.leases.live() if self.leases is not None else [],
+            live=self.live,
             timeout=command_timeout,
         )  # fmt: skip
 
@@ -191,6 +191,10 @@ class Cluster:
             return owners.get(slot_of(vendor, account, slots) if slot is None else slot)
 
         return owner
+
+    def live(self) -> list[str]:
+        """The live instances as of the last lease round (this one included)."""
+        return self.leases.live() if self.leases is not None else []
 
     def serving(self) -> bool:
         """Between ``start()`` and ``stop()``: the lease rounds run."""

@@ -78,10 +78,12 @@ async def test_stop_unsubscribes(core: Core) -> None:
     assert core.mqtt.sent == []
 
 
-def clustered(core: Core, owners: dict[str, str | None], others: bool = True) -> None:
+def clustered(
+    core: Core, owners: dict[str, str | None], others: bool = True, live: tuple[str, ...] = ()
+) -> None:
     """Make ``core``'s publisher instance ``gw-a`` of a cluster (gateway/instances.py)."""
     core.publisher.cluster = InstanceSnapshots(
-        "gw-a", lambda: lambda vendor, account: owners.get(account)
+        "gw-a", lambda: lambda vendor, account: owners.get(account), live=lambda: live
     )
     core.publisher.others_serve = lambda: others
 
@@ -125,3 +127,39 @@ async def test_cluster_goodbye_clears_the_instances_own_snapshots(core: Core) ->
     ]
     assert core.mqtt.on("base/bridge/state")[-1] == {"state": "offline"}
     assert "base/bridge/instances/gw-a/accounts" in core.publisher.retained_topics()
+
+
+async def test_cluster_health_is_its_own_on_the_instance_topic_and_the_live_sum_on_bridge_health(
+    core: Core,
+) -> None:
+    clustered(core, {"a1": "gw-a", "b1": "gw-b"}, live=("gw-a", "gw-b"))
+    core.publisher.start()
+    for name in ("a1", "b1"):  # b1 moved to gw-b: still listed here, stopped, with its device
+        desc = {"vendor": "v", "name": name, "state": "online" if name == "a1" else "stopped"}
+        core.bus.emit(AccountLinkChanged("v", name, desc, needs_attention=False))
+        core.registry.upsert("v", name, DeviceInfo(f"d-{name}", "Lamp", "M", SCHEMA))
+    peer = orjson.dumps({"ts": 1, "uptime_s": 9, "pid": 2, "devices": 5, "instance": "gw-b",
+                         "accounts": {"total": 1, "online": 1}})  # fmt: skip
+    core.publisher.on_instance_snapshot("base/bridge/instances/gw-b/health", peer)
+    assert core.mqtt.on("base/bridge/health") == [], "nothing merged before its own health"
+    core.publisher.publish_health()
+    (own,) = core.mqtt.on("base/bridge/instances/gw-a/health")
+    assert own["instance"] == "gw-a" and own["devices"] == 1, "only what runs here counts"
+    assert own["accounts"] == {"total": 1, "online": 1}
+    (merged,) = core.mqtt.on("base/bridge/health")
+    assert merged["devices"] == 6 and merged["accounts"] == {"total": 2, "online": 2}
+    assert sorted(merged["instances"]) == ["gw-a", "gw-b"]
+    assert merged["instances"]["gw-b"] == {"pid": 2, "ts": 1, "uptime_s": 9}
+    core.publisher.on_instance_snapshot("base/bridge/instances/gw-b/health", peer)
+    core.publisher.snapshots_changed()
+    assert len(core.mqtt.on("base/bridge/health")) == 1, "unchanged: written once"
+    core.publisher.on_instance_snapshot("base/bridge/instances/gw-b/health", b"")  # gw-b left
+    assert list(core.mqtt.on("base/bridge/health")[-1]["instances"]) == ["gw-a"]
+    answer = core.publisher.health_view()  # bridge/request/health
+    assert answer["answered_by"] == "gw-a" and list(answer["instances"]) == ["gw-a"]
+
+
+async def test_a_single_instances_health_request_is_its_own_snapshot(core: Core) -> None:
+    core.publisher.start()
+    answer = core.publisher.health_view()
+    assert "instances" not in answer and "answered_by" not in answer and "pid" in answer
