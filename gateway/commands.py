@@ -129,8 +129,9 @@ class CommandRouter(Protocol):
         ...
 
     async def bridge_request(self, command: str, request: dict[str, Any]) -> CommandResult | None:
-        """The result from the instance that runs the account the request is about, or None
-        when it is to be answered here (not about one account, or the account runs here)."""
+        """The result from the instance that runs the account the request is about, or from
+        every live instance for a request to the whole cluster (``options``), or None when it
+        is to be answered here (not about one account, or the account runs here)."""
         ...
 
 

@@ -36,7 +36,7 @@ import orjson
 __all__ = ["KINDS", "PER_PROCESS", "InstanceSnapshots", "merge_health"]
 
 #: the snapshots each instance publishes under ``bridge/instances/<id>/`` and reads from the
-#: others
+#: others (``bridge/instances/<id>/info`` is published too, for people: nothing merges it)
 KINDS = ("accounts", "devices", "health")
 
 #: the top-level ``bridge/health`` fields that describe one process, not a quantity to add up

@@ -338,9 +338,7 @@ class Observability:
         return info
 
     def publish_info(self) -> None:
-        self.gw.publisher.publish_raw(
-            self.gw.topics.bridge("info"), orjson.dumps(self.describe()), retain=True
-        )
+        self.gw.publisher.publish_info(orjson.dumps(self.describe()))
 
     def _on_mqtt_connected(self, ev: MqttConnected) -> None:
         if DEBUG.on:

@@ -26,7 +26,8 @@ is O(N); with thousands of accounts starting at once each change would republish
 therefore grows with the cost of the last publish: at most ~10% of the loop goes to them.
 
 In cluster mode (``cluster``: gateway/instances.py) this instance's ``bridge/accounts``,
-``bridge/devices`` and ``bridge/health`` also go to ``bridge/instances/<id>/…``, and ``bridge/accounts`` / ``bridge/devices`` / ``bridge/health``
+``bridge/devices``, ``bridge/health`` and ``bridge/info`` also go to
+``bridge/instances/<id>/…``, and ``bridge/accounts`` / ``bridge/devices`` / ``bridge/health``
 carry the merge of every instance's snapshots, written only when it changed; ``goodbye`` clears
 the instance's own snapshots. The health merge uses the snapshot this instance last published,
 not a fresh one, so that every instance merges the same snapshots into the same payload.
@@ -204,7 +205,7 @@ class Publisher:
         """Cluster mode: this instance's own snapshots (``bridge/instances/<id>/<kind>``)."""
         if self.cluster is None:
             return []
-        return [self._instance_topic(kind) for kind in KINDS]
+        return [self._instance_topic(kind) for kind in (*KINDS, "info")]
 
     def _instance_topic(self, kind: str) -> str:
         return self.topics.bridge(f"instances/{self._instance_id}/{kind}")
@@ -449,6 +450,13 @@ class Publisher:
             return
         merged = self.cluster.merge_health(self._own_health)
         self._publish_changed(self.topics.bridge("health"), _dumps(merged))
+
+    def publish_info(self, payload: bytes) -> None:
+        """``bridge/info`` (observability builds it); in cluster mode also this instance's own
+        on ``bridge/instances/<id>/info`` (``bridge/info`` holds the last writer's)."""
+        self.publish_raw(self.topics.bridge("info"), payload, retain=True)
+        if self.cluster is not None:
+            self.publish_raw(self._instance_topic("info"), payload, retain=True)
 
     def republish(self) -> None:
         """After every (re)connect: announce the bridge and publish every retained topic again

@@ -37,7 +37,19 @@ instance answers itself when:
 
 Bridge requests arrive the same way, once. Those about one account (``resync`` and vendor
 requests naming an ``account``) go to the instance that holds that account's slot; the others
-(``health``, ``devices``, ``accounts``, …) are answered by the receiving instance from its view.
+(``health``, ``devices``, ``accounts``, …) are answered by the receiving instance from its view
+(which is the cluster's merge: gateway/instances.py).
+
+Requests to the whole cluster (``EVERYWHERE``: ``options``, the log level) are applied by the
+receiving instance and then by every other live instance, asked at once, each on its own
+``c2m.cmd.<id>`` with the same ``bridge`` request a routed account request uses (so a peer
+applies it exactly as if it had received it). One reply says who ``applied`` it and who gave
+``no_answer`` within ``command_timeout`` + ``HOP`` (or ``refused`` it); it is an error
+(``unavailable``) unless every live instance applied it. Why a request to each peer and not one
+message on a broadcast subject: the asker has to know whom it waits for in any case (the live
+set the leases see: a broadcast cannot say who did not hear it), each answer names its instance,
+a peer of the previous version already answers it, and no new subscription is needed. A value
+this instance refuses (an unknown level) is answered at once, without asking the others.
 """
 
 from __future__ import annotations
@@ -64,12 +76,15 @@ if TYPE_CHECKING:
     from ..commands import CommandHandler
     from ..config import AccountConfig
 
-__all__ = ["HOP", "CommandRouter", "share_group", "subject"]
+__all__ = ["EVERYWHERE", "HOP", "CommandRouter", "share_group", "subject"]
 
 log = logging.getLogger("cloud2mqtt.cluster")
 
 #: what a routed command may take beyond ``command_timeout``: the NATS hops and the validation
 HOP: Final = 1.0
+
+#: bridge requests the operator makes of the cluster: every live instance applies them
+EVERYWHERE: Final = frozenset({"options"})
 
 
 def share_group(base_topic: str) -> str:
@@ -190,6 +205,8 @@ class CommandRouter:
     async def bridge_request(self, command: str, request: dict[str, Any]) -> CommandResult | None:
         handler = self.handler
         assert handler is not None, "serve() first"
+        if command in EVERYWHERE:
+            return await self._everywhere(command, request)
         if command != "resync" and command in handler.bridge.BUILTIN:
             return None  # about the whole gateway: this instance's view
         name, vendor = request.get("account"), request.get("vendor")
@@ -217,6 +234,43 @@ class CommandRouter:
         if isinstance(answer, CommandResult):
             return answer
         return _result(answer.get("result"))
+
+    async def _everywhere(self, command: str, request: dict[str, Any]) -> CommandResult:
+        """Apply the request here, then on every other live instance at once; one answer: this
+        instance's, with ``answered_by``, ``applied`` and ``no_answer`` (and ``refused``)."""
+        assert self.handler is not None
+        local = await self.handler.bridge_result(command, request)
+        if local.status != "ok":
+            return local  # refused here: asking the others would only repeat it
+        peers = [i for i in self._live() if i != self.instance_id]
+        deadline = asyncio.get_running_loop().time() + self.timeout + HOP
+        body = {"op": "bridge", "command": command, "request": request}
+        answers = await asyncio.gather(*(self._ask(i, body, deadline) for i in peers))
+        applied, no_answer, refused = [self.instance_id], [], {}
+        for instance, answer in zip(peers, answers, strict=True):
+            if answer is None or isinstance(answer, CommandResult):
+                no_answer.append(instance)  # gone, or not within the deadline
+                continue
+            result = _result(answer.get("result"))
+            if result.status == "ok":
+                applied.append(instance)
+            else:
+                refused[instance] = result.message or str(result.code)
+        data: dict[str, Any] = {
+            **(local.data or {}), "answered_by": self.instance_id,
+            "applied": sorted(applied), "no_answer": sorted(no_answer),
+        }  # fmt: skip
+        if refused:
+            data["refused"] = dict(sorted(refused.items()))
+        if not no_answer and not refused:
+            return CommandResult.ok(data)
+        missing = ", ".join(sorted([*no_answer, *refused]))
+        log.warning("cluster: %s applied on %s only; not on %s", command,
+                    ", ".join(data["applied"]), missing)  # fmt: skip
+        return CommandResult(
+            "error", data, "unavailable",
+            message=f"{command} applied on {', '.join(data['applied'])}; not on {missing}",
+        )  # fmt: skip
 
     async def _ask(
         self, instance: str, body: dict[str, Any], deadline: float

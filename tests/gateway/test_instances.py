@@ -58,6 +58,7 @@ def test_a_peer_that_leaves_or_sends_junk_and_our_own_echo() -> None:
     assert not a.receive("gw-b", "accounts", b"not json")
     assert not a.receive("gw-b", "accounts", b'{"a": 1}')
     assert not a.receive("gw-b", "health", b"[]")
+    assert not a.receive("gw-b", "info", b"{}"), "bridge/instances/<id>/info is not merged"
     assert a.peers() == ["gw-b"]
     assert a.receive("gw-b", "accounts", b""), "a clean stop clears its snapshot"
     assert a.peers() == [] and a.merge("accounts", []) == []

@@ -117,7 +117,7 @@ async def test_cluster_goodbye_clears_the_instances_own_snapshots(core: Core) ->
     before = len(core.mqtt.on("base/bridge/accounts"))
     core.publisher.goodbye()  # others serve: they write the merge
     assert len(core.mqtt.on("base/bridge/accounts")) == before
-    for kind in ("accounts", "devices", "health"):
+    for kind in ("accounts", "devices", "health", "info"):
         assert core.mqtt.on(f"base/bridge/instances/gw-a/{kind}")[-1] == b""
     assert core.mqtt.on("base/bridge/state") == [{"state": "online"}]
     clustered(core, {}, others=False)
