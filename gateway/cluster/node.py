@@ -8,7 +8,8 @@ their vendor sessions are closed, which is what self-fencing waits on. ``describ
 ``router`` (routing.py) runs commands for accounts that run elsewhere on their owner.
 
 ``start()`` authenticates as ``[cluster]`` says (a .creds file, an nkey seed, a token, a user
-and password, or what the URLs carry) over TLS when asked. No log line, error or ``repr`` shows a
+and password, or what the URLs carry), over TLS when asked, and agrees with the bucket on the
+slot count (``SlotLeases.join``) before anything else. No log line, error or ``repr`` shows a
 secret: the servers are shown without their userinfo, and NATS's error texts are scrubbed of
 the configured token and passwords.
 
@@ -34,7 +35,7 @@ from nats.js.errors import BucketNotFoundError
 
 from ..redact import REDACTED, redact_value
 from .kvtokens import KvTokenStore
-from .leases import SlotLeases, slot_of
+from .leases import LEASES_BUCKET, SlotCountMismatch, SlotLeases, slot_of
 from .routing import CommandRouter
 from .tasks import stop_tasks
 
@@ -47,7 +48,6 @@ __all__ = ["LEASES_BUCKET", "TOKENS_BUCKET", "Cluster", "ClusterUnavailable", "o
 
 log = logging.getLogger("cloud2mqtt.cluster")
 
-LEASES_BUCKET = "c2m_leases"
 TOKENS_BUCKET = "c2m_tokens"
 
 AccountKey = tuple[str, str]
@@ -186,7 +186,8 @@ class Cluster:
         )  # fmt: skip
 
     async def start(self) -> None:
-        """Connect, mirror the tokens, start the lease rounds. Raises ``ClusterUnavailable``."""
+        """Connect, agree on the slot count, mirror the tokens, start the lease rounds. Raises
+        ``ClusterUnavailable``, or ``SlotCountMismatch`` (a ``ConfigError``)."""
         try:
             self.nc = await self._connect(
                 servers=self.config.servers,
@@ -214,6 +215,10 @@ class Cluster:
                 on_lost=self._lost,
                 on_change=self._on_change,
             )
+            await self.leases.join()
+        except SlotCountMismatch:
+            await self._abandon()
+            raise
         except Exception as exc:  # whatever stops the join: one line, never a traceback
             await self._abandon()
             raise ClusterUnavailable(self._start_failure(exc)) from None
