@@ -1,7 +1,7 @@
 """NATS authentication and TLS for ``[cluster]``, against real nats-servers configured for them.
 
 A gateway joins with the right credentials (user and password, a token, either one in the URL,
-an nkey seed) and over TLS checked against ``tls_ca`` (with a client certificate where the
+an nkey seed, a .creds file of a server in operator mode) and over TLS checked against ``tls_ca`` (with a client certificate where the
 server asks for one). Wrong or missing credentials, or an untrusted server certificate, stop
 the start with one line naming the ``cluster.*`` key to fix; no secret appears in that line,
 in any log record, or in ``bridge/info``.
@@ -10,6 +10,8 @@ in any log record, or in ``bridge/info``.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
 import os
 import subprocess
@@ -39,6 +41,50 @@ def user_nkey(directory: Path, name: str) -> tuple[Path, str]:
     path = directory / f"{name}.nk"
     path.write_bytes(seed + b"\n")
     return path, nkeys.from_seed(bytearray(seed)).public_key.decode()
+
+
+def _jwt(signer: Any, subject: str, kind: str, claims: dict[str, Any]) -> str:
+    """A NATS JWT (v2) for ``subject``, signed by the nkey ``signer``, as ``nsc`` makes them."""
+
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    header = b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
+    body = b64(json.dumps({
+        "jti": b64(os.urandom(16)), "iat": 1_700_000_000, "iss": signer.public_key.decode(),
+        "sub": subject, "name": kind, "nats": {**claims, "type": kind, "version": 2},
+    }).encode())  # fmt: skip
+    return f"{header}.{body}.{b64(signer.sign(f'{header}.{body}'.encode()))}"
+
+
+def operator_mode(directory: Path) -> tuple[str, Path]:
+    """A nats-server configuration in operator mode (an operator, a system account and an
+    account with JetStream) and a .creds file of a user of that account."""
+    import nkeys
+
+    def pair(prefix: int) -> tuple[bytes, Any]:
+        seed = nkeys.encode_seed(os.urandom(32), prefix)
+        return seed, nkeys.from_seed(bytearray(seed))
+
+    (_, op), (_, system), (_, account), (user_seed, user) = (
+        pair(p) for p in (nkeys.PREFIX_BYTE_OPERATOR, nkeys.PREFIX_BYTE_ACCOUNT,
+                          nkeys.PREFIX_BYTE_ACCOUNT, nkeys.PREFIX_BYTE_USER)
+    )  # fmt: skip
+    unlimited = dict.fromkeys(("subs", "data", "payload", "imports", "exports", "conn", "leaf",
+                               "mem_storage", "disk_storage", "streams", "consumer"), -1)  # fmt: skip
+    ids = [k.public_key.decode() for k in (op, system, account, user)]
+    conf = (
+        f'operator: "{_jwt(op, ids[0], "operator", {})}"\nsystem_account: {ids[1]}\n'
+        f"resolver: MEMORY\nresolver_preload: {{ {ids[1]}: \"{_jwt(op, ids[1], 'account', {})}\", "
+        f'{ids[2]}: "{_jwt(op, ids[2], "account", {"limits": {**unlimited, "wildcards": True}})}" }}\n'
+    )
+    user_jwt = _jwt(account, ids[3], "user", {"pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1})
+    creds = directory / f"{ids[3][:8]}.creds"
+    creds.write_text(
+        f"-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n"
+        f"-----BEGIN USER NKEY SEED-----\n{user_seed.decode()}\n------END USER NKEY SEED------\n"
+    )
+    return conf, creds
 
 
 def url_with(server: NatsServer, userinfo: str) -> str:
@@ -71,7 +117,7 @@ async def joined(gw: Any) -> None:
 
 
 @pytest.mark.parametrize("way", ["user and password", "token", "user:password in the URL",
-                                 "token in the URL", "nkey seed"])  # fmt: skip
+                                 "token in the URL", "nkey seed", "creds file"])  # fmt: skip
 async def test_a_gateway_joins_with_the_right_credentials(
     way: str, nats_servers: NatsServers, instance: Any, probe: Any, tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
@@ -83,6 +129,11 @@ async def test_a_gateway_joins_with_the_right_credentials(
         server = await nats_servers.start(f'authorization {{ users = [ {{ nkey: "{public}" }} ] }}')
         secret = seed_file.read_text().strip()
         auth: dict[str, Any] = {"nkey_seed": str(seed_file)}
+    elif way == "creds file":
+        conf, creds = operator_mode(tmp_path)
+        server = await nats_servers.start(conf)
+        secret = creds.read_text().split("NKEY SEED-----\n")[1].split()[0]
+        auth = {"credentials": str(creds)}
     else:
         server = await nats_servers.start(TOKEN_ONLY if "token" in way else USERS)
         auth = {
@@ -112,9 +163,11 @@ async def test_a_gateway_joins_with_the_right_credentials(
         (TOKEN_ONLY, {"url_token": WRONG}, "check the user:password@ (or token@) of cluster.nats"),
         (USERS, {}, "set cluster.user and cluster.password, cluster.token"),
         ("nkey", {}, "check cluster.nkey_seed"),
+        ("operator", {}, "check cluster.credentials"),
     ],
-    ids=["wrong password", "wrong token", "wrong token in the URL", "none given", "unknown nkey"],
-)
+    ids=["wrong password", "wrong token", "wrong token in the URL", "none given", "unknown nkey",
+         "creds of another operator"],
+)  # fmt: skip
 async def test_refused_credentials_stop_the_start_with_one_clear_line(
     conf: str, auth: dict[str, Any], names: str, nats_servers: NatsServers, instance: Any,
     tmp_path: Path, caplog: pytest.LogCaptureFixture,
@@ -129,6 +182,11 @@ async def test_refused_credentials_stop_the_start_with_one_clear_line(
         stranger, _ = user_nkey(tmp_path, "stranger")
         auth = {"nkey_seed": str(stranger)}
         secrets.append(stranger.read_text().strip())
+    elif conf == "operator":  # the creds of a user of another operator's account
+        conf, _ = operator_mode(tmp_path)
+        _, stranger = operator_mode(tmp_path)
+        auth = {"credentials": str(stranger)}
+        secrets.append(stranger.read_text().split("NKEY SEED-----\n")[1].split()[0])
     server = await nats_servers.start(conf)
     if "url_token" in auth:
         auth = {"nats": url_with(server, auth["url_token"])}
