@@ -696,11 +696,14 @@ def _parse_nats_tls(cluster: ClusterConfig, c: _Checker) -> None:
     if cluster.tls_key and not cluster.tls_cert:
         c.error("tls_key", "given without cluster.tls_cert")
     wanted = [f"cluster.{n}" for n in ("tls_ca", "tls_cert", "tls_key") if getattr(cluster, n)]
-    wanted += [f"the tls:// URL {u!r}" for u in cluster.servers if urlsplit(u).scheme == "tls"]
+    schemes = {urlsplit(u).scheme: u for u in cluster.servers}
+    wanted += [f"the {k}:// URL {u!r}" for k, u in schemes.items() if k in ("tls", "wss")]
     tls = c.get("tls", bool, None)
     if tls is False and wanted:
         c.error("tls", f"false, but {wanted[0]} asks for TLS")
     cluster.tls = bool(wanted) if tls is None else tls
+    if cluster.tls and "ws" in schemes:
+        c.error("nats", f"{schemes['ws']!r} is plain text, and TLS is asked for: use wss://")
     if cluster.tls and not c.errors.about("cluster.tls"):
         try:  # a CA file that holds no certificate, a key that is not the certificate's
             cluster.ssl_context()

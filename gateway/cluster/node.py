@@ -238,7 +238,9 @@ class Cluster:
         self._start_errors = []
         self._fatal = asyncio.Event()
         nc = Client()
-        if self.config.tls:
+        # wss:// is TLS by itself; nats:// and tls:// get it only when the server's INFO asks
+        insist = self.config.tls and not self.config.servers[0].startswith("wss://")
+        if insist:
             for key in ("token", "user", "password"):
                 if isinstance(options.get(key), str):
                     options[key] = _only_over_tls(nc, options[key])
@@ -251,7 +253,7 @@ class Cluster:
             await stop_tasks([connecting])
             raise self._start_errors[-1]
         connecting.result()
-        if self.config.tls and not _tls_required(nc):  # no credentials to guard: still refused
+        if insist and not _tls_required(nc):  # no credentials to guard: still refused
             await nc.close()
             raise TlsMissing()
         return nc

@@ -504,6 +504,8 @@ def test_cluster_nats_credentials_and_tls(tmp_path, nats_files):
         ('tls_cert = "{cert}"\ntls_key = "{server_key}"', "cluster.tls_cert", "unusable for TLS"),
         ('tls = false\ntls_ca = "{ca}"', "cluster.tls", "cluster.tls_ca asks for TLS"),
         ('tls = false\nnats = "tls://n1:4222"', "cluster.tls", "tls:// URL"),
+        ('tls = false\nnats = "wss://n1:443"', "cluster.tls", "wss:// URL"),
+        ('tls_ca = "{ca}"\nnats = "ws://n1:80"', "cluster.nats", "plain text, and TLS is asked"),
         ('user = "gw"', "cluster.user", "without cluster.password"),
         ('password = "pw"', "cluster.password", "without cluster.user"),
         ('token = ""', "cluster.token", "must not be empty"),
