@@ -14,8 +14,8 @@ never both win one revision.
 
 Every ``ttl/3`` an instance runs one round (``tick``):
 
-1. renew its presence key ``instance.<id>`` (``{"expires": <epoch ms>}``): the live set is
-   every instance whose presence has not expired, this one included;
+1. renew its presence key ``instance.<id>`` (``{"expires": <epoch ms>, "incarnation": …}``):
+   the live set is every instance whose presence has not expired, this one included;
 2. read every slot; renew each slot it holds with ``update(last=<its revision>)``;
 3. fair share = ceil(slots / live instances). Below it, claim free slots (absent, or owner
    null) and then expired ones; above it, release slots, at most ``max_releases`` a round so
@@ -242,16 +242,30 @@ class SlotLeases:
         """Announce this instance and agree on the slot count (module docstring, "One slot
         count"). Raises ``SlotCountMismatch`` (after withdrawing the presence) when this
         instance's count is not the cluster's, and NATS errors when the bucket cannot be used."""
+        twin = await self._twin()
         await self._op(self.kv.put(self._presence_key, self._value(expires_only=True)))
         try:
-            while not await self._agree_on_slots():
+            while not await self._agree_on_slots(twin):
                 pass  # another joiner wrote the record in between: read it again
         except SlotCountMismatch:
-            with contextlib.suppress(NatsError, TimeoutError):
-                await self._op(self.kv.delete(self._presence_key))
+            if not twin:  # a twin's presence stays (it rewrites it every round anyway)
+                with contextlib.suppress(NatsError, TimeoutError):
+                    await self._op(self.kv.delete(self._presence_key))
             raise
 
-    async def _agree_on_slots(self) -> bool:
+    async def _twin(self) -> str:
+        """Another live process under this instance id (a misconfiguration), read before this
+        one's presence replaces its own: "" when there is none."""
+        try:
+            value = _loads((await self._op(self.kv.get(self._presence_key))).value)
+        except KeyNotFoundError:
+            return ""
+        expires = value.get("expires")
+        if value.get("incarnation") == self.incarnation or not isinstance(expires, (int, float)):
+            return ""
+        return f"running: {self.instance_id} (another process)" if expires > self.wall() * 1000 else ""
+
+    async def _agree_on_slots(self, twin: str) -> bool:
         """One read and one compare-and-set of the record; False when the write lost."""
         mine = orjson.dumps({"slots": self.slots})
         try:
@@ -265,7 +279,7 @@ class SlotLeases:
             return True
         recorded = _loads(entry.value).get("slots")
         if recorded != self.slots:
-            busy = await self._busy()
+            busy = twin or await self._busy()
             if busy:
                 raise SlotCountMismatch(self.slots, recorded, busy)
         try:
@@ -531,7 +545,7 @@ class SlotLeases:
     def _value(self, *, expires_only: bool = False) -> bytes:
         expires = int((self.wall() + self.ttl) * 1000)
         if expires_only:
-            return orjson.dumps({"expires": expires})
+            return orjson.dumps({"expires": expires, "incarnation": self.incarnation})
         return orjson.dumps(
             {"owner": self.instance_id, "incarnation": self.incarnation, "expires": expires}
         )

@@ -187,6 +187,20 @@ async def test_an_instance_with_another_slot_count_refuses_to_join(member):
     assert a.held == {0, 1, 2, 3} and not a.lost
 
 
+async def test_a_second_process_under_the_same_instance_id_cannot_change_the_count(member):
+    """Its own id is not another instance, but another process under it is: it must not take
+    the cluster for stopped (the live one would then run nothing from its next round)."""
+    clock = ManualClock()
+    a = await member("a", **manual(clock), slots=4)
+    await a.leases.join()
+    await rounds(a)  # announced, no slot claimed yet
+    twin = await member("a", **manual(clock), slots=8)
+    with pytest.raises(SlotCountMismatch, match=r"running: a \(another process\)"):
+        await twin.leases.join()
+    await rounds(a, n=2)
+    assert a.held == {0, 1, 2, 3} and a.leases.mismatch is None
+
+
 async def test_joiners_with_different_counts_at_once_one_wins(member):
     """Each joiner writes its presence, then the record by compare-and-set: whichever writes
     second finds the other's count and presence, so exactly one of them joins."""
