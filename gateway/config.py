@@ -62,8 +62,34 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 VendorTable = Mapping[str, "Vendor | type[Connector] | str"]
 
 
-@dataclass(slots=True)
-class MqttConfig:
+class _SecretsHidden:
+    """A ``repr`` without secrets: the fields as ``bridge/info`` shows them (gateway/redact.py),
+    so a config object in a log line or a traceback carries no password, token or URL userinfo."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        from .redact import redact
+
+        shown = ", ".join(f"{k}={v!r}" for k, v in redact(self).items())
+        return f"{type(self).__name__}({shown})"
+
+
+def _tls_context(
+    ca_file: str | None, cert_file: str | None, key_file: str | None, insecure: bool = False
+) -> ssl.SSLContext:
+    """A client TLS context: the system CAs (or ``ca_file``), an optional client certificate."""
+    ctx = ssl.create_default_context(cafile=ca_file)
+    if cert_file:
+        ctx.load_cert_chain(cert_file, key_file)
+    if insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+@dataclass(slots=True, repr=False)
+class MqttConfig(_SecretsHidden):
     host: str = "127.0.0.1"
     port: int = 1883
     tls: bool = False
@@ -87,13 +113,7 @@ class MqttConfig:
     def ssl_context(self) -> ssl.SSLContext | None:
         if not self.tls:
             return None
-        ctx = ssl.create_default_context(cafile=self.ca_file)
-        if self.cert_file:
-            ctx.load_cert_chain(self.cert_file, self.key_file)
-        if self.tls_insecure:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx
+        return _tls_context(self.ca_file, self.cert_file, self.key_file, self.tls_insecure)
 
 
 @dataclass(slots=True)
@@ -139,10 +159,16 @@ class HomeAssistantConfig:
     status_topic: str = ""  # "": <prefix>/status
 
 
-@dataclass(slots=True)
-class ClusterConfig:
+@dataclass(slots=True, repr=False)
+class ClusterConfig(_SecretsHidden):
     """``[cluster]``: several instances share the accounts through NATS JetStream
-    (gateway/cluster/); absent, the gateway runs every account itself."""
+    (gateway/cluster/); absent, the gateway runs every account itself.
+
+    NATS authentication is at most one of: a ``.creds`` file (``credentials``: JWT + nkey), an
+    nkey seed file (``nkey_seed``), ``token``, ``user`` + ``password``, or what the URLs carry
+    (``nats://user:password@host``, ``nats://token@host``). TLS (``tls``) is on with a
+    ``tls://`` URL or any ``tls_*`` file; the server certificate is checked against ``tls_ca``
+    (default: the system CAs), ``tls_cert`` + ``tls_key`` are a client certificate."""
 
     servers: list[str] = field(default_factory=lambda: ["nats://127.0.0.1:4222"])
     slots: int = 64
@@ -154,6 +180,35 @@ class ClusterConfig:
     #: the instances leave through one egress IP: they share the vendors' per-IP (and per-app
     #: key) budgets, each pacing to its part (``false``: each instance has its own IP)
     shared_egress: bool = True
+    #: paths: a NATS ``.creds`` file (user JWT + nkey seed), an nkey seed file
+    credentials: str | None = None
+    nkey_seed: str | None = None
+    token: str | None = None
+    user: str | None = None
+    password: str | None = None
+    tls: bool = False
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.tls:
+            return None
+        return _tls_context(self.tls_ca, self.tls_cert, self.tls_key)
+
+    def auth_keys(self) -> str:
+        """The keys that hold this instance's NATS credentials, for an error to name."""
+        if self.credentials:
+            return "cluster.credentials"
+        if self.nkey_seed:
+            return "cluster.nkey_seed"
+        if self.token:
+            return "cluster.token"
+        if self.user:
+            return "cluster.user and cluster.password"
+        if any(urlsplit(url).username for url in self.servers):
+            return "the user:password@ (or token@) of cluster.nats"
+        return ""
 
 
 @dataclass(slots=True)
@@ -251,6 +306,10 @@ class _Errors:
     def add(self, key: str, message: str, line: int | None = None) -> None:
         self.add_error(ConfigError(key, message, line))
 
+    def about(self, prefix: str) -> bool:
+        """Whether a problem was found with a key that starts with ``prefix``."""
+        return any(e.key.startswith(prefix) for e in self.found)
+
     def add_error(self, error: ConfigError) -> None:
         for e in error.errors if isinstance(error, ConfigErrors) else (error,):
             if any((f.key, f.message) == (e.key, e.message) for f in self.found):
@@ -332,6 +391,26 @@ class _Checker:
             return default
         if isinstance(value, float) and not math.isfinite(value):
             return default  # reported once, by _substitute
+        return value
+
+    def path(self, name: str, looks_right: Callable[[str], str] | None = None) -> str | None:
+        """A file path that must name a readable file (checked now, not at first use), and
+        whose text ``looks_right`` finds no fault with (it names the fault, never the text:
+        such files hold keys)."""
+        value: str | None = self.get(name, str, None)
+        if value is None:
+            return None
+        try:
+            if not Path(value).is_file():
+                self.error(name, f"file {value!r} does not exist")
+            elif looks_right is None:
+                if not os.access(value, os.R_OK):
+                    self.error(name, f"file {value!r} is not readable")
+            elif problem := looks_right(Path(value).read_text("utf-8")):
+                self.error(name, f"{value!r} {problem}")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            self.error(name, f"cannot read {value!r}: {reason}")
         return value
 
     def finish(self, also_known: tuple[str, ...] = ()) -> None:
@@ -476,9 +555,7 @@ def _parse_mqtt(mqtt: MqttConfig, m: _Checker) -> None:
     if mqtt.buffer_size < 0:
         m.error("buffer_size", "must be 0 or more (messages kept during a broker outage)")
     for name in ("ca_file", "cert_file", "key_file"):
-        value = m.get(name, str, None)
-        if value is not None and not Path(value).is_file():
-            m.error(name, f"file {value!r} does not exist")
+        value = m.path(name)
         setattr(mqtt, name, value)
         if value is not None and name == "ca_file":
             mqtt.tls = True
@@ -552,7 +629,8 @@ def _parse_homeassistant(ha: HomeAssistantConfig, h: _Checker) -> None:
 
 def _parse_cluster(cluster: ClusterConfig, c: _Checker) -> None:
     """``[cluster]``: ``nats`` (a URL or a list of them), ``slots``, ``lease_ttl``,
-    ``max_moves``, ``instance_id``, ``shared_egress``."""
+    ``max_moves``, ``instance_id``, ``shared_egress``, and how to reach NATS: one way to
+    authenticate (``_parse_nats_auth``) and TLS (``_parse_nats_tls``)."""
     servers = c.get("nats", (str, list), cluster.servers)
     urls = [servers] if isinstance(servers, str) else servers
     if not urls:
@@ -579,7 +657,77 @@ def _parse_cluster(cluster: ClusterConfig, c: _Checker) -> None:
         else:
             cluster.instance_id = instance
     cluster.shared_egress = c.get("shared_egress", bool, cluster.shared_egress)
+    _parse_nats_auth(cluster, c)
+    _parse_nats_tls(cluster, c)
     c.finish()
+
+
+def _parse_nats_auth(cluster: ClusterConfig, c: _Checker) -> None:
+    cluster.credentials = c.path("credentials", _looks_like_creds)
+    cluster.nkey_seed = c.path("nkey_seed", _looks_like_seed)
+    for name in ("token", "user", "password"):
+        value = c.get(name, str, None)
+        if value == "":
+            c.error(name, "must not be empty (remove the key instead)")
+        setattr(cluster, name, value or None)
+    if cluster.user and not cluster.password:
+        c.error("user", "given without cluster.password")
+    if cluster.password and not cluster.user:
+        c.error("password", "given without cluster.user")
+    ways = [
+        (name, f"cluster.{name}")
+        for name in ("credentials", "nkey_seed", "token")
+        if getattr(cluster, name)
+    ]
+    if cluster.user or cluster.password:
+        ways.append(("user" if cluster.user else "password", "cluster.user/password"))
+    if any(urlsplit(url).username or urlsplit(url).password for url in cluster.servers):
+        ways.append(("nats", "the user:password@ (or token@) of cluster.nats"))
+    if len(ways) > 1:
+        c.error(ways[1][0], "NATS takes one way to authenticate, and "
+                f"{', '.join(w for _, w in ways)} are given: keep one")  # fmt: skip
+
+
+def _parse_nats_tls(cluster: ClusterConfig, c: _Checker) -> None:
+    for name in ("tls_ca", "tls_cert", "tls_key"):
+        setattr(cluster, name, c.path(name))
+    if cluster.tls_cert and not cluster.tls_key:
+        c.error("tls_cert", "given without cluster.tls_key (the client certificate's key)")
+    if cluster.tls_key and not cluster.tls_cert:
+        c.error("tls_key", "given without cluster.tls_cert")
+    wanted = [f"cluster.{n}" for n in ("tls_ca", "tls_cert", "tls_key") if getattr(cluster, n)]
+    schemes = {urlsplit(u).scheme: u for u in cluster.servers}
+    wanted += [f"the {k}:// URL {u!r}" for k, u in schemes.items() if k in ("tls", "wss")]
+    tls = c.get("tls", bool, None)
+    if tls is False and wanted:
+        c.error("tls", f"false, but {wanted[0]} asks for TLS")
+    cluster.tls = bool(wanted) if tls is None else tls
+    if cluster.tls and "ws" in schemes:
+        c.error("nats", f"{schemes['ws']!r} is plain text, and TLS is asked for: use wss://")
+    if cluster.tls and not c.errors.about("cluster.tls"):
+        try:  # a CA file that holds no certificate, a key that is not the certificate's
+            cluster.ssl_context()
+        except (ssl.SSLError, OSError) as exc:
+            name = "tls_cert" if cluster.tls_cert else "tls_ca"
+            c.error(name, f"unusable for TLS: {getattr(exc, 'reason', None) or exc}")
+
+
+def _looks_like_creds(text: str) -> str:
+    # nats-py reads the line after the JWT marker, looping for ever when there is none
+    lines = [line.strip() for line in text.splitlines()] + [""]
+    jwt = "-----BEGIN NATS USER JWT-----"
+    if jwt not in lines or not lines[lines.index(jwt) + 1]:
+        return f"is not a NATS .creds file: no user JWT after {jwt}"
+    if not any("BEGIN USER NKEY SEED" in line for line in lines):
+        return "is not a NATS .creds file: no -----BEGIN USER NKEY SEED----- section"
+    return ""
+
+
+def _looks_like_seed(text: str) -> str:
+    seed = text.strip()
+    if not re.fullmatch(r"S[A-Z][A-Z2-7]{50,}", seed):
+        return "is not an nkey seed file (one seed, 'SU…', as nk -gen user writes it)"
+    return ""
 
 
 _ACCOUNT_KEYS = ("vendor", "name", "enabled")

@@ -2,7 +2,7 @@
 
 A value is replaced by ``"<redacted>"`` when its key names a secret — password, secret, token,
 key (``app_key``, ``apikey``, ``key``), credential, cookie, signature, CoolKit's ``at``/``rt`` —
-and ``user:password@`` is removed from every URL. Paths (``*_file``) stay: a path is not a
+and ``user:password@`` is removed from every URL (a NATS URL's lone ``token@`` too). Paths (``*_file``) stay: a path is not a
 secret. Unknown structures are walked too (dataclasses, mappings, lists), so a new vendor's
 options are covered without a list to keep up to date.
 """
@@ -30,12 +30,19 @@ def _is_secret(key: str) -> bool:
     return bool(_SECRET.search(key)) and not _KEEP.search(key)
 
 
+#: schemes whose userinfo without a password is a token (``nats://s3cr3t@host``), not a user
+_TOKEN_SCHEMES = ("nats://", "tls://")
+
+
 def redact_value(value: str) -> str:
-    """A string with any ``user:password@`` of the URLs in it removed (the user kept)."""
+    """A string with any ``user:password@`` of the URLs in it removed (the user kept), and the
+    ``token@`` of a NATS URL."""
 
     def strip(m: re.Match[str]) -> str:
-        user = m.group("userinfo")[:-1].split(":", 1)[0]
-        return f"{m.group('scheme')}{user}{':' + REDACTED if ':' in m.group('userinfo') else ''}@"
+        scheme, userinfo = m.group("scheme"), m.group("userinfo")
+        if ":" not in userinfo:
+            return f"{scheme}{REDACTED if scheme.lower() in _TOKEN_SCHEMES else userinfo[:-1]}@"
+        return f"{scheme}{userinfo.split(':', 1)[0]}:{REDACTED}@"
 
     return _URL_USERINFO.sub(strip, value) if "@" in value else value
 

@@ -193,8 +193,8 @@ async def gateway_factory(
             raw["cluster"] = cluster
         vendors = {**VENDORS, **(connectors or {})}
         gw = Gateway(parse_config(raw, vendors=vendors))
+        started.append(gw)  # stopped afterwards even when start() fails half-way
         await gw.start()
-        started.append(gw)
         return gw
 
     yield factory

@@ -14,8 +14,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
@@ -28,7 +31,15 @@ from protocols.tsl import normalize
 if TYPE_CHECKING:
     from gateway.link import AccountContext
 
-__all__ = ["ManualClock", "RecordingContext", "emulator", "eventually", "max_in_any_second"]
+__all__ = [
+    "ManualClock",
+    "RecordingContext",
+    "TlsFiles",
+    "emulator",
+    "eventually",
+    "max_in_any_second",
+    "throwaway_tls",
+]
 
 T = TypeVar("T")
 
@@ -77,6 +88,46 @@ def max_in_any_second(times: list[float]) -> int:
             lo += 1
         best = max(best, hi - lo + 1)
     return best
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """PEM files of a throwaway CA and the certificates it issued for ``127.0.0.1``."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def throwaway_tls(directory: Path) -> TlsFiles:
+    """A CA, a server certificate for IP 127.0.0.1 and a client certificate, made with the
+    ``openssl`` command as the other TLS tests make theirs; valid for one day."""
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args: str | Path) -> None:
+        subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+
+    ca, ca_key = directory / "ca.pem", directory / "ca.key"
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=c2m test CA",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign",
+            "-keyout", ca_key, "-out", ca)  # fmt: skip
+    issued = []
+    for name, usage in (("server", "serverAuth"), ("client", "clientAuth")):
+        cert, key, csr = (directory / f"{name}.{ext}" for ext in ("pem", "key", "csr"))
+        ext = directory / f"{name}.ext"
+        ext.write_text(
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
+            f"extendedKeyUsage={usage}\nsubjectAltName=IP:127.0.0.1\n"
+            "authorityKeyIdentifier=keyid\nsubjectKeyIdentifier=hash\n"
+        )
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=c2m test {name}",
+                "-keyout", key, "-out", csr)  # fmt: skip
+        openssl("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+                "-days", "1", "-extfile", ext, "-out", cert)  # fmt: skip
+        issued += [cert, key]
+    return TlsFiles(ca, *issued)
 
 
 class ManualClock:

@@ -14,8 +14,8 @@ never both win one revision.
 
 Every ``ttl/3`` an instance runs one round (``tick``):
 
-1. renew its presence key ``instance.<id>`` (``{"expires": <epoch ms>}``): the live set is
-   every instance whose presence has not expired, this one included;
+1. renew its presence key ``instance.<id>`` (``{"expires": <epoch ms>, "incarnation": …}``):
+   the live set is every instance whose presence has not expired, this one included;
 2. read every slot; renew each slot it holds with ``update(last=<its revision>)``;
 3. fair share = ceil(slots / live instances). Below it, claim free slots (absent, or owner
    null) and then expired ones; above it, release slots, at most ``max_releases`` a round so
@@ -49,6 +49,24 @@ held       ``stop()``                                  free      ``on_lost``, th
 fenced     a late confirmation made it ours again      held      ``on_gained`` (next round)
 =========  ==========================================  ========  ===========================
 
+One slot count for the whole cluster
+------------------------------------
+Two instances with different ``slots`` would hash one account into different slots and both
+run it. The count is therefore recorded in the bucket, under ``cluster.slots``
+(``{"slots": <n>}``), and ``join()`` (before the first round) agrees with it or refuses:
+
+1. write this instance's presence (so that a joiner deciding after this one sees it);
+2. read the record. Absent: ``create`` it with this instance's count. Equal: confirm it with
+   ``update(last=<its revision>)``. Different: refuse (``SlotCountMismatch``) while any other
+   instance is live or any slot lease still names an owner; when none does (every instance
+   stopped cleanly) the record is replaced, also by ``update(last=<its revision>)``;
+3. a write that lost its compare-and-set means another joiner wrote in between: read again.
+
+Every joiner writes the record after its presence, so of a confirming and a replacing joiner
+the second to write finds the first's presence (or its count) and refuses. Each round reads the
+record again; an instance whose count is no longer the recorded one (it was cut off while all
+the others stopped and the count changed) releases every slot and claims none.
+
 Time comes from ``clock`` (monotonic) and ``wall`` (epoch seconds), both injectable: the unit
 tests drive ``tick()`` and ``fence()`` by hand on a manual clock instead of sleeping.
 """
@@ -70,15 +88,20 @@ import orjson
 from nats.errors import Error as NatsError
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 
+from ..errors import ConfigError
 from .kvtokens import escape_key, unescape_key
 from .tasks import stop_tasks
 
 if TYPE_CHECKING:
     from nats.js.kv import KeyValue
 
-__all__ = ["SlotLeases", "slot_of"]
+__all__ = ["LEASES_BUCKET", "SLOTS_KEY", "SlotCountMismatch", "SlotLeases", "slot_of"]
 
 log = logging.getLogger("cloud2mqtt.cluster")
+
+LEASES_BUCKET = "c2m_leases"
+#: the key of the leases bucket that records the cluster's slot count
+SLOTS_KEY = "cluster.slots"
 
 SlotCallback = Callable[[int], Awaitable[None]]
 
@@ -87,6 +110,23 @@ def slot_of(vendor: str, account: str, slots: int) -> int:
     """The slot of an account: the same on every instance, every run and every Python."""
     digest = hashlib.blake2b(f"{vendor}/{account}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") % slots
+
+
+class SlotCountMismatch(ConfigError):
+    """This instance's ``cluster.slots`` is not the count the cluster runs with: it must not
+    join (it would run accounts that run elsewhere). ``cloud2mqtt run`` prints it, exits 2."""
+
+    def __init__(self, own: int, recorded: object, busy: str) -> None:
+        super().__init__(
+            "cluster.slots",
+            f"this instance has slots = {own}, the cluster uses {recorded} (recorded in the "
+            f"NATS KV bucket {LEASES_BUCKET}, key {SLOTS_KEY}; {busy}): every instance must "
+            f"use the same number. Set slots = {recorded} here, or, to change the cluster's "
+            "number, stop every instance, set the new number in every configuration and start "
+            "them again (the first to start records it)",
+        )
+        self.own = own
+        self.recorded = recorded
 
 
 @dataclass(slots=True)
@@ -153,6 +193,8 @@ class SlotLeases:
         self.others_at_stop: list[str] = []
         self._wake = asyncio.Event()
         self._rounds = 0
+        #: the slot count the bucket records when it is not this instance's (None: it is)
+        self.mismatch: object = None
 
     # ------------------------------------------------------------------ what it knows
 
@@ -195,6 +237,82 @@ class SlotLeases:
             loop.create_task(self._run_rounds(), name="cluster-leases"),
             loop.create_task(self._run_watchdog(), name="cluster-fencing"),
         ]
+
+    async def join(self) -> None:
+        """Announce this instance and agree on the slot count (module docstring, "One slot
+        count"). Raises ``SlotCountMismatch`` (after withdrawing the presence) when this
+        instance's count is not the cluster's, and NATS errors when the bucket cannot be used."""
+        twin = await self._twin()
+        await self._op(self.kv.put(self._presence_key, self._value(expires_only=True)))
+        try:
+            while not await self._agree_on_slots(twin):
+                pass  # another joiner wrote the record in between: read it again
+        except SlotCountMismatch:
+            if not twin:  # a twin's presence stays (it rewrites it every round anyway)
+                with contextlib.suppress(NatsError, TimeoutError):
+                    await self._op(self.kv.delete(self._presence_key))
+            raise
+
+    async def _twin(self) -> str:
+        """Another live process under this instance id (a misconfiguration), read before this
+        one's presence replaces its own: "" when there is none."""
+        try:
+            value = _loads((await self._op(self.kv.get(self._presence_key))).value)
+        except KeyNotFoundError:
+            return ""
+        expires = value.get("expires")
+        if value.get("incarnation") == self.incarnation or not isinstance(expires, (int, float)):
+            return ""
+        return f"running: {self.instance_id} (another process)" if expires > self.wall() * 1000 else ""
+
+    async def _agree_on_slots(self, twin: str) -> bool:
+        """One read and one compare-and-set of the record; False when the write lost."""
+        mine = orjson.dumps({"slots": self.slots})
+        try:
+            entry = await self._op(self.kv.get(SLOTS_KEY))
+        except KeyNotFoundError:
+            try:
+                await self._op(self.kv.create(SLOTS_KEY, mine))
+            except KeyWrongLastSequenceError:
+                return False
+            log.info("cluster: recorded slots = %d for the cluster", self.slots)
+            return True
+        recorded = _loads(entry.value).get("slots")
+        if recorded != self.slots:
+            busy = twin or await self._busy()
+            if busy:
+                raise SlotCountMismatch(self.slots, recorded, busy)
+        try:
+            await self._op(self.kv.update(SLOTS_KEY, mine, entry.revision))
+        except KeyWrongLastSequenceError:
+            return False
+        if recorded != self.slots:
+            log.warning(
+                "cluster: the cluster's slot count changes from %s to %d (no instance was "
+                "running); every instance must now use slots = %d", recorded, self.slots, self.slots,
+            )  # fmt: skip
+        return True
+
+    async def _busy(self) -> str:
+        """Why the recorded slot count cannot change now ("" when it can): other live
+        instances, or slot leases that still name an owner."""
+        await self._read_live()
+        others = [i for i in self._live if i != self.instance_id]
+        if others:
+            return f"running: {', '.join(others)}"
+        holders = set()
+        for key in await self._keys():
+            if key.startswith("slot."):
+                with contextlib.suppress(KeyNotFoundError):
+                    owner = _loads((await self._op(self.kv.get(key))).value).get("owner")
+                    if isinstance(owner, str):
+                        holders.add(owner)
+        if holders:
+            return (
+                f"slot leases still name {', '.join(sorted(holders))}, which did not stop "
+                f"cleanly; once none of them runs, 'nats kv rm {LEASES_BUCKET}' clears them"
+            )
+        return ""
 
     async def stop(self) -> None:
         """Stop the rounds, stop every held slot's accounts (``on_lost``), then free the
@@ -265,7 +383,9 @@ class SlotLeases:
             await self._renew(slot)
         self._rounds += 1
         fair = self.fair_share()
-        if len(self._held) > fair:
+        if not await self._check_slot_count():
+            pass  # not this cluster's slot count: hold nothing (released above)
+        elif len(self._held) > fair:
             extra = sorted(self._held, key=self._preference, reverse=True)
             for slot in extra[: min(self.max_releases, len(self._held) - fair)]:
                 await self._release(slot)
@@ -300,17 +420,44 @@ class SlotLeases:
     async def _read_live(self) -> None:
         now_ms = self.wall() * 1000
         live = {self.instance_id}
-        try:
-            keys = await self._op(self.kv.keys())  # its filters are substrings: not used
-        except NoKeysError:
-            keys = []
-        for key in (k for k in keys if k.startswith("instance.")):
+        for key in (k for k in await self._keys() if k.startswith("instance.")):
             with contextlib.suppress(KeyNotFoundError):
                 entry = await self._op(self.kv.get(key))
                 value = _loads(entry.value)
                 if isinstance(value.get("expires"), (int, float)) and value["expires"] > now_ms:
                     live.add(unescape_key(key.removeprefix("instance.")))
         self._live = sorted(live)
+
+    async def _keys(self) -> list[str]:
+        try:
+            keys: list[str] = await self._op(self.kv.keys())  # its filters are substrings
+        except NoKeysError:
+            keys = []
+        return keys
+
+    async def _check_slot_count(self) -> bool:
+        """Whether the bucket still records this instance's slot count (recreating the record
+        when it was deleted); when not, say so once and give up every slot."""
+        try:
+            entry = await self._op(self.kv.get(SLOTS_KEY))
+            recorded = _loads(entry.value).get("slots")
+        except KeyNotFoundError:
+            with contextlib.suppress(KeyWrongLastSequenceError):
+                await self._op(self.kv.create(SLOTS_KEY, orjson.dumps({"slots": self.slots})))
+            return True  # a lost race is read next round
+        if recorded == self.slots:
+            self.mismatch = None
+            return True
+        if self.mismatch is None or self.mismatch != recorded:
+            log.error(
+                "cluster.slots: the cluster now uses slots = %s, this instance %d; it releases "
+                "its slots and runs no account until restarted with slots = %s",
+                recorded, self.slots, recorded,
+            )  # fmt: skip
+        self.mismatch = recorded
+        for slot in sorted(self._held):
+            await self._release(slot)
+        return False
 
     async def _read_slots(self) -> None:
         async def read(n: int) -> None:
@@ -398,7 +545,7 @@ class SlotLeases:
     def _value(self, *, expires_only: bool = False) -> bytes:
         expires = int((self.wall() + self.ttl) * 1000)
         if expires_only:
-            return orjson.dumps({"expires": expires})
+            return orjson.dumps({"expires": expires, "incarnation": self.incarnation})
         return orjson.dumps(
             {"owner": self.instance_id, "incarnation": self.incarnation, "expires": expires}
         )

@@ -7,6 +7,12 @@ their vendor sessions are closed, which is what self-fencing waits on. ``describ
 ``bridge/info`` shows: this instance, the live instances, and which instance runs each account.
 ``router`` (routing.py) runs commands for accounts that run elsewhere on their owner.
 
+``start()`` authenticates as ``[cluster]`` says (a .creds file, an nkey seed, a token, a user
+and password, or what the URLs carry), over TLS when asked, and agrees with the bucket on the
+slot count (``SlotLeases.join``) before anything else. No log line, error or ``repr`` shows a
+secret: the servers are shown without their userinfo, and NATS's error texts are scrubbed of
+the configured token and passwords.
+
 Order matters at both ends: ``start()`` mirrors the tokens before the first lease round, so an
 account that moves here finds the session its previous owner saved; ``stop()`` stops the
 accounts and frees their slots (the others take them over at once, not after ``lease_ttl``),
@@ -17,19 +23,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
 
-import nats
+from nats.aio.client import Client
+from nats.errors import AuthorizationError, NoServersError
 from nats.errors import Error as NatsError
 from nats.js.errors import BucketNotFoundError
 
+from ..redact import REDACTED, redact_value
 from .kvtokens import KvTokenStore
-from .leases import SlotLeases, slot_of
+from .leases import LEASES_BUCKET, SlotCountMismatch, SlotLeases, slot_of
 from .routing import CommandRouter
+from .tasks import stop_tasks
 
 if TYPE_CHECKING:
-    from nats.aio.client import Client
     from nats.js.kv import KeyValue
 
     from ..config import AccountConfig, ClusterConfig
@@ -38,15 +48,89 @@ __all__ = ["LEASES_BUCKET", "TOKENS_BUCKET", "Cluster", "ClusterUnavailable", "o
 
 log = logging.getLogger("cloud2mqtt.cluster")
 
-LEASES_BUCKET = "c2m_leases"
 TOKENS_BUCKET = "c2m_tokens"
 
 AccountKey = tuple[str, str]
 
 
 class ClusterUnavailable(ConnectionError):
-    """NATS could not be reached (or JetStream is off) when the gateway started: without
-    leases it must not run any account, so it does not start (``cloud2mqtt run`` exits 1)."""
+    """NATS could not be reached, refused the credentials or the TLS handshake, or JetStream is
+    off, when the gateway started: without leases it must not run any account, so it does not
+    start (``cloud2mqtt run`` prints the one line and exits 1)."""
+
+
+class TlsMissing(NatsError):
+    """``[cluster]`` asks for TLS and the server did not require it. nats-py upgrades to TLS
+    only when the server's INFO requires it, and would otherwise go on in plain text; the
+    connection is refused instead, before a token or password is sent (they are handed to
+    nats-py as callables that check first)."""
+
+    def __str__(self) -> str:
+        return "the server offers no TLS"
+
+
+def _tls_required(nc: Client) -> bool:
+    """Whether the server's INFO required TLS, so that nats-py upgraded (or failed). nats-py
+    2.x keeps that INFO only in ``_server_info``: nothing public says whether TLS is on."""
+    info = getattr(nc, "_server_info", None)
+    return isinstance(info, dict) and info.get("tls_required") is True
+
+
+def connect_options(config: ClusterConfig) -> dict[str, Any]:
+    """``nats.connect`` keywords for the credentials and TLS of ``[cluster]`` (the config
+    check allows one way to authenticate)."""
+    options: dict[str, Any] = {}
+    if config.credentials:
+        options["user_credentials"] = config.credentials
+    elif config.nkey_seed:
+        options["nkeys_seed"] = config.nkey_seed
+    elif config.token:
+        options["token"] = config.token
+    elif config.user:
+        options.update(user=config.user, password=config.password)
+    tls = config.ssl_context()
+    if tls is not None:
+        options["tls"] = tls
+    return options
+
+
+def _only_over_tls(nc: Client, secret: str) -> Callable[[], str]:
+    """``secret`` as nats-py takes a credential callback: asked for while it writes CONNECT,
+    after the TLS upgrade, it refuses when the server did not require TLS."""
+
+    def give() -> str:
+        if not _tls_required(nc):
+            raise TlsMissing()
+        return secret
+
+    return give
+
+
+def _refused(exc: BaseException) -> bool:
+    return isinstance(exc, AuthorizationError) or "authorization violation" in str(exc).lower()
+
+
+def _cause(errors: list[BaseException]) -> BaseException:
+    """What a failed start says: a refused TLS handshake or authentication if one happened
+    (the server then closes, and the next read may see only a reset), else the last error
+    that is not nats-py's closing "no servers"."""
+    for wanted in (ssl.SSLError, TlsMissing, _refused):
+        for exc in errors:
+            if isinstance(exc, wanted) if isinstance(wanted, type) else wanted(exc):
+                return exc
+    told = [exc for exc in errors if not isinstance(exc, NoServersError)]
+    return told[-1] if told else errors[-1]
+
+
+def _secrets(config: ClusterConfig) -> list[str]:
+    """The configured NATS secrets, longest first: the token, the password, and each URL's
+    password or token (a lone ``token@``)."""
+    found = [config.token or "", config.password or ""]
+    for url in config.servers:
+        parts = urlsplit(url)
+        secret = parts.password or parts.username or ""
+        found += [secret, unquote(secret)]
+    return sorted({s for s in found if s}, key=len, reverse=True)
 
 
 async def open_bucket(nc: Client, bucket: str) -> KeyValue:
@@ -86,6 +170,13 @@ class Cluster:
         self.nc: Client | None = None
         self.leases: SlotLeases | None = None
         self._last_error = ""
+        #: the errors nats-py reported while connecting (its own final one says less)
+        self._start_errors: list[BaseException] = []
+        self._fatal = asyncio.Event()
+        self._joined = False
+        self._secrets = _secrets(config)
+        #: the servers as logs show them: no userinfo
+        self.servers_shown = ", ".join(redact_value(url) for url in config.servers)
         #: commands for accounts run elsewhere go to their owner (``router.serve(handler)``)
         self.router = CommandRouter(
             self.instance_id, accounts,
@@ -95,10 +186,10 @@ class Cluster:
         )  # fmt: skip
 
     async def start(self) -> None:
-        """Connect, mirror the tokens, start the lease rounds. Raises ``ClusterUnavailable``."""
-        servers = ", ".join(self.config.servers)
+        """Connect, agree on the slot count, mirror the tokens, start the lease rounds. Raises
+        ``ClusterUnavailable``, or ``SlotCountMismatch`` (a ``ConfigError``)."""
         try:
-            self.nc = await nats.connect(
+            self.nc = await self._connect(
                 servers=self.config.servers,
                 name=f"cloud2mqtt-{self.instance_id}",
                 connect_timeout=5,
@@ -109,35 +200,109 @@ class Cluster:
                 error_cb=self._on_error,
                 disconnected_cb=self._on_disconnected,
                 reconnected_cb=self._on_reconnected,
+                **connect_options(self.config),
             )
             self.nc.options["max_reconnect_attempts"] = -1
             tokens_kv = await open_bucket(self.nc, TOKENS_BUCKET)
             leases_kv = await open_bucket(self.nc, LEASES_BUCKET)
-        except (OSError, NatsError, TimeoutError) as exc:
-            if self.nc is not None:
-                await self.nc.close()
-            raise ClusterUnavailable(
-                f"cluster: cannot use NATS JetStream at {servers}: {type(exc).__name__} {exc}"
-            ) from None
+            self.leases = SlotLeases(
+                leases_kv,
+                self.instance_id,
+                slots=self.config.slots,
+                ttl=self.config.lease_ttl,
+                max_releases=self.config.max_moves,
+                on_gained=self._gained,
+                on_lost=self._lost,
+                on_change=self._on_change,
+            )
+            await self.leases.join()
+        except SlotCountMismatch:
+            await self._abandon()
+            raise
+        except Exception as exc:  # whatever stops the join: one line, never a traceback
+            await self._abandon()
+            raise ClusterUnavailable(self._start_failure(exc)) from None
         await self.tokens.start(tokens_kv)
         await self.router.start(self.nc)
-        self.leases = SlotLeases(
-            leases_kv,
-            self.instance_id,
-            slots=self.config.slots,
-            ttl=self.config.lease_ttl,
-            max_releases=self.config.max_moves,
-            on_gained=self._gained,
-            on_lost=self._lost,
-            on_change=self._on_change,
-        )
         await self.leases.start()
+        self._joined = True
         log.info(
             "cluster: %s joined (NATS %s, %d slots, lease %gs)", self.instance_id,
-            servers, self.config.slots, self.config.lease_ttl,
+            self.servers_shown, self.config.slots, self.config.lease_ttl,
         )  # fmt: skip
 
+    async def _connect(self, **options: Any) -> Client:
+        """``nats.connect``, given up at once when a TLS handshake fails (nats-py 2.16 then
+        waits for ever for the TLS socket to close) or, with ``tls``, when the server offers
+        none (``TlsMissing``)."""
+        self._start_errors = []
+        self._fatal = asyncio.Event()
+        nc = Client()
+        # wss:// is TLS by itself; nats:// and tls:// get it only when the server's INFO asks
+        insist = self.config.tls and not self.config.servers[0].startswith("wss://")
+        if insist:
+            for key in ("token", "user", "password"):
+                if isinstance(options.get(key), str):
+                    options[key] = _only_over_tls(nc, options[key])
+        loop = asyncio.get_running_loop()
+        connecting = loop.create_task(nc.connect(**options), name="cluster-connect")
+        fatal = loop.create_task(self._fatal.wait(), name="cluster-connect-fatal")
+        await asyncio.wait({connecting, fatal}, return_when=asyncio.FIRST_COMPLETED)
+        await stop_tasks([fatal])
+        if not connecting.done():
+            await stop_tasks([connecting])
+            raise self._start_errors[-1]
+        connecting.result()
+        if insist and not _tls_required(nc):  # no credentials to guard: still refused
+            await nc.close()
+            raise TlsMissing()
+        return nc
+
+    async def _abandon(self) -> None:
+        """A failed start: close what it opened; ``stop()`` then has nothing to do."""
+        self.leases = None
+        if self.nc is not None:
+            await self.nc.close()
+            self.nc = None
+
+    def _start_failure(self, exc: BaseException) -> str:
+        """The one line that says why the join failed and which ``cluster.*`` key to look at."""
+        exc = _cause([*self._start_errors, exc])
+        where = f"NATS at {self.servers_shown}"
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return (
+                f"cluster: {where}: the server's TLS certificate is not trusted "
+                f"({exc.verify_message}); check cluster.tls_ca"
+            )
+        if isinstance(exc, TlsMissing):
+            return (
+                f"cluster: {where} offers no TLS, and cluster.tls asks for it (so do a tls:// "
+                "URL and the cluster.tls_* files): configure TLS on the server (a tls {} block)"
+            )
+        if isinstance(exc, ssl.SSLError):
+            return (
+                f"cluster: TLS with {where} failed ({exc.reason or exc}); check cluster.tls_ca, "
+                "cluster.tls_cert and cluster.tls_key"
+            )
+        if _refused(exc):
+            keys = self.config.auth_keys()
+            if keys:
+                return f"cluster: {where} refused the authentication; check {keys}"
+            return (
+                f"cluster: {where} requires authentication; set cluster.user and "
+                "cluster.password, cluster.token, cluster.credentials or cluster.nkey_seed"
+            )
+        return f"cluster: cannot use NATS JetStream at {self.servers_shown}: {self._describe(exc)}"
+
+    def _describe(self, exc: BaseException) -> str:
+        """``Type message``, with any configured secret replaced."""
+        text = redact_value(f"{type(exc).__name__}: {exc}")
+        for secret in self._secrets:
+            text = text.replace(secret, REDACTED)
+        return text
+
     async def stop(self) -> None:
+        self._joined = False
         if self.leases is not None:
             await self.leases.stop()
         await self.router.stop()
@@ -146,12 +311,19 @@ class Cluster:
             await self.nc.close()
 
     async def _on_error(self, exc: Exception) -> None:
-        text = f"{type(exc).__name__}: {exc}"
+        if not self._joined:  # start-up: start() reports the cause once, as its error
+            self._start_errors.append(exc)
+            if isinstance(exc, ssl.SSLError | TlsMissing):
+                self._fatal.set()
+            return
+        text = self._describe(exc)
         if text != self._last_error:  # nats-py reports every reconnect attempt
             log.warning("cluster: NATS: %s", text)
         self._last_error = text
 
     async def _on_disconnected(self) -> None:
+        if not self._joined:
+            return  # a failed start closing: start() says why
         log.warning("cluster: disconnected from NATS; leases not renewed now are given up")
 
     async def _on_reconnected(self) -> None:

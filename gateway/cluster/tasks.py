@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from typing import Any
 
 __all__ = ["stop_tasks"]
 
 
-async def stop_tasks(tasks: Iterable[asyncio.Task[None]], *, recheck: float = 0.5) -> None:
+async def stop_tasks(tasks: Iterable[asyncio.Task[Any]], *, recheck: float = 0.5) -> None:
     """Cancel ``tasks`` and wait until each has ended, cancelling again every ``recheck``
     seconds any that swallowed the cancellation."""
     pending = set(tasks)

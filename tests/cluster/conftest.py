@@ -1,4 +1,7 @@
-"""A private nats-server with JetStream per test (its own port and store dir), and clients.
+"""Private nats-servers with JetStream per test (each its own port and store dir), and clients.
+
+``nats_server`` is the plain one; ``nats_servers.start(conf)`` starts another with more
+configuration (an ``authorization`` or ``tls`` block) for the authentication and TLS tests.
 
 Skipped locally when nats-server or nats-py is missing; a failure in CI (``CI=true``), where
 scripts/bootstrap installs both.
@@ -33,14 +36,16 @@ def cluster_unavailable(reason: str) -> None:
 
 
 class NatsServer:
-    """``nats-server -js`` on a free port with its store under ``store``; ``kill()`` stops it
-    the hard way (what a crashed or partitioned server looks like to a client)."""
+    """``nats-server -js`` on a free port with its store under ``store``, plus ``conf`` (more
+    nats-server configuration, written to ``store/nats.conf``); ``kill()`` stops it the hard
+    way (what a crashed or partitioned server looks like to a client)."""
 
-    def __init__(self, store: Path) -> None:
+    def __init__(self, store: Path, conf: str = "") -> None:
         self.binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
         self.host = "127.0.0.1"
         self.port = free_port()
         self.store = store
+        self.conf = conf
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -49,10 +54,13 @@ class NatsServer:
 
     async def start(self) -> None:
         self.store.mkdir(parents=True, exist_ok=True)
+        argv = [self.binary, "-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store)]
+        if self.conf:
+            (self.store / "nats.conf").write_text(self.conf)
+            argv += ["-c", str(self.store / "nats.conf")]
         self.proc = await start_listening(
-            [self.binary, "-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store)],
-            self.host, self.port, self.store / "nats-server.log", "nats-server",
-        )  # fmt: skip
+            argv, self.host, self.port, self.store / "nats-server.log", "nats-server"
+        )
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -61,30 +69,58 @@ class NatsServer:
         self.proc = None
 
 
+class NatsServers:
+    """The test's nats-servers: ``await start(conf)`` starts one more; ``await default()`` is
+    the plain one (started on first use) that ``nats_server`` and ``instance`` use."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.started: list[NatsServer] = []
+        self._default: NatsServer | None = None
+
+    async def start(self, conf: str = "") -> NatsServer:
+        server = NatsServer(self.root / f"nats{len(self.started) or ''}", conf)
+        if not Path(server.binary).exists():
+            cluster_unavailable("nats-server is not installed (apt-get install -y nats-server)")
+        self.started.append(server)
+        await server.start()
+        return server
+
+    async def default(self) -> NatsServer:
+        if self._default is None:
+            self._default = await self.start()
+        return self._default
+
+
 @pytest.fixture
-async def nats_server(tmp_path: Path) -> AsyncIterator[NatsServer]:
+async def nats_servers(tmp_path: Path) -> AsyncIterator[NatsServers]:
     try:
         import nats  # noqa: F401
     except ImportError:
         cluster_unavailable("nats-py is not installed (pip install -e '.[cluster]')")
-    server = NatsServer(tmp_path / "nats")
-    if not Path(server.binary).exists():
-        cluster_unavailable("nats-server is not installed (apt-get install -y nats-server)")
-    await server.start()
-    yield server
-    server.kill()
+    servers = NatsServers(tmp_path)
+    yield servers
+    for server in servers.started:
+        server.kill()
 
 
 @pytest.fixture
-async def nats_client(nats_server: NatsServer) -> AsyncIterator[Callable[..., Any]]:
-    """``await nats_client()``: a new connection to the test's server, closed afterwards."""
+async def nats_server(nats_servers: NatsServers) -> NatsServer:
+    return await nats_servers.default()
+
+
+@pytest.fixture
+async def nats_client(nats_servers: NatsServers) -> AsyncIterator[Callable[..., Any]]:
+    """``await nats_client(server=None, **options)``: a new connection to ``server`` (default:
+    the test's plain server), closed afterwards."""
     import nats
 
     opened: list[Any] = []
 
-    async def connect(**kwargs: Any) -> Any:
+    async def connect(server: NatsServer | None = None, **kwargs: Any) -> Any:
+        server = server or await nats_servers.default()
         nc = await nats.connect(
-            servers=[nats_server.url], connect_timeout=2, max_reconnect_attempts=-1,
+            servers=[server.url], connect_timeout=2, max_reconnect_attempts=-1,
             reconnect_time_wait=0.2, **kwargs,
         )  # fmt: skip
         opened.append(nc)
@@ -102,16 +138,20 @@ async def nats_client(nats_server: NatsServer) -> AsyncIterator[Callable[..., An
 
 @pytest.fixture
 def instance(
-    nats_server: NatsServer, gateway_factory: Callable[..., Any], tmp_path: Path
+    nats_servers: NatsServers, gateway_factory: Callable[..., Any], tmp_path: Path
 ) -> Callable[..., Awaitable[Gateway]]:
-    """``await instance(name, accounts, **cluster)``: a started gateway in cluster mode named
-    ``name``, with its own state dir, on the test's nats-server; ``[cluster]`` is ``slots = 4``
-    and ``lease_ttl = 1`` unless ``cluster`` says otherwise."""
+    """``await instance(name, accounts, server=None, **cluster)``: a started gateway in cluster
+    mode named ``name``, with its own state dir, on ``server`` (default: the test's plain
+    nats-server); ``[cluster]`` is ``slots = 4`` and ``lease_ttl = 1`` unless ``cluster`` says
+    otherwise."""
 
-    async def start(name: str, accounts: list[dict[str, Any]], **cluster: Any) -> Gateway:
+    async def start(
+        name: str, accounts: list[dict[str, Any]], server: NatsServer | None = None, **cluster: Any
+    ) -> Gateway:
+        server = server or await nats_servers.default()
         gw: Gateway = await gateway_factory(
             accounts,
-            cluster={"nats": nats_server.url, "slots": 4, "lease_ttl": 1.0, **cluster},
+            cluster={"nats": server.url, "slots": 4, "lease_ttl": 1.0, **cluster},
             instance_id=name,
             state_dir=str(tmp_path / name),
         )

@@ -107,6 +107,29 @@ async def test_two_gateways_split_the_accounts_and_one_takes_over(
         watcher.cancel()
 
 
+async def test_an_instance_with_another_slot_count_does_not_start(
+    instance: Any, cloud: TencentCloud
+) -> None:
+    """With 4 slots on one instance and 8 on another, one account would hash into different
+    slots and run on both: the second refuses to join, naming cluster.slots and both counts."""
+    from gateway.errors import ConfigError
+
+    accounts = quick_accounts(cloud, 4)
+    a = await instance("gw-a", accounts, slots=4)
+    everything = {("tencent", f"acct{i}") for i in range(4)}
+    await eventually(lambda: set(a.account_keys()) == everything, "gw-a runs every account")
+    await eventually(lambda: cloud.stats["logins"] == 4, "every account logged in on gw-a")
+    with pytest.raises(ConfigError) as refused:
+        await instance("gw-b", accounts, slots=8)
+    assert refused.value.key == "cluster.slots"
+    assert "this instance has slots = 8, the cluster uses 4" in str(refused.value)
+    assert "running: gw-a" in str(refused.value)
+    assert cloud.stats["logins"] == 4, "no account logged in twice"
+    assert a.cluster is not None and a.cluster.leases is not None
+    await a.cluster.leases.tick()
+    assert a.cluster.leases.live() == ["gw-a"] and set(a.account_keys()) == everything
+
+
 async def test_no_nats_means_no_start(tmp_path: Any) -> None:
     """Without NATS the instance cannot lease, so it must run nothing: start() fails with one
     clear error (``cloud2mqtt run`` prints it and exits 1) instead of retrying forever."""

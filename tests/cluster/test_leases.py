@@ -12,9 +12,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import pytest
 
-from gateway.cluster.leases import SlotLeases, slot_of
+from gateway.cluster.leases import SLOTS_KEY, SlotCountMismatch, SlotLeases, slot_of
 from gateway.cluster.node import LEASES_BUCKET, open_bucket
 from tests.helpers import ManualClock, eventually
 
@@ -158,6 +159,93 @@ async def test_the_watchdog_fences_before_expiry_on_a_manual_clock(member):
     assert set(await a.leases.fence()) == set(range(SLOTS))
     assert clock.now < expiry
     assert a.held == set()
+
+
+# ---------------------------------------------------------------------------- one slot count
+
+
+async def joined(member: Callable[..., Any], name: str, clock: ManualClock, slots: int) -> Member:
+    """A member with ``slots`` that joined and has claimed its share (two rounds)."""
+    m: Member = await member(name, **manual(clock), slots=slots)
+    await m.leases.join()
+    await rounds(m, n=2)
+    return m
+
+
+async def test_an_instance_with_another_slot_count_refuses_to_join(member):
+    clock = ManualClock()
+    a = await joined(member, "a", clock, slots=4)
+    assert a.held == {0, 1, 2, 3}
+    b = await member("b", **manual(clock), slots=8)
+    with pytest.raises(SlotCountMismatch) as refused:
+        await b.leases.join()
+    message = str(refused.value)
+    assert message.startswith("cluster.slots: this instance has slots = 8, the cluster uses 4")
+    assert "running: a" in message and "stop every instance" in message and "\n" not in message
+    await rounds(a)
+    assert a.leases.live() == ["a"], "the refused instance withdrew its presence"
+    assert a.held == {0, 1, 2, 3} and not a.lost
+
+
+async def test_a_second_process_under_the_same_instance_id_cannot_change_the_count(member):
+    """Its own id is not another instance, but another process under it is: it must not take
+    the cluster for stopped (the live one would then run nothing from its next round)."""
+    clock = ManualClock()
+    a = await member("a", **manual(clock), slots=4)
+    await a.leases.join()
+    await rounds(a)  # announced, no slot claimed yet
+    twin = await member("a", **manual(clock), slots=8)
+    with pytest.raises(SlotCountMismatch, match=r"running: a \(another process\)"):
+        await twin.leases.join()
+    await rounds(a, n=2)
+    assert a.held == {0, 1, 2, 3} and a.leases.mismatch is None
+
+
+async def test_joiners_with_different_counts_at_once_one_wins(member):
+    """Each joiner writes its presence, then the record by compare-and-set: whichever writes
+    second finds the other's count and presence, so exactly one of them joins."""
+    for n in range(2):  # a fresh bucket, then one whose only instance (the winner) stopped
+        a = await member(f"a{n}", slots=4)
+        b = await member(f"b{n}", slots=8)
+        results = await asyncio.gather(a.leases.join(), b.leases.join(), return_exceptions=True)
+        assert sorted(type(r).__name__ for r in results) == ["NoneType", "SlotCountMismatch"]
+        winner = a if results[0] is None else b
+        entry = await winner.leases.kv.get(SLOTS_KEY)
+        assert orjson.loads(entry.value) == {"slots": winner.leases.slots}
+        await winner.leases.stop()
+
+
+async def test_the_count_changes_once_every_instance_stopped_cleanly(member):
+    clock = ManualClock()
+    a = await joined(member, "a", clock, slots=4)
+    await a.leases.stop()  # frees its slots, withdraws its presence
+    b = await joined(member, "b", clock, slots=8)  # no one runs, no lease names an owner
+    assert b.held == set(range(8))
+    old = await member("a-again", **manual(clock), slots=4)
+    with pytest.raises(SlotCountMismatch, match="the cluster uses 8"):
+        await old.leases.join()
+
+
+async def test_leases_left_by_a_crash_keep_the_count(member):
+    clock = ManualClock()
+    a = await joined(member, "a", clock, slots=4)
+    await a.nc.close()  # crashed: its slots still name it
+    clock.now += 10  # its presence has expired
+    b = await member("b", **manual(clock), slots=8)
+    with pytest.raises(SlotCountMismatch, match="slot leases still name a, which did not stop"):
+        await b.leases.join()
+
+
+async def test_an_instance_whose_count_is_no_longer_recorded_releases_every_slot(member):
+    """Cut off while the others stopped and came back with another count, an instance must
+    not go on running its slots: each round reads the record again."""
+    clock = ManualClock()
+    a = await joined(member, "a", clock, slots=4)
+    assert a.held == {0, 1, 2, 3}
+    await a.leases.kv.put(SLOTS_KEY, orjson.dumps({"slots": 8}))
+    await rounds(a, n=2)
+    assert a.held == set() and sorted(a.lost) == [0, 1, 2, 3]
+    assert a.leases.mismatch == 8 and a.leases.owners() == dict.fromkeys(range(4))
 
 
 # ---------------------------------------------------------------------------- real time

@@ -433,3 +433,106 @@ def test_cluster_refuses_mqtt_311(tmp_path):
     [error] = problems(tmp_path, text)
     assert error.key == "mqtt.protocol" and "cluster mode needs MQTT 5" in error.message
     assert error.line == text.splitlines().index('protocol = "3.1.1"') + 1
+
+
+# ------------------------------------------------------------- [cluster]: NATS credentials, TLS
+
+#: a .creds file as ``nsc`` writes it (the JWT and seed are placeholders: only the shape is checked)
+CREDS = """-----BEGIN NATS USER JWT-----
+eyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5LW5rZXkifQ.e30.c2ln
+------END NATS USER JWT------
+
+-----BEGIN USER NKEY SEED-----
+SUAIBDPBAUTWCWBKIO6XHQNINK5FWJW4OHLXC3HQ2KFE4PEJUA44CNHTC4
+------END USER NKEY SEED------
+"""
+SEED = "SUAIBDPBAUTWCWBKIO6XHQNINK5FWJW4OHLXC3HQ2KFE4PEJUA44CNHTC4\n"
+
+
+@pytest.fixture(scope="module")
+def nats_files(tmp_path_factory):
+    """A .creds file, an nkey seed file, a CA (the tests' throwaway one) and a junk file."""
+    from tests.helpers import throwaway_tls
+
+    tmp_path = tmp_path_factory.mktemp("nats-files")
+    (tmp_path / "gw.creds").write_text(CREDS)
+    (tmp_path / "gw.nk").write_text(SEED)
+    (tmp_path / "junk.txt").write_text("not a key\n")
+    tls = throwaway_tls(tmp_path / "tls")
+    return {"d": tmp_path, "ca": tls.ca, "cert": tls.client_cert, "key": tls.client_key,
+            "server_key": tls.server_key}  # fmt: skip
+
+
+def test_cluster_nats_credentials_and_tls(tmp_path, nats_files):
+    d = nats_files["d"]
+    cfg = load(tmp_path, CLUSTER_GOOD + (
+        f'\n[cluster]\nnats = "nats://n1:4222"\ncredentials = "{d}/gw.creds"\n'
+        f'tls_ca = "{nats_files["ca"]}"\ntls_cert = "{nats_files["cert"]}"\n'
+        f'tls_key = "{nats_files["key"]}"\n'
+    ))  # fmt: skip
+    assert cfg.cluster is not None
+    assert cfg.cluster.credentials == f"{d}/gw.creds" and cfg.cluster.tls is True
+    assert cfg.cluster.ssl_context() is not None
+    assert cfg.cluster.auth_keys() == "cluster.credentials"
+    env = {"BROKER_PW": "pw", "NATS_PW": "Pw-Planted-9", "NATS_TOKEN": "Tok-Planted-8"}
+    cfg = load(tmp_path, CLUSTER_GOOD + (
+        '\n[cluster]\nnats = "nats://n1:4222"\nuser = "gw"\npassword = "${NATS_PW}"\n'
+    ), env=env)  # fmt: skip
+    assert cfg.cluster is not None
+    assert (cfg.cluster.user, cfg.cluster.password, cfg.cluster.tls) == ("gw", "Pw-Planted-9", False)
+    assert cfg.cluster.ssl_context() is None
+    cfg = load(tmp_path, CLUSTER_GOOD + (
+        '\n[cluster]\nnats = ["tls://n1:4222"]\ntoken = "${NATS_TOKEN}"\n'
+    ), env=env)  # fmt: skip
+    assert cfg.cluster is not None
+    assert cfg.cluster.token == "Tok-Planted-8" and cfg.cluster.tls is True  # tls:// asks for it
+    cfg = load(tmp_path, CLUSTER_GOOD + f'\n[cluster]\nnkey_seed = "{d}/gw.nk"\n')
+    assert cfg.cluster is not None and cfg.cluster.nkey_seed == f"{d}/gw.nk"
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "words"),
+    [
+        ('credentials = "{d}/none.creds"', "cluster.credentials", "does not exist"),
+        ('credentials = "{d}/junk.txt"', "cluster.credentials", "not a NATS .creds file"),
+        ('nkey_seed = "{d}/junk.txt"', "cluster.nkey_seed", "not an nkey seed file"),
+        ('nkey_seed = "{d}/gw.creds"', "cluster.nkey_seed", "not an nkey seed file"),
+        ('tls_ca = "{d}/none.pem"', "cluster.tls_ca", "does not exist"),
+        ('tls_ca = "{d}/junk.txt"', "cluster.tls_ca", "unusable for TLS"),
+        ('tls_cert = "{cert}"', "cluster.tls_cert", "without cluster.tls_key"),
+        ('tls_key = "{key}"', "cluster.tls_key", "without cluster.tls_cert"),
+        ('tls_cert = "{cert}"\ntls_key = "{server_key}"', "cluster.tls_cert", "unusable for TLS"),
+        ('tls = false\ntls_ca = "{ca}"', "cluster.tls", "cluster.tls_ca asks for TLS"),
+        ('tls = false\nnats = "tls://n1:4222"', "cluster.tls", "tls:// URL"),
+        ('tls = false\nnats = "wss://n1:443"', "cluster.tls", "wss:// URL"),
+        ('tls_ca = "{ca}"\nnats = "ws://n1:80"', "cluster.nats", "plain text, and TLS is asked"),
+        ('user = "gw"', "cluster.user", "without cluster.password"),
+        ('password = "pw"', "cluster.password", "without cluster.user"),
+        ('token = ""', "cluster.token", "must not be empty"),
+        ('token = "t"\nuser = "gw"\npassword = "pw"', "cluster.user",
+         "one way to authenticate, and cluster.token, cluster.user/password are given"),
+        ('nats = "nats://gw:pw@n1:4222"\ntoken = "t"', "cluster.nats", "one way to authenticate"),
+        ('credentials = "{d}/gw.creds"\nnkey_seed = "{d}/gw.nk"', "cluster.nkey_seed",
+         "one way to authenticate"),
+    ],
+)  # fmt: skip
+def test_cluster_nats_auth_and_tls_errors_name_key_and_line(tmp_path, nats_files, body, key, words):
+    body = body.format(**nats_files)
+    text = CLUSTER_GOOD + "\n[cluster]\n" + body + "\n"
+    [error] = [e for e in problems(tmp_path, text) if e.key == key]
+    assert words in error.message
+    name = key.removeprefix("cluster.")
+    [line] = [n for n, s in enumerate(text.splitlines(), 1) if s.startswith(f"{name} =")]
+    assert error.line == line
+
+
+def test_cluster_secrets_are_in_no_repr_and_no_bridge_info(tmp_path):
+    from gateway.redact import redact
+
+    env = {"BROKER_PW": "Mq-Planted-7", "NATS_PW": "Pw-Planted-9"}
+    for auth in ('user = "gw"\npassword = "${NATS_PW}"', 'nats = "nats://${NATS_PW}@n1:4222"',
+                 'token = "${NATS_PW}"', 'nats = "nats://gw:${NATS_PW}@n1:4222"'):  # fmt: skip
+        cfg = load(tmp_path, CLUSTER_GOOD + f"\n[cluster]\n{auth}\n", env=env)
+        shown = [repr(cfg), repr(cfg.cluster), repr(cfg.mqtt), str(redact(cfg))]
+        assert not [s for s in shown if "Pw-Planted-9" in s or "Mq-Planted-7" in s], shown
+        assert ":4222" in repr(cfg.cluster) and "slots=64" in repr(cfg.cluster)
