@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import ssl
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import pytest
 
@@ -38,6 +38,7 @@ __all__ = [
     "emulator",
     "eventually",
     "max_in_any_second",
+    "server_context",
     "throwaway_tls",
 ]
 
@@ -90,8 +91,7 @@ def max_in_any_second(times: list[float]) -> int:
     return best
 
 
-@dataclass(frozen=True, slots=True)
-class TlsFiles:
+class TlsFiles(NamedTuple):
     """PEM files of a throwaway CA and the certificates it issued for ``127.0.0.1``."""
 
     ca: Path
@@ -103,7 +103,7 @@ class TlsFiles:
 
 def throwaway_tls(directory: Path) -> TlsFiles:
     """A CA, a server certificate for IP 127.0.0.1 and a client certificate, made with the
-    ``openssl`` command as the other TLS tests make theirs; valid for one day."""
+    ``openssl`` command; valid for one day. Every TLS test makes its certificates here."""
     directory.mkdir(parents=True, exist_ok=True)
 
     def openssl(*args: str | Path) -> None:
@@ -128,6 +128,13 @@ def throwaway_tls(directory: Path) -> TlsFiles:
                 "-days", "1", "-extfile", ext, "-out", cert)  # fmt: skip
         issued += [cert, key]
     return TlsFiles(ca, *issued)
+
+
+def server_context(tls: TlsFiles) -> ssl.SSLContext:
+    """A server-side TLS context presenting ``tls``'s server certificate."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(tls.server_cert, tls.server_key)
+    return ctx
 
 
 class ManualClock:

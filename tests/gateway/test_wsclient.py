@@ -27,7 +27,7 @@ from protocols.websocket import (
     accept_key,
     mask,
 )
-from tests.helpers import eventually
+from tests.helpers import eventually, server_context, throwaway_tls
 
 
 def _open_core(max_size: int = 1 << 20) -> WebSocketClientCore:
@@ -359,17 +359,9 @@ async def test_a_failing_handler_does_not_cost_other_messages() -> None:
 async def test_wss_verifies_the_server_certificate(tmp_path: Any) -> None:
     """Real clouds are wss://: the shared default context verifies, a trusted CA connects."""
     import ssl
-    import subprocess
 
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-         "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
-         "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(cert, key)
+    tls = throwaway_tls(tmp_path)
+    server_ctx = server_context(tls)
 
     async def handler(conn: websockets.ServerConnection) -> None:
         await conn.send("secure")
@@ -377,9 +369,9 @@ async def test_wss_verifies_the_server_certificate(tmp_path: Any) -> None:
 
     async with serve(handler, "127.0.0.1", 0, ssl=server_ctx, compression=None) as server:
         url = f"wss://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
-        with pytest.raises(ssl.SSLCertVerificationError):  # self-signed: refused by default
+        with pytest.raises(ssl.SSLCertVerificationError):  # a private CA: refused by default
             await wsclient.connect(url, open_timeout=5)
-        trusted = ssl.create_default_context(cafile=str(cert))
+        trusted = ssl.create_default_context(cafile=str(tls.ca))
         conn = await wsclient.connect(url, open_timeout=5, ssl_context=trusted)
         assert await asyncio.wait_for(conn.recv(), 5) == "secure"
         await conn.close()

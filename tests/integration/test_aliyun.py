@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from emulators.aliyun import LIGHT_PK, SENSOR_PK, AliyunCloud
-from tests.helpers import emulator, eventually
+from tests.helpers import emulator, eventually, server_context, throwaway_tls
 
 pytestmark = pytest.mark.both_loops  # gateway end to end: uvloop and asyncio
 
@@ -324,21 +324,11 @@ async def test_token_rejected_mid_session_is_refreshed(
 
 @pytest.fixture
 async def tls_cloud(tmp_path: Any) -> AsyncIterator[tuple[AliyunCloud, str]]:
-    """An emulator whose MQTT front speaks TLS with a throwaway self-signed certificate."""
-    import ssl
-    import subprocess
-
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(cert, key)
-    c = AliyunCloud(devices=1, mqtt_ssl=server_ctx)
+    """An emulator whose MQTT front speaks TLS with a certificate of a throwaway CA."""
+    tls = throwaway_tls(tmp_path)
+    c = AliyunCloud(devices=1, mqtt_ssl=server_context(tls))
     await c.start()
-    yield c, str(cert)
+    yield c, str(tls.ca)
     await c.stop()
 
 
