@@ -401,27 +401,6 @@ def test_cluster_section_defaults_and_values(tmp_path):
     assert cfg.cluster.instance_id == "gw-a" and cfg.cluster.shared_egress is False
 
 
-@pytest.mark.parametrize(
-    ("body", "key", "words"),
-    [
-        ('slots = 0', "cluster.slots", "between 1 and 4096"),
-        ('slots = "many"', "cluster.slots", "expected int"),
-        ("lease_ttl = 0.5", "cluster.lease_ttl", "at least 1 second"),
-        ("max_moves = 0", "cluster.max_moves", "at least 1"),
-        ('nats = "http://n1:4222"', "cluster.nats", "nats://"),
-        ("nats = []", "cluster.nats", "at least one"),
-        ('instance_id = "a b"', "cluster.instance_id", "letters, digits"),
-        ("lease_tl = 5", "cluster.lease_tl", "did you mean 'lease_ttl'?"),
-        ('shared_egress = "yes"', "cluster.shared_egress", "expected bool"),
-    ],
-)
-def test_cluster_errors_name_key_and_line(tmp_path, body, key, words):
-    text = CLUSTER_GOOD + "\n[cluster]\n" + body + "\n"
-    [error] = [e for e in problems(tmp_path, text) if e.key == key]
-    assert words in error.message
-    assert error.line == text.splitlines().index(body) + 1
-
-
 def test_cluster_must_be_a_table(tmp_path):
     [error] = problems(tmp_path, 'cluster = "yes"\n' + GOOD)
     assert error.key == "cluster" and error.line == 1
@@ -493,6 +472,15 @@ def test_cluster_nats_credentials_and_tls(tmp_path, nats_files):
 @pytest.mark.parametrize(
     ("body", "key", "words"),
     [
+        ('slots = 0', "cluster.slots", "between 1 and 4096"),
+        ('slots = "many"', "cluster.slots", "expected int"),
+        ("lease_ttl = 0.5", "cluster.lease_ttl", "at least 1 second"),
+        ("max_moves = 0", "cluster.max_moves", "at least 1"),
+        ('nats = "http://n1:4222"', "cluster.nats", "nats://"),
+        ("nats = []", "cluster.nats", "at least one"),
+        ('instance_id = "a b"', "cluster.instance_id", "letters, digits"),
+        ("lease_tl = 5", "cluster.lease_tl", "did you mean 'lease_ttl'?"),
+        ('shared_egress = "yes"', "cluster.shared_egress", "expected bool"),
         ('credentials = "{d}/none.creds"', "cluster.credentials", "does not exist"),
         ('credentials = "{d}/junk.txt"', "cluster.credentials", "not a NATS .creds file"),
         ('nkey_seed = "{d}/junk.txt"', "cluster.nkey_seed", "not an nkey seed file"),
@@ -516,7 +504,7 @@ def test_cluster_nats_credentials_and_tls(tmp_path, nats_files):
          "one way to authenticate"),
     ],
 )  # fmt: skip
-def test_cluster_nats_auth_and_tls_errors_name_key_and_line(tmp_path, nats_files, body, key, words):
+def test_cluster_errors_name_key_and_line(tmp_path, nats_files, body, key, words):
     body = body.format(**nats_files)
     text = CLUSTER_GOOD + "\n[cluster]\n" + body + "\n"
     [error] = [e for e in problems(tmp_path, text) if e.key == key]
