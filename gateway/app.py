@@ -320,6 +320,11 @@ class Gateway:
         """``bridge/info``'s ``cluster`` (who runs which account), or None without a cluster."""
         return self.cluster.describe() if self.cluster is not None else None
 
+    def cluster_stats(self) -> dict[str, Any]:
+        """Cluster mode's numbers for ``/metrics`` (``Cluster.stats``); only asked with one."""
+        assert self.cluster is not None, "cluster mode only"
+        return self.cluster.stats()
+
     def _instance_snapshots(self) -> InstanceSnapshots | None:
         """Cluster mode: the instances' snapshots that ``bridge/accounts|devices`` merge."""
         cluster = self.cluster

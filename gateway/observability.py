@@ -75,6 +75,8 @@ class Gateway(Protocol):
 
     def cluster_info(self) -> dict[str, Any] | None: ...
 
+    def cluster_stats(self) -> dict[str, Any]: ...
+
 
 def attach(gateway: Gateway) -> Observability:
     """Build the observability parts for ``gateway`` (nothing starts until ``start()``)."""
@@ -277,6 +279,7 @@ class Observability:
                 mqtt=gateway.mqtt,
                 account_labels=http.account_labels,
                 info={k: v for k, v in self.info.items() if k != "python"},
+                cluster=gateway.cluster_stats if gateway.config.cluster is not None else None,
             )
             self.http = HttpEndpoints(http.listen, self.metrics.registry, self.readiness)
         self.log_handler: BridgeLogHandler | None = None

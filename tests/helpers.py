@@ -38,6 +38,8 @@ __all__ = [
     "emulator",
     "eventually",
     "max_in_any_second",
+    "metric_families",
+    "metric_value",
     "server_context",
     "throwaway_tls",
 ]
@@ -135,6 +137,21 @@ def server_context(tls: TlsFiles) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(tls.server_cert, tls.server_key)
     return ctx
+
+
+def metric_families(text: str) -> dict[str, Any]:
+    """A ``/metrics`` page's families by name (prometheus-client's own parser)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def metric_value(fams: dict[str, Any], family: str, sample: str, **labels: str) -> float | None:
+    """The value of ``sample`` in ``family`` with ``labels``, or None when there is none."""
+    for s in fams[family].samples:
+        if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
+            return float(s.value)
+    return None
 
 
 class ManualClock:

@@ -80,6 +80,7 @@ import logging
 import math
 import secrets
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -193,6 +194,10 @@ class SlotLeases:
         self.others_at_stop: list[str] = []
         self._wake = asyncio.Event()
         self._rounds = 0
+        #: slots gained and given up, by how (``claimed``, ``released``, ``taken_over``,
+        #: ``fenced``), and lease rounds that failed: for /metrics
+        self.changes: Counter[str] = Counter()
+        self.round_failures = 0
         #: the slot count the bucket records when it is not this instance's (None: it is)
         self.mismatch: object = None
 
@@ -338,6 +343,7 @@ class SlotLeases:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self.round_failures += 1
                 log.warning("cluster lease round failed: %s: %s", type(exc).__name__, exc)
             self._wake.set()  # the watchdog recomputes its deadline
             await asyncio.sleep(self.interval)
@@ -362,6 +368,7 @@ class SlotLeases:
         for slot in overdue:
             lease = self._held.pop(slot)
             self.fenced[slot] = lease.sent + self.ttl
+            self.changes["fenced"] += 1
             log.warning(
                 "cluster: no confirmed renewal of slot %d for %.1fs; stopping its accounts "
                 "before the lease can expire", slot, now - lease.sent,
@@ -490,6 +497,7 @@ class SlotLeases:
             )
         except KeyWrongLastSequenceError:
             if self._held.pop(slot, None) is not None:
+                self.changes["taken_over"] += 1
                 log.warning("cluster: slot %d was taken over; stopping its accounts", slot)
                 await self._call(self.on_lost, slot)
             return
@@ -516,6 +524,7 @@ class SlotLeases:
         self._held[slot] = _Lease(revision, sent)
         self._seen[slot] = _Seen(revision, self.instance_id, self.incarnation, self.clock())
         self._wake.set()
+        self.changes["claimed"] += 1
         log.info("cluster: %s holds slot %d", self.instance_id, slot)
         await self._call(self.on_gained, slot)
 
@@ -524,6 +533,7 @@ class SlotLeases:
         if lease is None:
             return
         await self._call(self.on_lost, slot)  # the sessions stop before anyone may take over
+        self.changes["released"] += 1
         log.info("cluster: %s releases slot %d", self.instance_id, slot)
         free = orjson.dumps({"owner": None, "released_by": self.instance_id})
         try:

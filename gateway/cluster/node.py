@@ -372,6 +372,21 @@ class Cluster:
         """Between ``start()`` and ``stop()``: the lease rounds run."""
         return self.leases is not None and self.leases.started
 
+    def stats(self) -> dict[str, Any]:
+        """This instance's cluster numbers for ``/metrics`` (gateway/consumers/metrics.py
+        ``CLUSTER`` names each key); the lease counts start again with each ``start()``."""
+        leases, router = self.leases, self.router
+        return {
+            "instances": len(leases.live()) if leases is not None else 0,
+            "slots": self.config.slots,
+            "slots_held": len(leases.held()) if leases is not None else 0,
+            "nats_connected": int(self.nc is not None and self.nc.is_connected),
+            "slot_changes": dict(leases.changes) if leases is not None else {},
+            "lease_round_failures": leases.round_failures if leases is not None else 0,
+            "routed": dict(router.routed),
+            "peer_requests": router.served,
+        }
+
     def describe(self) -> dict[str, Any]:
         """``bridge/info``'s ``cluster``: who this is, who is live, who runs which account."""
         owners = self.leases.owners() if self.leases is not None else {}

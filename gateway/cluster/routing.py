@@ -57,6 +57,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -143,6 +144,11 @@ class CommandRouter:
         self.nc: Client | None = None
         self._sub: Subscription | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        #: device commands sent to another instance, by outcome (``answered`` by the owner,
+        #: ``timeout``, ``unavailable``, ``unknown``: no instance has the device); for /metrics
+        self.routed: Counter[str] = Counter()
+        #: commands and requests from other instances this one ran
+        self.served = 0
 
     def serve(self, handler: CommandHandler) -> None:
         self.handler = handler
@@ -185,12 +191,15 @@ class CommandRouter:
         for instance in asked:
             answer = await self._ask(instance, body, deadline)
             if isinstance(answer, CommandResult):
+                self.routed["timeout"] += 1
                 return "-", answer
             if answer is None:
                 unreachable.append(instance)
             elif answer.get("here"):
+                self.routed["answered"] += 1
                 return str(answer.get("account") or "-"), _result(answer.get("result"))
         if moving or unreachable:
+            self.routed["unavailable"] += 1
             why = []
             if moving:
                 why.append(f"account(s) {', '.join(moving)} moving between instances")
@@ -200,6 +209,7 @@ class CommandRouter:
             return "-", _unavailable(
                 f"no instance runs device {vendor}/{device[:200]} now ({because}); try again"
             )
+        self.routed["unknown"] += 1
         return "-", self._unknown(vendor, device, kind)
 
     async def bridge_request(self, command: str, request: dict[str, Any]) -> CommandResult | None:
@@ -332,8 +342,10 @@ class CommandRouter:
                 )
                 answer: dict[str, Any] = {"here": False}
                 if done is not None:
+                    self.served += 1
                     answer = {"here": True, "account": done[0], "result": _dump_result(done[1])}
             elif body.get("op") == "bridge":
+                self.served += 1
                 result = await handler.bridge_result(str(body["command"]), request)
                 answer = {"result": _dump_result(result)}
             else:

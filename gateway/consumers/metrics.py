@@ -17,6 +17,9 @@ accounts by link state                       the publisher's ``bridge/accounts``
 devices, devices online                      the registry (one pass per scrape)
 MQTT connected, queue depth, buffered,       the MQTT client's own counters
 published, dropped
+cluster mode: live instances, slots held,    ``Cluster.stats()`` (gateway/cluster/node.py):
+NATS link, slot changes, lease rounds that   the lease manager's and the command router's
+failed, routed commands by outcome           own counts
 ===========================================  ================================================
 
 Two things are this consumer's own, both fed from the bus:
@@ -101,11 +104,13 @@ class Metrics:
         mqtt: Any,
         account_labels: bool = True,
         info: dict[str, str] | None = None,
+        cluster: Callable[[], dict[str, Any]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """``devices``: the registry's records; ``accounts``: the ``bridge/accounts`` entries;
         ``mqtt``: the MQTT client (``connected``, ``published``, ``dropped``, ``unacked`` and,
-        when it has one, ``buffered``); ``info``: labels of ``cloud2mqtt_build_info``."""
+        when it has one, ``buffered``); ``info``: labels of ``cloud2mqtt_build_info``;
+        ``cluster`` (cluster mode): ``Cluster.stats``."""
         self.bus = bus
         self.health = health
         self.devices = devices
@@ -113,6 +118,7 @@ class Metrics:
         self.mqtt = mqtt
         self.account_labels = account_labels
         self.info = info or {}
+        self.cluster = cluster
         self.clock = clock
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_Collector(self))
@@ -352,6 +358,8 @@ class _Collector:
             "cloud2mqtt_commands_received", "Command and bridge request messages received",
             value=health.totals.get("commands", 0),
         )  # fmt: skip
+        if m.cluster is not None:
+            yield from _cluster(m.cluster())
 
         # ---------------------------------------------------------------- latency
         coarse = sorted(
@@ -396,3 +404,31 @@ class _Collector:
         for labels, n in sorted(rows.items()):
             fam.add_metric(list(labels), n)
         return fam
+
+
+_Family = type[GaugeMetricFamily] | type[CounterMetricFamily]
+#: cluster mode: ``Cluster.stats()`` key → (metric, help, type, and for a count by value the
+#: label and its values: every value is shown, zero until counted)
+CLUSTER: dict[str, tuple[str, str, _Family, tuple[str, tuple[str, ...]] | None]] = {
+    "instances": ("cloud2mqtt_cluster_instances", "Live instances as of the last lease round (this one included)", GaugeMetricFamily, None),
+    "slots": ("cloud2mqtt_cluster_slots", "Slots in the cluster", GaugeMetricFamily, None),
+    "slots_held": ("cloud2mqtt_cluster_slots_held", "Slots this instance holds (it runs their accounts)", GaugeMetricFamily, None),
+    "nats_connected": ("cloud2mqtt_cluster_nats_connected", "1 while the link to NATS is up", GaugeMetricFamily, None),
+    "slot_changes": ("cloud2mqtt_cluster_slot_changes", "Slots this instance gained or gave up: claimed (free or expired), released (above its fair share, or at stop), taken_over (another instance holds it now), fenced (no confirmed renewal in time: stopped before the lease could expire)", CounterMetricFamily, ("change", ("claimed", "released", "taken_over", "fenced"))),
+    "lease_round_failures": ("cloud2mqtt_cluster_lease_round_failures", "Lease rounds that failed (NATS unreachable or slow); slots not renewed in time are fenced", CounterMetricFamily, None),
+    "routed": ("cloud2mqtt_cluster_routed_commands", "Device commands this instance received for a device it does not run, by outcome: answered (by the instance that runs it), timeout, unavailable (its account is moving, or its instance is unreachable), unknown (no instance has the device)", CounterMetricFamily, ("outcome", ("answered", "timeout", "unavailable", "unknown"))),
+    "peer_requests": ("cloud2mqtt_cluster_peer_requests", "Commands and requests other instances routed here that this instance ran", CounterMetricFamily, None),
+}  # fmt: skip
+
+
+def _cluster(stats: dict[str, Any]) -> Iterator[Metric]:
+    """Cluster mode's numbers (``Cluster.stats()``): this instance's view of the cluster."""
+    for key, (name, doc, family, by) in CLUSTER.items():
+        if by is None:
+            yield family(name, doc, value=stats[key])
+            continue
+        label, values = by
+        fam = family(name, doc, labels=[label])
+        for value in values:
+            fam.add_metric([value], stats[key].get(value, 0))
+        yield fam

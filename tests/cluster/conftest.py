@@ -140,13 +140,17 @@ async def nats_client(nats_servers: NatsServers) -> AsyncIterator[Callable[..., 
 def instance(
     nats_servers: NatsServers, gateway_factory: Callable[..., Any], tmp_path: Path
 ) -> Callable[..., Awaitable[Gateway]]:
-    """``await instance(name, accounts, server=None, **cluster)``: a started gateway in cluster
-    mode named ``name``, with its own state dir, on ``server`` (default: the test's plain
-    nats-server); ``[cluster]`` is ``slots = 4`` and ``lease_ttl = 1`` unless ``cluster`` says
-    otherwise."""
+    """``await instance(name, accounts, server=None, gateway=None, **cluster)``: a started
+    gateway in cluster mode named ``name``, with its own state dir, on ``server`` (default: the
+    test's plain nats-server); ``[cluster]`` is ``slots = 4`` and ``lease_ttl = 1`` unless
+    ``cluster`` says otherwise; ``gateway``: more ``gateway_factory`` options (``http``, …)."""
 
     async def start(
-        name: str, accounts: list[dict[str, Any]], server: NatsServer | None = None, **cluster: Any
+        name: str,
+        accounts: list[dict[str, Any]],
+        server: NatsServer | None = None,
+        gateway: dict[str, Any] | None = None,
+        **cluster: Any,
     ) -> Gateway:
         server = server or await nats_servers.default()
         gw: Gateway = await gateway_factory(
@@ -154,6 +158,7 @@ def instance(
             cluster={"nats": server.url, "slots": 4, "lease_ttl": 1.0, **cluster},
             instance_id=name,
             state_dir=str(tmp_path / name),
+            **(gateway or {}),
         )
         return gw
 

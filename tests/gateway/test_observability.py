@@ -9,7 +9,6 @@ from typing import Any
 
 import aiohttp
 import orjson
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.events import AccountLinkChanged
 from gateway.link import LinkState
@@ -17,6 +16,8 @@ from gateway.mosquitto import Mosquitto
 from protocols.model import DeviceEvent, StateChange
 from tests.dummy_connector import INSTANCES, DummyConnector
 from tests.helpers import eventually
+from tests.helpers import metric_families as families
+from tests.helpers import metric_value as value
 
 B = "cloud2mqtt"
 LAMP = f"{B}/dummy/lamp%2F1"
@@ -37,17 +38,6 @@ async def start(gateway_factory: Any, http: dict[str, Any] | None = HTTP, **opts
 async def get(url: str) -> tuple[int, str]:
     async with aiohttp.ClientSession() as s, s.get(url) as r:
         return r.status, await r.text()
-
-
-def families(text: str) -> dict[str, Any]:
-    return {f.name: f for f in text_string_to_metric_families(text)}
-
-
-def value(fams: dict[str, Any], family: str, sample: str, **labels: str) -> float | None:
-    for s in fams[family].samples:
-        if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
-            return float(s.value)
-    return None
 
 
 async def test_metrics_show_counters_gauges_and_latency_per_vendor(gateway_factory, probe):
