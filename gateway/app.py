@@ -104,6 +104,7 @@ class Gateway:
                 start_account=self.start_account,
                 stop_account=self.stop_account,
                 on_change=self._on_cluster_change,
+                on_cut_off=lambda _: self.publisher.announce(),
                 command_timeout=config.gateway.command_timeout,
             )
             tokens = tokens or self.cluster.tokens
@@ -146,6 +147,7 @@ class Gateway:
             per_property_topics=config.gateway.per_property_topics,
             stats=lambda: {"mqtt": self.mqtt.stats()},
             others_serve=lambda: self.cluster is not None and self.cluster.others_serve(),
+            cut_off=lambda: self.cluster is not None and self.cluster.cut_off(),
             cluster=self._instance_snapshots(),
         )
         self.bridge = BridgeRequests(self.publisher, self.registry, self)

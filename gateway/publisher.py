@@ -17,7 +17,7 @@ AvailabilityChanged   retained ``…/availability``
 DeviceEventRaised     ``…/event`` (not retained)
 AccountLinkChanged    ``bridge/accounts`` (debounced); ``bridge/event`` ``account_attention``
 BridgeEvent           ``bridge/event``
-MqttConnected         ``bridge/state`` online, then every retained topic again
+MqttConnected         ``bridge/state`` online (``announce``), then every retained topic again
 ====================  =====================================================================
 
 ``bridge/devices`` and ``bridge/accounts`` describe *every* device/account, so publishing them
@@ -120,6 +120,8 @@ class Publisher:
     #: cluster mode: other instances still serve this base topic (``goodbye`` then leaves
     #: ``bridge/state`` online)
     others_serve: Callable[[], bool] = lambda: False
+    #: cluster mode: this instance is cut off from NATS (runs nothing): ``bridge/state`` offline
+    cut_off: Callable[[], bool] = lambda: False
     #: cluster mode: this instance's own snapshots go to ``bridge/instances/<id>/…`` and
     #: ``bridge/accounts`` / ``bridge/devices`` carry every instance's, merged
     cluster: InstanceSnapshots | None = None
@@ -153,7 +155,7 @@ class Publisher:
             on(BridgeEvent, lambda ev: self.bridge_event(ev.kind, **ev.fields)),
             on(MqttConnected, lambda ev: self.republish()),
         ]
-        self.mqtt.publish(self.topics.bridge("state"), ONLINE, 1, True, JSON_PROPS)
+        self.announce()
         self.devices_changed()
         self.accounts_changed()
 
@@ -458,10 +460,17 @@ class Publisher:
         if self.cluster is not None:
             self.publish_raw(self._instance_topic("info"), payload, retain=True)
 
+    def announce(self) -> None:
+        """``bridge/state``: online, or offline while this cluster instance is cut off from NATS
+        (it runs no account; instances that still serve put it back online, and when every
+        instance is cut off it stays offline: consumers then see no device as available)."""
+        state = OFFLINE if self.cut_off() else ONLINE
+        self.mqtt.publish(self.topics.bridge("state"), state, 1, True, JSON_PROPS)
+
     def republish(self) -> None:
         """After every (re)connect: announce the bridge and publish every retained topic again
         (the broker may have lost them)."""
-        self.mqtt.publish(self.topics.bridge("state"), ONLINE, 1, True, JSON_PROPS)
+        self.announce()
         for rec in self.registry:
             if rec.state:
                 self.publish_state(rec)

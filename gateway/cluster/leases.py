@@ -67,6 +67,12 @@ the second to write finds the first's presence (or its count) and refuses. Each 
 record again; an instance whose count is no longer the recorded one (it was cut off while all
 the others stopped and the count changed) releases every slot and claims none.
 
+Cut off: when no round has succeeded for ``ttl`` and the instance holds no slot (the watchdog
+fenced them all: NATS is unreachable from here), it is ``cut_off`` and calls ``on_cut_off(True)``
+once; the first round that succeeds again calls ``on_cut_off(False)``. It runs no account then,
+and its view of the others is stale: the gateway reports it (``bridge/state``) instead of
+vouching for the cluster.
+
 Time comes from ``clock`` (monotonic) and ``wall`` (epoch seconds), both injectable: the unit
 tests drive ``tick()`` and ``fence()`` by hand on a manual clock instead of sleeping.
 """
@@ -164,6 +170,7 @@ class SlotLeases:
         on_gained: SlotCallback,
         on_lost: SlotCallback,
         on_change: Callable[[], None] | None = None,
+        on_cut_off: Callable[[bool], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -182,6 +189,10 @@ class SlotLeases:
         self.on_gained = on_gained
         self.on_lost = on_lost
         self.on_change = on_change
+        self.on_cut_off = on_cut_off
+        #: when (``clock``) a round last succeeded (``join()`` counts as one)
+        self._last_ok = clock()
+        self._cut_off = False
         self.clock = clock
         self.wall = wall
         self._held: dict[int, _Lease] = {}
@@ -205,6 +216,11 @@ class SlotLeases:
 
     def held(self) -> list[int]:
         return sorted(self._held)
+
+    @property
+    def cut_off(self) -> bool:
+        """No round has succeeded for ``ttl`` and no slot is held (see the module docstring)."""
+        return self._cut_off
 
     @property
     def started(self) -> bool:
@@ -257,6 +273,7 @@ class SlotLeases:
                 with contextlib.suppress(NatsError, TimeoutError):
                     await self._op(self.kv.delete(self._presence_key))
             raise
+        self._last_ok = self.clock()
 
     async def _twin(self) -> str:
         """Another live process under this instance id (a misconfiguration), read before this
@@ -345,8 +362,26 @@ class SlotLeases:
             except Exception as exc:
                 self.round_failures += 1
                 log.warning("cluster lease round failed: %s: %s", type(exc).__name__, exc)
+            else:
+                self._last_ok = self.clock()
             self._wake.set()  # the watchdog recomputes its deadline
+            self._check_cut_off()
             await asyncio.sleep(self.interval)
+
+    def _check_cut_off(self) -> None:
+        cut_off = not self._held and self.clock() - self._last_ok >= self.ttl
+        if cut_off == self._cut_off:
+            return
+        self._cut_off = cut_off
+        if cut_off:
+            log.warning(
+                "cluster: no lease round has succeeded for %.0fs (NATS unreachable from here): "
+                "this instance runs no account until it reaches NATS again", self.clock() - self._last_ok,
+            )  # fmt: skip
+        else:
+            log.info("cluster: lease rounds succeed again")
+        if self.on_cut_off is not None:
+            self.on_cut_off(cut_off)
 
     async def _run_watchdog(self) -> None:
         while True:

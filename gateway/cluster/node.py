@@ -153,6 +153,7 @@ class Cluster:
         start_account: Callable[[AccountConfig], None],
         stop_account: Callable[..., Awaitable[None]],
         on_change: Callable[[], None] | None = None,
+        on_cut_off: Callable[[bool], None] | None = None,
         command_timeout: float = 10.0,
     ) -> None:
         self.config = config
@@ -161,6 +162,7 @@ class Cluster:
         self._start_account = start_account
         self._stop_account = stop_account
         self._on_change = on_change
+        self._on_cut_off = on_cut_off
         self.by_slot: dict[int, list[AccountConfig]] = {}
         self._slot: dict[AccountKey, int] = {}
         for account in accounts:
@@ -214,6 +216,7 @@ class Cluster:
                 on_gained=self._gained,
                 on_lost=self._lost,
                 on_change=self._on_change,
+                on_cut_off=self._on_cut_off,
             )
             await self.leases.join()
         except SlotCountMismatch:
@@ -369,8 +372,14 @@ class Cluster:
         return self.leases.live() if self.leases is not None else []
 
     def serving(self) -> bool:
-        """Between ``start()`` and ``stop()``: the lease rounds run."""
-        return self.leases is not None and self.leases.started
+        """Between ``start()`` and ``stop()``, while the lease rounds run and succeed (not
+        ``cut_off`` from NATS: then this instance runs nothing and its view is stale)."""
+        leases = self.leases
+        return leases is not None and leases.started and not leases.cut_off
+
+    def cut_off(self) -> bool:
+        """Joined, and NATS unreachable for a lease TTL: no account runs here (leases.py)."""
+        return self.leases is not None and self.leases.cut_off
 
     def stats(self) -> dict[str, Any]:
         """This instance's cluster numbers for ``/metrics`` (gateway/consumers/metrics.py

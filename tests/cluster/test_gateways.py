@@ -162,3 +162,39 @@ def test_a_single_instance_never_imports_nats() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+async def test_a_nats_restart_stops_the_accounts_in_time_and_they_run_again_after(
+    instance: Any, nats_server: Any, probe: Any, cloud: TencentCloud
+) -> None:
+    """NATS goes away (an upgrade, a crash): the instance cannot renew its leases, so it stops
+    every account before a lease could expire anywhere else, and, cut off, reads bridge/state
+    offline (no instance serves: consumers must not show stale devices as available). When
+    NATS is back (same store) it claims the slots again, bridge/state is online, and the
+    accounts run again, on the sessions saved in KV."""
+    accounts = quick_accounts(cloud, 4)
+    everything = {("tencent", f"acct{i}") for i in range(4)}
+    a = await instance("gw-a", accounts, lease_ttl=2.0)
+    assert a.cluster is not None
+    await eventually(lambda: set(a.account_keys()) == everything, "gw-a runs every account")
+    await eventually(lambda: cloud.stats["logins"] == 4, "every account logged in once")
+    leases = a.cluster.leases
+    assert leases is not None
+
+    mark = probe.mark()
+    nats_server.kill()
+    await eventually(lambda: a.account_keys() == [], "gw-a stopped every account", timeout=10)
+    await probe.wait_for(f"{B}/bridge/state", lambda p: p == {"state": "offline"}, start=mark)
+    assert a.cluster.cut_off()
+    assert sorted(e["state"] for e in a.publisher.accounts()) == ["stopped"] * 4
+    assert leases.changes["fenced"] == 4, "all four slots were fenced, not released"
+    assert leases.held() == []
+
+    mark = probe.mark()
+    await nats_server.start()
+    await probe.wait_for(f"{B}/bridge/state", lambda p: p == {"state": "online"}, start=mark)
+    await eventually(lambda: set(a.account_keys()) == everything,
+                     "gw-a runs every account again once NATS is back", timeout=20)  # fmt: skip
+    await eventually(lambda: sorted(e["state"] for e in a.publisher.accounts()) == ["online"] * 4,
+                     "every account is online again")  # fmt: skip
+    assert cloud.stats["logins"] == 4, "the accounts reused their sessions from KV"
