@@ -406,9 +406,9 @@ class Publisher:
         accounts = self.accounts()
         devices = len(self.registry)
         if self.cluster is not None:
-            owner, me = self.cluster.owners(), self._instance_id
-            accounts = [a for a in accounts if owner(a["vendor"], a["name"]) == me]
-            devices = sum(1 for rec in self.registry if owner(rec.vendor, rec.account) == me)
+            here = self._runs_here()
+            accounts = [a for a in accounts if here(a["vendor"], a["name"])]
+            devices = sum(1 for rec in self.registry if here(rec.vendor, rec.account))
         mqtt = self.mqtt
         extra: dict[str, Any] = {
             "devices": devices,
@@ -467,11 +467,24 @@ class Publisher:
         state = OFFLINE if self.cut_off() else ONLINE
         self.mqtt.publish(self.topics.bridge("state"), state, 1, True, JSON_PROPS)
 
+    def _runs_here(self) -> Callable[[str, str], bool]:
+        """Whether this instance runs ``(vendor, account)`` now: always without a cluster; in
+        cluster mode as the leases were last read (an account that moved away stays in the
+        registry, stopped, and its owner publishes its devices)."""
+        if self.cluster is None:
+            return lambda vendor, account: True
+        owner, me = self.cluster.owners(), self._instance_id
+        return lambda vendor, account: owner(vendor, account) == me
+
     def republish(self) -> None:
         """After every (re)connect: announce the bridge and publish every retained topic again
-        (the broker may have lost them)."""
+        (the broker may have lost them). In cluster mode only the devices of the accounts
+        that run here: a moved account's last state here is older than its owner's."""
         self.announce()
+        here = self._runs_here()
         for rec in self.registry:
+            if not here(rec.vendor, rec.account):
+                continue
             if rec.state:
                 self.publish_state(rec)
             if rec.online is not None:

@@ -163,3 +163,20 @@ async def test_a_single_instances_health_request_is_its_own_snapshot(core: Core)
     core.publisher.start()
     answer = core.publisher.health_view()
     assert "instances" not in answer and "answered_by" not in answer and "pid" in answer
+
+
+async def test_cluster_reconnect_republishes_only_the_devices_that_run_here(core: Core) -> None:
+    """An account that moved to gw-b stays in gw-a's registry (stopped); gw-a's reconnect must
+    not overwrite gw-b's newer retained state and availability with its old ones."""
+    clustered(core, {"a1": "gw-a", "moved": "gw-b"})
+    core.publisher.start()
+    for account, device in (("a1", "mine"), ("moved", "theirs")):
+        rec, _ = core.registry.upsert("v", account, DeviceInfo(device, "Lamp", "M", SCHEMA))
+        core.registry.apply_state(rec, {"power": True}, 1000, None)
+        core.registry.apply_availability(rec, True, 1000, None)
+    core.mqtt.sent.clear()
+    core.bus.emit(MqttConnected())
+    topics = {t for t, *_ in core.mqtt.sent}
+    assert {"base/v/mine", "base/v/mine/availability"} <= topics
+    assert not {"base/v/theirs", "base/v/theirs/availability"} & topics
+
