@@ -402,6 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="print once as plain text and exit")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the gateway")
     _add_global_options(p)
+
+    p = sub.add_parser("leases", help="cluster mode: who holds which slot, read from NATS",
+                       formatter_class=fmt)  # fmt: skip
+    p.add_argument("-c", "--config", required=True, help="a configuration with [cluster]")
+    p.add_argument("--json", action="store_true",
+                   help="every lease and account as JSON instead of the table")  # fmt: skip
+    _add_global_options(p)
     return parser
 
 
@@ -424,6 +431,31 @@ async def _cmd_status(args: argparse.Namespace) -> int:
                             once=args.once, timeout=args.timeout)
 
 
+async def _cmd_leases(args: argparse.Namespace) -> int:
+    import orjson
+
+    from .config import load_config
+
+    config = load_config(args.config)
+    if config.cluster is None:
+        raise ConfigError("cluster", "leases reads the [cluster] section, and this file has none")
+    from .cluster.node import Cluster
+    from .status import write_table
+
+    async def nothing(*_: Any, **__: Any) -> None:  # inspect() starts and stops no account
+        return None
+
+    cluster = Cluster(config.cluster, config.accounts, start_account=lambda _: None,
+                      stop_account=nothing)  # fmt: skip
+    view = await cluster.inspect()
+    if args.json:
+        sys.stdout.write(orjson.dumps(view.to_json(config.accounts)).decode() + "\n")
+        return 0
+    print(f"cluster at {cluster.servers_shown}: {view.summary()}")
+    write_table(view.rows(config.accounts), sys.stdout)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -441,6 +473,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(_cmd_demo(args)) or 0
         if args.command == "status":
             return _run(_cmd_status(args)) or 0
+        if args.command == "leases":
+            return _run(_cmd_leases(args)) or 0
     except ConfigError as exc:
         print(f"{PROG}: configuration error: {exc}", file=sys.stderr)
         return 2

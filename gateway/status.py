@@ -22,7 +22,7 @@ import orjson
 
 from .mqtt.client import MqttClient
 
-__all__ = ["Snapshot", "ago", "render_plain", "run_status"]
+__all__ = ["Snapshot", "ago", "render_plain", "run_status", "write_table"]
 
 TOPICS = ("state", "accounts", "health", "info")
 
@@ -129,12 +129,15 @@ def _uptime(own: Any) -> str:
 
 
 def render_plain(snap: Snapshot, out: TextIO) -> None:
-    headers = snap.headers()
-    rows = [headers, *snap.rows()]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(headers))]
+    write_table([snap.headers(), *snap.rows()], out)
+    out.write(snap.totals() + "\n")
+
+
+def write_table(rows: list[list[str]], out: TextIO) -> None:
+    """``rows`` (the first: headers) as plain text in aligned columns, for scripts and pipes."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
-    out.write(snap.totals() + "\n")
 
 
 def _render_rich(snap: Snapshot, source: str) -> Any:

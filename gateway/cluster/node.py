@@ -38,6 +38,7 @@ from .kvtokens import KvTokenStore
 from .leases import LEASES_BUCKET, SlotCountMismatch, SlotLeases, slot_of
 from .routing import CommandRouter
 from .tasks import stop_tasks
+from .view import LeaseView, read_view
 
 if TYPE_CHECKING:
     from nats.js.kv import KeyValue
@@ -192,17 +193,9 @@ class Cluster:
         ``ClusterUnavailable``, or ``SlotCountMismatch`` (a ``ConfigError``)."""
         try:
             self.nc = await self._connect(
-                servers=self.config.servers,
                 name=f"cloud2mqtt-{self.instance_id}",
-                connect_timeout=5,
-                # a few tries at start-up (else nats-py tries forever), then forever: a lost
-                # NATS must not end the cluster membership for good
-                max_reconnect_attempts=3,
-                reconnect_time_wait=1,
-                error_cb=self._on_error,
                 disconnected_cb=self._on_disconnected,
                 reconnected_cb=self._on_reconnected,
-                **connect_options(self.config),
             )
             self.nc.options["max_reconnect_attempts"] = -1
             tokens_kv = await open_bucket(self.nc, TOKENS_BUCKET)
@@ -234,10 +227,34 @@ class Cluster:
             self.servers_shown, self.config.slots, self.config.lease_ttl,
         )  # fmt: skip
 
+    async def inspect(self) -> LeaseView:
+        """``cloud2mqtt leases``: connect as ``start()`` does, read the lease bucket once
+        (view.py), close. Joins nothing. Raises ``ClusterUnavailable`` (one line)."""
+        nc: Client | None = None
+        try:
+            nc = await self._connect(name=f"cloud2mqtt-{self.instance_id}-leases")
+            try:
+                kv = await nc.jetstream().key_value(LEASES_BUCKET)
+            except BucketNotFoundError:
+                return LeaseView(self.config.slots, None, {}, {})  # no instance ever joined
+            return await read_view(kv, self.config.slots)
+        except Exception as exc:
+            raise ClusterUnavailable(self._start_failure(exc)) from None
+        finally:
+            if nc is not None:
+                await nc.close()
+
     async def _connect(self, **options: Any) -> Client:
-        """``nats.connect``, given up at once when a TLS handshake fails (nats-py 2.16 then
-        waits for ever for the TLS socket to close) or, with ``tls``, when the server offers
-        none (``TlsMissing``)."""
+        """``nats.connect`` with ``[cluster]``'s servers, credentials and TLS, a few tries at
+        start-up (else nats-py tries for ever; ``start()`` then makes it for ever: a lost NATS
+        must not end the membership for good), given up at once when a TLS handshake fails
+        (nats-py 2.16 then waits for ever for the TLS socket to close) or, with ``tls``, when
+        the server offers none (``TlsMissing``)."""
+        options = {
+            "servers": self.config.servers, "connect_timeout": 5, "max_reconnect_attempts": 3,
+            "reconnect_time_wait": 1, "error_cb": self._on_error,
+            **connect_options(self.config), **options,
+        }  # fmt: skip
         self._start_errors = []
         self._fatal = asyncio.Event()
         nc = Client()
