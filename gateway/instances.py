@@ -1,10 +1,11 @@
-"""Cluster mode: the whole cluster's ``bridge/accounts``, ``bridge/devices`` and ``bridge/health``.
+"""Cluster mode: the whole cluster's ``bridge/accounts``, ``bridge/devices``, ``bridge/health``
+and ``bridge/info``.
 
-Each instance knows only its own accounts, devices and counters, so each publishes its own
-snapshots retained on ``<base>/bridge/instances/<instance id>/accounts``, ``…/devices`` and
-``…/health`` and reads the others' there (``InstanceSnapshots.receive``). ``bridge/accounts``,
-``bridge/devices`` and ``bridge/health`` are the merge of every instance's snapshot (``merge``,
-``merge_health``), written by every instance: the merge is sorted and depends only on the
+Each instance knows only its own accounts, devices, counters and settings, so each publishes
+its own snapshots retained on ``<base>/bridge/instances/<instance id>/<kind>`` (``KINDS``) and
+reads the others' there (``InstanceSnapshots.receive``). The ``bridge/<kind>`` topics are the
+merge of every instance's snapshot (``merge``, ``merge_health``, ``merge_info``), written by
+every instance: the merge is sorted and depends only on the
 snapshots and on the leases, so instances that see the same snapshots and leases write the same
 payload, and the last writer changes nothing.
 
@@ -20,6 +21,9 @@ stops counting once its presence expires. ``merge_health`` is the rule, over pla
 number is added up (devices, accounts, totals, counters by vendor, rates, MQTT figures), and
 what describes one process (``PER_PROCESS``: ``ts``, ``uptime_s``, ``pid``, ``speedups``, and
 any value that is not a number, such as ``mqtt.connected``) goes under ``instances.<id>``.
+``bridge/info`` (``merge_info``) keeps what the live instances say alike where one instance
+would have it, and the rest under ``instances.<id>``. Both rules are one walk over the nested
+fields (``_split_level``) with a different rule for a field's values.
 
 Pure bookkeeping (no NATS, no MQTT): the publisher (gateway/publisher.py) calls it, the gateway
 routes the peers' messages to it and hands it the leases' view of ownership.
@@ -33,11 +37,11 @@ from typing import Any
 
 import orjson
 
-__all__ = ["KINDS", "PER_PROCESS", "InstanceSnapshots", "merge_health"]
+__all__ = ["KINDS", "PER_PROCESS", "InstanceSnapshots", "merge_health", "merge_info"]
 
 #: the snapshots each instance publishes under ``bridge/instances/<id>/`` and reads from the
-#: others (``bridge/instances/<id>/info`` is published too, for people: nothing merges it)
-KINDS = ("accounts", "devices", "health")
+#: others
+KINDS = ("accounts", "devices", "health", "info")
 
 #: the top-level ``bridge/health`` fields that describe one process, not a quantity to add up
 #: (``instance`` is dropped: it is the key under ``instances``)
@@ -59,7 +63,7 @@ def merge_health(snapshots: Mapping[str, Mapping[str, Any]]) -> Health:
     sorted at every level."""
     level = {i: {k: v for k, v in snapshots[i].items() if k != "instance"}
              for i in sorted(snapshots)}  # fmt: skip
-    sums, own = _merge_level(level, PER_PROCESS)
+    sums, own = _split_level(level, _sum, PER_PROCESS)
     stamps = [s["ts"] for s in level.values() if _is_number(s.get("ts"))]
     out: Health = {**sums, "instances": own}
     if stamps:
@@ -71,26 +75,70 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _merge_level(
-    level: Mapping[str, Mapping[str, Any]], per_process: frozenset[str] = frozenset()
+def merge_info(snapshots: Mapping[str, Mapping[str, Any]], cluster: Mapping[str, Any]) -> Health:
+    """The cluster's ``bridge/info`` from each instance's own (``{instance id: info}``; the
+    caller picks the live ones) and ``cluster``, the receiving instance's fresh view of the
+    leases (its ``cluster`` field).
+
+    What every instance says alike stays where a single instance has it (version, build,
+    the common configuration, field by field); what differs (a log level, an HTTP address, a
+    version during a rolling upgrade, ``gateway.instance_id``) goes to ``instances.<id>`` with
+    its nesting, as do each instance's slots (``held``). ``cluster`` keeps what is the
+    cluster's: ``slots``, ``lease_ttl``, ``live`` and who runs each account."""
+    level = {i: {k: v for k, v in snapshots[i].items() if k != "cluster"} for i in sorted(snapshots)}
+    common, own = _split_level(level, _same)
+    for i in level:
+        theirs = snapshots[i].get("cluster")
+        if isinstance(theirs, Mapping) and "held" in theirs:
+            own[i]["held"] = theirs["held"]
+    shared = {k: v for k, v in cluster.items() if k not in ("instance", "held")}
+    return dict(sorted({**common, "cluster": shared, "instances": own}.items()))
+
+
+def _sum(values: Mapping[str, Any], everyone: int) -> Any:
+    """``merge_health``'s rule for one field: numbers add up (over the instances that have the
+    field); anything else is per instance."""
+    if not all(_is_number(v) for v in values.values()):
+        return _APART
+    total = sum(values.values())
+    return round(total, 6) if isinstance(total, float) else total
+
+
+def _same(values: Mapping[str, Any], everyone: int) -> Any:
+    """``merge_info``'s rule for one field: kept when every instance has it, alike."""
+    first, *rest = values.values()
+    return first if len(values) == everyone and all(v == first for v in rest) else _APART
+
+
+#: a field's rule says it is not common: each instance keeps its own value
+_APART: Any = object()
+
+
+def _split_level(
+    level: Mapping[str, Mapping[str, Any]],
+    combine: Callable[[Mapping[str, Any], int], Any],
+    apart: frozenset[str] = frozenset(),
 ) -> tuple[Health, dict[str, Health]]:
-    """One level of ``merge_health``: the sums, and each instance's own (non-additive) part."""
-    sums: Health = {}
+    """One level of a merge: what ``combine`` makes of each field's values across the
+    instances (given the values and how many instances there are; ``_APART``: nothing in
+    common), nested objects field by field, and each instance's own part (the fields of
+    ``apart`` always)."""
+    common: Health = {}
     own: dict[str, Health] = {i: {} for i in level}
     for key in sorted({k for values in level.values() for k in values}):
         values = {i: d[key] for i, d in level.items() if key in d}
-        if key not in per_process and all(_is_number(v) for v in values.values()):
-            total = sum(values.values())
-            sums[key] = round(total, 6) if isinstance(total, float) else total
-        elif key not in per_process and all(isinstance(v, Mapping) for v in values.values()):
-            sums[key], nested = _merge_level(values)
+        merged = _APART if key in apart else combine(values, len(level))
+        if merged is not _APART:
+            common[key] = merged
+        elif key not in apart and all(isinstance(v, Mapping) for v in values.values()):
+            common[key], nested = _split_level(values, combine)
             for i, part in nested.items():
                 if part:
                     own[i][key] = part
         else:
             for i, value in values.items():
                 own[i][key] = value
-    return sums, own
+    return common, own
 
 
 @dataclass(eq=False)
@@ -122,7 +170,7 @@ class InstanceSnapshots:
             value = orjson.loads(payload)
         except orjson.JSONDecodeError:
             return False
-        if kind == "health":
+        if kind in ("health", "info"):
             if not isinstance(value, dict):
                 return False
         elif not isinstance(value, list) or not all(isinstance(e, dict) for e in value):
@@ -158,12 +206,24 @@ class InstanceSnapshots:
             out.sort(key=lambda e: (str(e.get("topic")), e["vendor"], e["account"]))
         return out
 
+    def merge_own(self, kind: str, own: dict[str, Any]) -> dict[str, Any]:
+        """``merge_health`` or ``merge_info`` by ``kind``."""
+        return self.merge_health(own) if kind == "health" else self.merge_info(own)
+
     def merge_health(self, own: Health) -> Health:
         """``bridge/health``: ``own`` (this instance's snapshot) and the last snapshot of every
         live peer, summed (``merge_health``)."""
+        return merge_health(self._live_with("health", own))
+
+    def merge_info(self, own: dict[str, Any]) -> dict[str, Any]:
+        """``bridge/info``: ``own`` (this instance's, with its fresh ``cluster`` view) and the
+        last one of every live peer (``merge_info``)."""
+        cluster = own.get("cluster")
+        return merge_info(self._live_with("info", own), cluster if isinstance(cluster, dict) else {})
+
+    def _live_with(self, kind: str, own: dict[str, Any]) -> dict[str, Any]:
+        """This instance's ``own`` snapshot of ``kind`` and every live peer's last one."""
         live = set(self.live())
-        snapshots = {
-            i: s["health"] for i, s in self._peers.items() if i in live and "health" in s
-        }
+        snapshots = {i: s[kind] for i, s in self._peers.items() if i in live and kind in s}
         snapshots[self.instance_id] = own
-        return merge_health(snapshots)
+        return snapshots

@@ -341,7 +341,7 @@ class Observability:
         return info
 
     def publish_info(self) -> None:
-        self.gw.publisher.publish_info(orjson.dumps(self.describe()))
+        self.gw.publisher.publish_info(self.describe())
 
     def _on_mqtt_connected(self, ev: MqttConnected) -> None:
         if DEBUG.on:

@@ -26,9 +26,9 @@ is O(N); with thousands of accounts starting at once each change would republish
 therefore grows with the cost of the last publish: at most ~10% of the loop goes to them.
 
 In cluster mode (``cluster``: gateway/instances.py) this instance's ``bridge/accounts``,
-``bridge/devices``, ``bridge/health`` and ``bridge/info`` also go to
-``bridge/instances/<id>/…``, and ``bridge/accounts`` / ``bridge/devices`` / ``bridge/health``
-carry the merge of every instance's snapshots, written only when it changed; ``goodbye`` clears
+``bridge/devices``, ``bridge/health`` and ``bridge/info`` go to ``bridge/instances/<id>/…``,
+and those four ``bridge/…`` topics carry the merge of every instance's snapshots, written only
+when it changed; ``goodbye`` clears
 the instance's own snapshots. The health merge uses the snapshot this instance last published,
 not a fresh one, so that every instance merges the same snapshots into the same payload.
 
@@ -127,8 +127,9 @@ class Publisher:
     cluster: InstanceSnapshots | None = None
     #: cluster mode: the last payload written on each topic that is only written on change
     _sent: dict[str, bytes] = field(default_factory=dict, init=False)
-    #: cluster mode: this instance's last published health snapshot (what the merge adds up)
-    _own_health: dict[str, Any] | None = field(default=None, init=False)
+    #: cluster mode: this instance's last published ``bridge/health`` and ``bridge/info``
+    #: (what the merges start from)
+    _own: dict[str, dict[str, Any]] = field(default_factory=dict, init=False)
     _accounts: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict, init=False)
     _unsubscribe: list[Callable[[], None]] = field(default_factory=list, init=False)
     _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False)
@@ -207,7 +208,7 @@ class Publisher:
         """Cluster mode: this instance's own snapshots (``bridge/instances/<id>/<kind>``)."""
         if self.cluster is None:
             return []
-        return [self._instance_topic(kind) for kind in (*KINDS, "info")]
+        return [self._instance_topic(kind) for kind in KINDS]
 
     def _instance_topic(self, kind: str) -> str:
         return self.topics.bridge(f"instances/{self._instance_id}/{kind}")
@@ -374,8 +375,8 @@ class Publisher:
         instance, _, kind = topic.removeprefix(self.topics.bridge("instances/")).partition("/")
         if self.cluster is None or not self.cluster.receive(instance, kind, payload):
             return
-        if kind == "health":
-            self._publish_health_merge()
+        if kind in ("health", "info"):
+            self._publish_merge(kind)
         else:
             self.accounts_changed()
             self.devices_changed()
@@ -384,7 +385,8 @@ class Publisher:
         """Cluster mode: the ownership or the live instances changed: merge again."""
         self.accounts_changed()
         self.devices_changed()
-        self._publish_health_merge()
+        self._publish_merge("health")
+        self._publish_merge("info")
 
     def accounts_view(self) -> list[dict[str, Any]]:
         """``bridge/request/accounts``: the merge in cluster mode, else this instance's."""
@@ -435,30 +437,31 @@ class Publisher:
         return {**self.cluster.merge_health(own), "answered_by": self._instance_id}
 
     def publish_health(self) -> None:
-        """Every ``health_interval``: this instance's health on ``bridge/health``; in cluster
-        mode on ``bridge/instances/<id>/health``, and the merge on ``bridge/health``."""
-        own = self.health_snapshot()
+        """Every ``health_interval``: this instance's health (``_publish_own``)."""
+        self._publish_own("health", self.health_snapshot())
+
+    def publish_info(self, info: dict[str, Any]) -> None:
+        """``bridge/info``, as observability builds it (``_publish_own``)."""
+        self._publish_own("info", info)
+
+    def _publish_own(self, kind: str, own: dict[str, Any]) -> None:
+        """``bridge/<kind>`` (``health``, ``info``): this instance's; in cluster mode that goes
+        to ``bridge/instances/<id>/<kind>`` and ``bridge/<kind>`` is the live instances' merge
+        (gateway/instances.py)."""
         if self.cluster is None:
-            self.publish_raw(self.topics.bridge("health"), _dumps(own), retain=True)
+            self.publish_raw(self.topics.bridge(kind), _dumps(own), retain=True)
             return
-        self.publish_raw(self._instance_topic("health"), _dumps(own), retain=True)
-        self._own_health = own
-        self._publish_health_merge()
+        self.publish_raw(self._instance_topic(kind), _dumps(own), retain=True)
+        self._own[kind] = own
+        self._publish_merge(kind)
 
-    def _publish_health_merge(self) -> None:
-        """Cluster mode: the live instances' health, summed, on ``bridge/health`` when it
-        changed (not before this instance published its own)."""
-        if self.cluster is None or self._own_health is None or not self.cluster.serving():
+    def _publish_merge(self, kind: str) -> None:
+        """Cluster mode: the merge on ``bridge/<kind>`` when it changed (not before this
+        instance published its own, nor once it stopped serving)."""
+        own = self._own.get(kind)
+        if self.cluster is None or own is None or not self.cluster.serving():
             return
-        merged = self.cluster.merge_health(self._own_health)
-        self._publish_changed(self.topics.bridge("health"), _dumps(merged))
-
-    def publish_info(self, payload: bytes) -> None:
-        """``bridge/info`` (observability builds it); in cluster mode also this instance's own
-        on ``bridge/instances/<id>/info`` (``bridge/info`` holds the last writer's)."""
-        self.publish_raw(self.topics.bridge("info"), payload, retain=True)
-        if self.cluster is not None:
-            self.publish_raw(self._instance_topic("info"), payload, retain=True)
+        self._publish_changed(self.topics.bridge(kind), _dumps(self.cluster.merge_own(kind, own)))
 
     def announce(self) -> None:
         """``bridge/state``: online, or offline while this cluster instance is cut off from NATS

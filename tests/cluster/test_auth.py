@@ -144,8 +144,8 @@ async def test_a_gateway_joins_with_the_right_credentials(
         }[way]
     gw = await instance("gw-a", [], server=server, **auth)
     await joined(gw)
-    info = await probe.wait_for(
-        f"{B}/bridge/info", lambda p: p.get("cluster", {}).get("held") == [0, 1, 2, 3]
+    info = await probe.wait_for(  # its own bridge/info (bridge/info is the cluster's merge)
+        f"{B}/bridge/instances/gw-a/info", lambda p: p.get("cluster", {}).get("held") == [0, 1, 2, 3]
     )
     assert any("gw-a joined" in r.getMessage() for r in caplog.records)
     assert "cluster" in info["config"]  # shown, redacted

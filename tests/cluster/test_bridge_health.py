@@ -1,7 +1,8 @@
-"""Cluster mode and ``bridge/health``: each instance publishes its own health on
+"""Cluster mode, ``bridge/health`` and ``bridge/info``: each instance publishes its own health on
 ``bridge/instances/<id>/health``, and ``bridge/health`` is the sum of the live instances'
 snapshots (gateway/instances.py ``merge_health``), with each one's own fields under
-``instances``. An instance that stops cleanly, or dies, stops counting. Real nats-server,
+``instances``; ``bridge/info`` likewise keeps what they say alike (``merge_info``). An instance
+that stops cleanly, or dies, stops counting. Real nats-server,
 mosquitto and the Tencent emulator; the dead instance is a ``cloud2mqtt run`` process killed
 with SIGKILL."""
 
@@ -19,6 +20,7 @@ from tests.helpers import emulator, eventually
 
 B = "cloud2mqtt"
 HEALTH = f"{B}/bridge/health"
+INFO = f"{B}/bridge/info"
 ACCOUNTS = 6  # over 4 slots: both instances run some
 
 cloud = emulator(lambda: TencentCloud(devices=1, latency=0.0))
@@ -77,11 +79,27 @@ async def test_bridge_health_sums_both_instances_and_drops_one_that_stopped(
     assert sorted(reply["data"]["instances"]) == ["gw-a", "gw-b"]
     assert reply["data"]["devices"] == ACCOUNTS
 
+    # bridge/info is the cluster's too: what both say alike, and each one's own apart
+    info = await probe.wait_for(
+        INFO, lambda p: sorted(p.get("instances") or {}) == ["gw-a", "gw-b"]
+        and set(p["cluster"]["accounts"].values()) == {"gw-a", "gw-b"}, timeout=15,
+    )  # fmt: skip
+    assert info["version"] and info["config"]["gateway"]["base_topic"] == B
+    assert sorted(info["cluster"]["live"]) == ["gw-a", "gw-b"] and "held" not in info["cluster"]
+    for gw in (a, b):
+        mine = info["instances"][gw.cluster.instance_id]  # type: ignore[union-attr]
+        assert mine["config"]["gateway"]["instance_id"] == gw.cluster.instance_id  # type: ignore[union-attr]
+        assert mine["held"] == gw.cluster.leases.held()  # type: ignore[union-attr]
+
     mark = probe.mark()
     await a.stop()  # a clears its own health; b runs everything and counts alone
     await eventually(lambda: running(b) == ACCOUNTS, "gw-b runs every account", timeout=15)
     await probe.wait_for(HEALTH, summed(probe, ["gw-b"], ACCOUNTS), timeout=15, start=mark)
     assert probe.find(own("gw-a"), lambda p: p == b"", start=mark), "a cleared its own health"
+    await probe.wait_for(
+        INFO, lambda p: sorted(p.get("instances") or {}) == ["gw-b"]
+        and set(p["cluster"]["accounts"].values()) == {"gw-b"}, timeout=15, start=mark,
+    )  # fmt: skip
 
 
 async def test_a_dead_instances_retained_health_stops_counting_once_its_presence_expires(

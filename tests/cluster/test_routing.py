@@ -114,7 +114,7 @@ async def test_a_command_for_a_crashed_owners_account_gets_one_unavailable_reply
     proc = await instance_process("gw-a", _accounts(cloud), cluster={"slots": 8, "lease_ttl": 3.0})
     b = await instance("gw-b", _accounts(cloud), slots=8, lease_ttl=3.0)
     info = await probe.wait_for(
-        f"{B}/bridge/info",
+        f"{B}/bridge/instances/gw-b/info",  # gw-b's own view (bridge/info: the cluster's merge)
         lambda p: (
             p.get("cluster", {}).get("instance") == "gw-b"
             and set(p["cluster"]["accounts"].values()) == {"gw-a", "gw-b"}

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from gateway.instances import InstanceSnapshots, merge_health
+from gateway.instances import InstanceSnapshots, merge_health, merge_info
 
 OWNERS = {"a1": "gw-a", "b1": "gw-b", "b2": "gw-b", "free": None}
 
@@ -58,7 +58,8 @@ def test_a_peer_that_leaves_or_sends_junk_and_our_own_echo() -> None:
     assert not a.receive("gw-b", "accounts", b"not json")
     assert not a.receive("gw-b", "accounts", b'{"a": 1}')
     assert not a.receive("gw-b", "health", b"[]")
-    assert not a.receive("gw-b", "info", b"{}"), "bridge/instances/<id>/info is not merged"
+    assert not a.receive("gw-b", "info", b"[]"), "an info snapshot is an object"
+    assert not a.receive("gw-b", "logging", b"{}"), "not a snapshot kind"
     assert a.peers() == ["gw-b"]
     assert a.receive("gw-b", "accounts", b""), "a clean stop clears its snapshot"
     assert a.peers() == [] and a.merge("accounts", []) == []
@@ -133,3 +134,37 @@ def test_only_the_live_instances_health_counts() -> None:
     assert orjson.dumps(b.merge_health(B)) == orjson.dumps(merged)
     assert a.receive("gw-b", "health", b""), "a clean stop clears its health"
     assert list(a.merge_health(A)["instances"]) == ["gw-a"]
+
+
+def test_merged_info_keeps_what_all_say_alike_and_each_ones_own_apart() -> None:
+    def info(instance: str, level: str, held: list[int]) -> dict[str, Any]:
+        return {
+            "version": "1.2.0", "commit": "abc", "log_level": level,
+            "config": {"mqtt": {"url": "mqtt://b:1883"},
+                       "gateway": {"instance_id": instance, "base_topic": "c2m"}},
+            "cluster": {"instance": instance, "slots": 4, "lease_ttl": 1.0,
+                        "live": ["gw-a", "gw-b"], "held": held, "accounts": {"v/a": instance}},
+        }  # fmt: skip
+
+    mine = info("gw-a", "info", [0, 1])
+    merged = merge_info({"gw-b": info("gw-b", "debug", [2, 3]), "gw-a": mine}, mine["cluster"])
+    assert merged["version"] == "1.2.0" and merged["commit"] == "abc"
+    assert merged["config"] == {"mqtt": {"url": "mqtt://b:1883"}, "gateway": {"base_topic": "c2m"}}
+    assert "log_level" not in merged
+    assert merged["instances"] == {
+        "gw-a": {"log_level": "info", "held": [0, 1], "config": {"gateway": {"instance_id": "gw-a"}}},
+        "gw-b": {"log_level": "debug", "held": [2, 3], "config": {"gateway": {"instance_id": "gw-b"}}},
+    }  # fmt: skip
+    assert merged["cluster"] == {"slots": 4, "lease_ttl": 1.0, "live": ["gw-a", "gw-b"],
+                                 "accounts": {"v/a": "gw-a"}}  # fmt: skip
+    # the same snapshots give the same bytes on every instance (sorted keys at every level)
+    again = merge_info({"gw-a": mine, "gw-b": info("gw-b", "debug", [2, 3])}, mine["cluster"])
+    assert orjson.dumps(again) == orjson.dumps(merged)
+    # a rolling upgrade: the version differs, so each instance's goes apart
+    newer = {**info("gw-b", "info", [2, 3]), "version": "1.3.0"}
+    merged = merge_info({"gw-a": mine, "gw-b": newer}, mine["cluster"])
+    assert "version" not in merged and merged["log_level"] == "info"
+    assert (merged["instances"]["gw-a"]["version"], merged["instances"]["gw-b"]["version"]) == (
+        "1.2.0", "1.3.0",
+    )  # fmt: skip
+
