@@ -75,7 +75,7 @@ Why the instances together stay within the limit: write ``v_ji`` for instance j'
 weight. If ``n_i <= v_ji`` for every pair, then ``part_j <= n_j / (n_1 + … + n_N)``, and the parts
 add up to at most 1. That holds because every view is at most a lease TTL old and ``n_i`` is the
 smallest weight i published in the last lease TTL: an instance still making vendor calls holds
-slots, each renewed within ``ttl - margin`` of the start of the round that last read every
+slots, each claimed or renewed less than ``ttl - margin`` ago by a round that first read every
 presence (the leases fence a slot whose renewal is older, ``gateway/cluster/leases.py``); an
 instance that holds no slot runs no account and makes no call. A raise is recorded only after
 the write that publishes it was confirmed (a failed write leaves the older, smaller weight in

@@ -24,7 +24,7 @@ Every ``ttl/3`` an instance runs one round (``tick``):
    instance holding no more than its fair share never gives a slot up.
 
 No decision needs a shared clock. A holder counts its lease from the start of the round that
-sent the write whose confirmation it has (before that round read the presences: so an instance
+sent the claim or renewal whose confirmation it has (before that round read the presences: so an instance
 that holds a slot read every presence less than ``ttl - margin`` ago, which the pacer's sharing
 by demand relies on, gateway/rates.py); an observer counts a lease as expired once the slot's revision
 has stayed the same for ``ttl`` from the moment *it* first saw that revision, which is later.
@@ -447,7 +447,7 @@ class SlotLeases:
             # From the second round on: the first one only announces this instance, so that
             # instances started together see each other before they claim.
             for slot in self._claimable()[: fair - len(self._held)]:
-                await self._claim(slot)
+                await self._claim(slot, started)
         if self.on_change is not None and (self.owners(), set(self._live)) != before:
             self.on_change()  # who owns what, or who is live (the pacer shares by that)
 
@@ -560,9 +560,9 @@ class SlotLeases:
             self._held[slot] = _Lease(revision, sent)
         self._seen[slot] = _Seen(revision, self.instance_id, self.incarnation, self.clock())
 
-    async def _claim(self, slot: int) -> None:
+    async def _claim(self, slot: int, sent: float) -> None:
+        """Claim a free or expired slot; ``sent``: when this round started (as ``_renew``)."""
         seen = self._seen.get(slot)
-        sent = self.clock()
         try:
             if seen is None or seen.revision == 0:
                 revision = await self._op(self.kv.create(self._key(slot), self._value()))
