@@ -95,7 +95,11 @@ class Gateway:
         self.accounts = [a for a in config.accounts if a.enabled]
         #: cluster mode: which accounts run here is the slot leases' call (gateway/cluster/)
         self.cluster: Cluster | None = None
+        #: the rate model: every vendor call of every account takes its slot here
+        self.pacer = LocalPacer(config.rates)
+        self.pacer.on_waiting = self._on_pacing
         if config.cluster is not None:
+            self.pacer.raise_after = config.cluster.lease_ttl  # sharing by demand: rates.py
             from .cluster import Cluster  # nats-py is loaded in cluster mode only
 
             self.cluster = Cluster(
@@ -105,6 +109,8 @@ class Gateway:
                 stop_account=self.stop_account,
                 on_change=self._on_cluster_change,
                 on_cut_off=lambda _: self.publisher.announce(),
+                # one egress IP: the vendors' per-IP budgets are shared by demand (rates.py)
+                pacer=self.pacer if config.cluster.shared_egress else None,
                 command_timeout=config.gateway.command_timeout,
             )
             tokens = tokens or self.cluster.tokens
@@ -112,9 +118,6 @@ class Gateway:
         self._running: dict[AccountKey, _Account] = {}
         self._background: list[asyncio.Task[Any]] = []
         self._http: aiohttp.ClientSession | None = None
-        #: the rate model: every vendor call of every account takes its slot here
-        self.pacer = LocalPacer(config.rates)
-        self.pacer.on_waiting = self._on_pacing
         m = config.mqtt
         link_settings: dict[str, Any] = {
             "host": m.host,
@@ -337,9 +340,6 @@ class Gateway:
         )
 
     def _on_cluster_change(self) -> None:
-        cluster = self.cluster
-        if cluster is not None and cluster.config.shared_egress and cluster.leases is not None:
-            self.pacer.share_with(len(cluster.leases.live()))
         self.observability.publish_info()
         self.publisher.snapshots_changed()  # the merge keeps each owner's accounts, live health
 

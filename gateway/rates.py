@@ -46,11 +46,47 @@ Accounting: every acquisition is counted per scope (process-wide), per (scope, a
 account's share) and per endpoint; ``budget(vendor, account)`` is the ``bridge/accounts`` view.
 
 The ``Pacer`` protocol is what connectors see; ``LocalPacer`` keeps the state in this process.
-Several instances (cluster mode) share the per-IP and per-app-key budgets by *division*:
-``share_with(n)`` gives this instance ``1/n`` of every shared scope's rate, burst and window
-(and ``n`` times its endpoint spacing), ``n`` being the live instances. No per-call round trip,
-and the instances together never exceed a vendor's limit; the account scope is not divided (an
-account runs on one instance). A shared store could implement the same protocol more finely.
+Several instances (cluster mode, ``shared_egress``) share the per-IP and per-app-key budgets:
+each keeps a *part* of every shared scope's rate, burst and window (and ``1/part`` times its
+endpoint spacing), ``divided(rates, part)``. No per-call round trip; the account scope is not
+divided (an account runs on one instance). ``share_with(n)`` is plain division, ``1/n`` each.
+
+Sharing by demand
+-----------------
+In cluster mode the part follows demand (``demand()`` and ``share_by_demand()``, called once
+per lease round). Each instance publishes in its presence value, per shared scope, its
+*demand*: the slots it took in that scope since its previous round plus the acquisitions still
+waiting for one (a backlog counts every round until it is served). Both are counters the pacer
+bumps anyway when it reserves and sleeps, so publishing costs no scan; and "taken or still
+wanted" is the budget an instance would use if it had it, while an idle one publishes nothing.
+An instance's *weight* in a scope is ``1 + demand`` (``1`` when it names no demand there), and
+its part is::
+
+    part_i = n_i / (n_i + sum of w_j as i last read them, over the other live instances j)
+
+where ``n_i`` is its *held* own weight: the smallest weight it published during the last
+``raise_after`` seconds (one lease TTL). So a smaller weight counts at once (it is recorded
+before the presence is written), a larger one only once it has been in the KV for a lease TTL;
+others' weights count as read. With equal demands every part is exactly ``1/N``; a busy
+instance among idle ones gets ``(1 + d)/(N + d)``; an idle one keeps ``1/(N + d)`` of the rate
+and at least one slot of burst, so it can still make a call at once.
+
+Why the instances together stay within the limit: write ``v_ji`` for instance j's view of i's
+weight. If ``n_i <= v_ji`` for every pair, then ``part_j <= n_j / (n_1 + … + n_N)``, and the parts
+add up to at most 1. That holds because every view is at most a lease TTL old and ``n_i`` is the
+smallest weight i published in the last lease TTL: an instance still making vendor calls holds
+slots, each claimed or renewed less than ``ttl - margin`` ago by a round that first read every
+presence (the leases fence a slot whose renewal is older, ``gateway/cluster/leases.py``); an
+instance that holds no slot runs no account and makes no call. A raise is recorded only after
+the write that publishes it was confirmed (a failed write leaves the older, smaller weight in
+the history); a drop is recorded before the write. When any live peer publishes no demand at
+all (an older version during a rolling upgrade), every instance falls back to ``1/N``.
+
+Limits of the rule: a joining instance is counted by the others from their next round (as with
+division: it claims no slot, so it makes no call, before its second round); slots already
+reserved when a part shrinks keep their instants (each rule's ``adopt()`` carries them over),
+so a busy instance whose part shrinks finishes the backlog it had reserved at its older part;
+and rounding a part's burst up to one slot lets N idle instances each make one call at once.
 """
 
 from __future__ import annotations
@@ -59,6 +95,7 @@ import asyncio
 import bisect
 import contextvars
 import dataclasses
+import hashlib
 import logging
 import random
 import time
@@ -83,6 +120,7 @@ __all__ = [
     "divided",
     "ip_scope",
     "parse_rates",
+    "scope_name",
     "slot_held",
 ]
 
@@ -111,6 +149,15 @@ def app_scope(vendor: str, app_key: str) -> ScopeKey:
 
 def account_scope(vendor: str, account: str) -> ScopeKey:
     return ("account", vendor, account)
+
+
+def scope_name(key: ScopeKey) -> str:
+    """How a scope is named where other instances read it (its demand in the presence value):
+    ``ip/<vendor>``, ``app/<vendor>/<digest of the app key>`` (no app key leaves the process),
+    ``account/<vendor>/<account>``."""
+    if key[0] == "app":
+        return f"app/{key[1]}/{hashlib.blake2b(key[2].encode(), digest_size=6).hexdigest()}"
+    return "/".join(key)
 
 
 class RateLimited(Exception):
@@ -437,10 +484,12 @@ def _class_of(kind: str) -> str:
 
 
 class _Scope:
-    __slots__ = ("key", "rates", "rules", "shares", "usage")
+    __slots__ = ("key", "name", "part", "rates", "rules", "shares", "usage")
 
-    def __init__(self, key: ScopeKey, rates: VendorRates) -> None:
+    def __init__(self, key: ScopeKey, rates: VendorRates, part: float = 1.0) -> None:
         self.key = key
+        self.name = scope_name(key)
+        self.part = part  # this instance's part of a shared scope (cluster mode)
         self.rates = rates
         self.rules = rules_for(key, rates)
         keep = max([BUCKET_VIEW_WINDOW] + [r.window for r in self.rules if isinstance(r, _Window)])
@@ -471,30 +520,32 @@ class _Scope:
         return best
 
 
-def divided(rates: VendorRates, instances: int) -> VendorRates:
-    """One instance's part of ``rates``' shared (ip, app key) limits when ``instances`` share
-    them: rates and windows divided, bursts divided (at least 1), endpoint spacing multiplied."""
-    if instances <= 1:
+def divided(rates: VendorRates, part: float) -> VendorRates:
+    """One instance's ``part`` (a fraction in (0, 1]) of ``rates``' shared (ip, app key) limits:
+    rates and windows scaled by it, bursts too (at least 1), endpoint spacing divided by it."""
+    if part >= 1:
         return rates
+    if part <= 0:
+        raise ValueError(f"a part must be positive, got {part!r}")
 
-    def part(value: int) -> int:
-        return max(1, value // instances)
+    def burst(value: int) -> int:
+        return max(1, int(value * part + 1e-9))
 
     def per_second(value: float | None) -> float | None:
-        return None if value is None else value / instances
+        return None if value is None else value * part
 
     return dataclasses.replace(
         rates,
-        connect_per_second=rates.connect_per_second / instances,
-        connect_burst=part(rates.connect_burst),
+        connect_per_second=rates.connect_per_second * part,
+        connect_burst=burst(rates.connect_burst),
         calls_per_second=per_second(rates.calls_per_second),
-        calls_burst=part(rates.calls_burst),
-        window_calls=None if rates.window_calls is None else part(rates.window_calls),
+        calls_burst=burst(rates.calls_burst),
+        window_calls=None if rates.window_calls is None else burst(rates.window_calls),
         endpoint_interval=(
-            None if rates.endpoint_interval is None else rates.endpoint_interval * instances
+            None if rates.endpoint_interval is None else rates.endpoint_interval / part
         ),
         app_calls_per_second=per_second(rates.app_calls_per_second),
-        app_calls_burst=part(rates.app_calls_burst),
+        app_calls_burst=burst(rates.app_calls_burst),
     )
 
 
@@ -557,6 +608,10 @@ class Pacer(Protocol):
 
     def share_with(self, instances: int) -> None: ...
 
+    def demand(self) -> dict[str, int]: ...
+
+    def share_by_demand(self, peers: Mapping[str, Mapping[str, int] | None]) -> None: ...
+
     def budget(self, vendor: str, account: str) -> dict[str, Any]: ...
 
     def waiting(self) -> dict[str, int]: ...
@@ -591,6 +646,15 @@ class LocalPacer:
         self.waited = 0.0  # total seconds callers were held back
         self._account_rates: dict[ScopeKey, dict[str, Any]] = {}  # account scope → its own rules
         self.instances = 1  # live instances sharing the ip and app scopes (cluster mode)
+        #: cluster mode, sharing by demand: the other live instances' demands as last read
+        #: (None: equal division), this one's demand counters and its published weights
+        self._peers: dict[str, dict[str, int]] | None = None
+        self._granted: dict[str, int] = {}  # shared scope name → slots taken since demand()
+        self._backlog: dict[str, int] = {}  # shared scope name → acquisitions waiting now
+        self._history: dict[str, deque[tuple[float, int]]] = {}  # (since, weight) published
+        self._pending: dict[str, int] = {}  # raises written, not yet confirmed
+        #: a raise of this instance's weight counts after this long (the gateway: lease_ttl)
+        self.raise_after = 15.0
         self.refused = 0
 
     # ------------------------------------------------------------------ configuration
@@ -625,33 +689,98 @@ class LocalPacer:
         self._account_rates[key] = dict(values)
         self._scopes.pop(key, None)
 
-    def share_with(self, instances: int) -> None:
-        """Cluster mode: ``instances`` live instances share every ip and app scope; this one
-        keeps ``1/instances`` of each (see the module docstring). Usage counts are kept."""
-        instances = max(1, instances)
-        if instances == self.instances:
-            return
-        log.info("pacing: per-IP and per-app-key budgets shared by %d instance(s)", instances)
-        self.instances = instances
-        for key, scope in self._scopes.items():
-            if key[0] != "account":
-                scope.rates = self._rates_of(key)
-                rules = rules_for(key, scope.rates)
-                for new, old in zip(rules, scope.rules, strict=True):  # same rules, re-scaled:
-                    new.adopt(old)  # type: ignore[arg-type]  # what was reserved stays reserved
-                scope.rules = rules
+    # ------------------------------------------------------------------ sharing (cluster mode)
 
-    def _rates_of(self, key: ScopeKey) -> VendorRates:
+    def share_with(self, instances: int) -> None:
+        """``instances`` live instances share every ip and app scope equally: this one keeps
+        ``1/instances`` of each (see the module docstring). Usage counts are kept."""
+        self._peers = None
+        self._set_instances(max(1, instances))
+        self._reshare()
+
+    def demand(self) -> dict[str, int]:
+        """This instance's demand per shared scope, to publish in its presence value (module
+        docstring, "Sharing by demand"): slots taken since the previous call plus acquisitions
+        waiting now; idle scopes are left out. A smaller weight counts at once; a larger one
+        once ``share_by_demand()`` confirms that it was published."""
+        now = self._clock()
+        out: dict[str, int] = {}
+        self._pending = {}
+        for name in set(self._granted) | set(self._backlog) | set(self._history):
+            wanted = self._granted.pop(name, 0) + self._backlog.get(name, 0)
+            if wanted:
+                out[name] = wanted
+            history = self._history.setdefault(name, deque([(float("-inf"), 1)]))
+            if 1 + wanted < history[-1][1]:
+                history.append((now, 1 + wanted))
+            elif 1 + wanted > history[-1][1]:
+                self._pending[name] = 1 + wanted
+        self._reshare()
+        return out
+
+    def share_by_demand(self, peers: Mapping[str, Mapping[str, int] | None]) -> None:
+        """The lease round wrote what ``demand()`` returned and read the other live instances'
+        demands (``None``: a peer that publishes none, an older version: share ``1/N`` then)."""
+        now = self._clock()
+        for name, weight in self._pending.items():  # published: a raise starts to count
+            self._history[name].append((now, weight))
+        self._pending = {}
+        self._peers = None if any(d is None for d in peers.values()) else {
+            peer: {k: v for k, v in d.items() if isinstance(v, int) and v > 0}
+            for peer, d in peers.items() if d is not None
+        }  # fmt: skip
+        self._set_instances(1 + len(peers))
+        self._reshare()
+
+    def part(self, key: ScopeKey) -> float:
+        """This instance's part of a scope: 1 for an account scope or a single instance."""
+        if key[0] == "account" or self.instances == 1:
+            return 1.0
+        if self._peers is None:
+            return 1 / self.instances
+        name = scope_name(key)
+        own = self._held(name)
+        return own / (own + sum(1 + d.get(name, 0) for d in self._peers.values()))
+
+    def _held(self, name: str) -> int:
+        """The smallest own weight published in the last ``raise_after`` seconds."""
+        history = self._history.get(name)
+        if not history:
+            return 1
+        since = self._clock() - self.raise_after
+        while len(history) > 1 and history[1][0] <= since:
+            history.popleft()  # the first entry is the one in force ``raise_after`` ago
+        return min(weight for _, weight in history)
+
+    def _set_instances(self, instances: int) -> None:
+        if instances != self.instances:
+            log.info("pacing: per-IP and per-app-key budgets shared by %d instance(s)", instances)
+            self.instances = instances
+
+    def _reshare(self) -> None:
+        for key, scope in self._scopes.items():
+            part = self.part(key)
+            if part == scope.part:
+                continue
+            log.debug("pacing: %s: this instance's part %.3f", scope.name, part)
+            scope.part, scope.rates = part, self._rates_of(key, part)
+            rules = rules_for(key, scope.rates)
+            for new, old in zip(rules, scope.rules, strict=True):  # same rules, re-scaled:
+                new.adopt(old)  # type: ignore[arg-type]  # what was reserved stays reserved
+            scope.rules = rules
+
+    def _rates_of(self, key: ScopeKey, part: float) -> VendorRates:
         rates = self.rates(key[1])
         if key[0] == "account":
             own = self._account_rates.get(key)
             return with_overrides(rates, own, key[2]) if own else rates
-        return divided(rates, self.instances)
+        return divided(rates, part)
 
     def _scope(self, key: ScopeKey) -> _Scope:
         scope = self._scopes.get(key)
         if scope is None:
-            scope = self._scopes[key] = _Scope(key, self._rates_of(key))
+            part = self.part(key)
+            scope = self._scopes[key] = _Scope(key, self._rates_of(key, part), part)
         return scope
 
     # ------------------------------------------------------------------ slots
@@ -694,10 +823,13 @@ class LocalPacer:
             rule.commit(t, endpoint)
         account = next((k for k in scopes if k[0] == "account"), None)
         cls = _class_of(kind)
+        granted = self._granted
         for s in states:
             s.usage[cls].add(t, endpoint)
-            if account is not None and s.key[0] != "account":
-                s.share(account)[cls].add(t, endpoint)
+            if s.key[0] != "account":
+                granted[s.name] = granted.get(s.name, 0) + 1  # demand (cluster mode)
+                if account is not None:
+                    s.share(account)[cls].add(t, endpoint)
         return delay
 
     async def acquire(
@@ -720,11 +852,12 @@ class LocalPacer:
         waited = 0.0
         account = next((k for k in scopes if k[0] == "account"), None)
         if delay > 0:
-            self._wait_begins(account)
+            shared = [self._scope(k).name for k in scopes if k[0] != "account"]
+            self._wait_begins(account, shared)
             try:
                 await self._sleep(delay)
             finally:
-                self._wait_ends(account)
+                self._wait_ends(account, shared)
             waited = delay
         # A busy loop can wake us late, and a request reaches the cloud some time after it is
         # granted: space calls to one endpoint by when the previous one *finished* (``release``),
@@ -761,7 +894,9 @@ class LocalPacer:
 
     # ------------------------------------------------------------------ waiting
 
-    def _wait_begins(self, account: ScopeKey | None) -> None:
+    def _wait_begins(self, account: ScopeKey | None, shared: list[str]) -> None:
+        for name in shared:
+            self._backlog[name] = self._backlog.get(name, 0) + 1
         if account is None:
             return
         n = self._waiting.get(account, 0)
@@ -771,7 +906,12 @@ class LocalPacer:
         if self._reporter is None or self._reporter.done():
             self._reporter = asyncio.get_running_loop().create_task(self._report())
 
-    def _wait_ends(self, account: ScopeKey | None) -> None:
+    def _wait_ends(self, account: ScopeKey | None, shared: list[str]) -> None:
+        for name in shared:
+            if self._backlog[name] > 1:
+                self._backlog[name] -= 1
+            else:
+                del self._backlog[name]
         if account is None:
             return
         n = self._waiting.get(account, 1) - 1
@@ -814,7 +954,8 @@ class LocalPacer:
         For each scope the account used: per class (``connects``, ``calls``) ``used`` / ``limit``
         / ``window_s`` (``limit`` ``null`` where none is documented or configured) and, for the
         shared scopes (ip, app), the process-wide figure with this account's ``share``; plus the
-        account's calls by endpoint.
+        account's calls by endpoint. In cluster mode a shared scope shown with ``instances``
+        (the live instances sharing it) has this instance's ``part`` of it as its limits.
         """
         now = self._clock()
         me = account_scope(vendor, account)
@@ -838,7 +979,8 @@ class LocalPacer:
                     item["share"] = share[cls].used(now, window)
                 entry[cls] = item
             if key[0] != "account" and self.instances > 1:
-                entry["instances"] = self.instances  # limits are this instance's part
+                entry["instances"] = self.instances  # limits are this instance's part of them
+                entry["part"] = round(scope.part, 4)
             intervals = {r.name: r.interval for r in scope.rules if isinstance(r, _Interval)}
             if intervals:  # minimum spacings (seconds): endpoint, handshake, poll
                 entry["intervals_s"] = intervals

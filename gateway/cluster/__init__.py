@@ -9,9 +9,9 @@ extra, nats-py); a single instance never loads it. The parts:
   synchronous ``load()``/``save()``;
 * ``routing``: each command arrives at one instance (MQTT 5 shared subscription) and is run by
   the instance that runs its device or account (NATS request/reply), answered once;
-* ``node``: ``Cluster``, which wires these to the gateway's ``start_account``/``stop_account``.
-
-Not yet here: a pacer shared across instances.
+* ``node``: ``Cluster``, which wires these to the gateway's ``start_account``/``stop_account``,
+  and (``shared_egress``) publishes the pacer's demand in each lease round and shares the
+  per-IP budgets by the live instances' demands (gateway/rates.py, "Sharing by demand").
 """
 
 from .node import Cluster

@@ -14,16 +14,19 @@ never both win one revision.
 
 Every ``ttl/3`` an instance runs one round (``tick``):
 
-1. renew its presence key ``instance.<id>`` (``{"expires": <epoch ms>, "incarnation": …}``):
-   the live set is every instance whose presence has not expired, this one included;
+1. renew its presence key ``instance.<id>`` (``{"expires": <epoch ms>, "incarnation": …}``,
+   plus what ``presence()`` adds: the pacer's ``demand``): the live set is every instance whose
+   presence has not expired, this one included; ``on_presence`` gets the others' values;
 2. read every slot; renew each slot it holds with ``update(last=<its revision>)``;
 3. fair share = ceil(slots / live instances). Below it, claim free slots (absent, or owner
    null) and then expired ones; above it, release slots, at most ``max_releases`` a round so
    that a joining instance does not move every account at once. Rebalancing is sticky: an
    instance holding no more than its fair share never gives a slot up.
 
-No decision needs a shared clock. A holder counts its lease from the moment it *sent* the
-write whose confirmation it has; an observer counts a lease as expired once the slot's revision
+No decision needs a shared clock. A holder counts its lease from the start of the round that
+sent the claim or renewal whose confirmation it has (before that round read the presences: so an instance
+that holds a slot read every presence less than ``ttl - margin`` ago, which the pacer's sharing
+by demand relies on, gateway/rates.py); an observer counts a lease as expired once the slot's revision
 has stayed the same for ``ttl`` from the moment *it* first saw that revision, which is later.
 The wall-clock ``expires`` fields are for people reading the bucket and for the live set (a
 fair share computed on a skewed clock is only less fair, never unsafe).
@@ -171,6 +174,8 @@ class SlotLeases:
         on_lost: SlotCallback,
         on_change: Callable[[], None] | None = None,
         on_cut_off: Callable[[bool], None] | None = None,
+        presence: Callable[[], dict[str, Any]] | None = None,
+        on_presence: Callable[[dict[str, dict[str, Any]]], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -190,6 +195,10 @@ class SlotLeases:
         self.on_lost = on_lost
         self.on_change = on_change
         self.on_cut_off = on_cut_off
+        #: more fields for this instance's presence value, and who reads the others' each round
+        self.presence = presence
+        self.on_presence = on_presence
+        self._presences: dict[str, dict[str, Any]] = {}
         #: when (``clock``) a round last succeeded (``join()`` counts as one)
         self._last_ok = clock()
         self._cut_off = False
@@ -418,11 +427,14 @@ class SlotLeases:
     async def tick(self) -> None:
         """One round: presence, read, renew, then claim or release towards the fair share."""
         before = self.owners(), set(self._live)
+        started = self.clock()
         await self._op(self.kv.put(self._presence_key, self._value(expires_only=True)))
         await self._read_live()
+        if self.on_presence is not None:
+            self.on_presence(dict(self._presences))
         await self._read_slots()
         for slot in sorted(self._held):
-            await self._renew(slot)
+            await self._renew(slot, started)
         self._rounds += 1
         fair = self.fair_share()
         if not await self._check_slot_count():
@@ -435,7 +447,7 @@ class SlotLeases:
             # From the second round on: the first one only announces this instance, so that
             # instances started together see each other before they claim.
             for slot in self._claimable()[: fair - len(self._held)]:
-                await self._claim(slot)
+                await self._claim(slot, started)
         if self.on_change is not None and (self.owners(), set(self._live)) != before:
             self.on_change()  # who owns what, or who is live (the pacer shares by that)
 
@@ -462,13 +474,18 @@ class SlotLeases:
     async def _read_live(self) -> None:
         now_ms = self.wall() * 1000
         live = {self.instance_id}
+        presences: dict[str, dict[str, Any]] = {}
         for key in (k for k in await self._keys() if k.startswith("instance.")):
             with contextlib.suppress(KeyNotFoundError):
                 entry = await self._op(self.kv.get(key))
                 value = _loads(entry.value)
                 if isinstance(value.get("expires"), (int, float)) and value["expires"] > now_ms:
-                    live.add(unescape_key(key.removeprefix("instance.")))
+                    instance = unescape_key(key.removeprefix("instance."))
+                    live.add(instance)
+                    if instance != self.instance_id:
+                        presences[instance] = value
         self._live = sorted(live)
+        self._presences = presences
 
     async def _keys(self) -> list[str]:
         try:
@@ -521,11 +538,11 @@ class SlotLeases:
 
         await asyncio.gather(*(read(n) for n in range(self.slots)))
 
-    async def _renew(self, slot: int) -> None:
+    async def _renew(self, slot: int, sent: float) -> None:
+        """Renew a held slot; ``sent``: when this round started (the lease counts from then)."""
         lease = self._held.get(slot)
         if lease is None:
             return
-        sent = self.clock()
         try:
             revision = await self._op(
                 self.kv.update(self._key(slot), self._value(), lease.revision)
@@ -543,9 +560,9 @@ class SlotLeases:
             self._held[slot] = _Lease(revision, sent)
         self._seen[slot] = _Seen(revision, self.instance_id, self.incarnation, self.clock())
 
-    async def _claim(self, slot: int) -> None:
+    async def _claim(self, slot: int, sent: float) -> None:
+        """Claim a free or expired slot; ``sent``: when this round started (as ``_renew``)."""
         seen = self._seen.get(slot)
-        sent = self.clock()
         try:
             if seen is None or seen.revision == 0:
                 revision = await self._op(self.kv.create(self._key(slot), self._value()))
@@ -590,7 +607,8 @@ class SlotLeases:
     def _value(self, *, expires_only: bool = False) -> bytes:
         expires = int((self.wall() + self.ttl) * 1000)
         if expires_only:
-            return orjson.dumps({"expires": expires, "incarnation": self.incarnation})
+            extra = self.presence() if self.presence is not None else {}
+            return orjson.dumps({**extra, "expires": expires, "incarnation": self.incarnation})
         return orjson.dumps(
             {"owner": self.instance_id, "incarnation": self.incarnation, "expires": expires}
         )

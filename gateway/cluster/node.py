@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from nats.js.kv import KeyValue
 
     from ..config import AccountConfig, ClusterConfig
+    from ..rates import Pacer
 
 __all__ = ["LEASES_BUCKET", "TOKENS_BUCKET", "Cluster", "ClusterUnavailable", "open_bucket"]
 
@@ -155,6 +156,7 @@ class Cluster:
         stop_account: Callable[..., Awaitable[None]],
         on_change: Callable[[], None] | None = None,
         on_cut_off: Callable[[bool], None] | None = None,
+        pacer: Pacer | None = None,
         command_timeout: float = 10.0,
     ) -> None:
         self.config = config
@@ -164,6 +166,10 @@ class Cluster:
         self._stop_account = stop_account
         self._on_change = on_change
         self._on_cut_off = on_cut_off
+        #: ``shared_egress``: the pacer whose demand each lease round publishes and shares by
+        self._pacer = pacer
+        self.bad_demands = 0  # peers' presence values whose demand was not a table of counts
+        self._bad_peers: set[str] = set()
         self.by_slot: dict[int, list[AccountConfig]] = {}
         self._slot: dict[AccountKey, int] = {}
         for account in accounts:
@@ -188,6 +194,32 @@ class Cluster:
             timeout=command_timeout,
         )  # fmt: skip
 
+    def _presence(self) -> dict[str, Any]:
+        assert self._pacer is not None
+        return {"demand": self._pacer.demand()}
+
+    def _share_by_demand(self, presences: dict[str, dict[str, Any]]) -> None:
+        """Each lease round: the pacer shares the per-IP budgets by the live peers' demands
+        (``None`` for a peer that publishes none: an older version, or a malformed one)."""
+        assert self._pacer is not None
+        demands: dict[str, dict[str, int] | None] = {}
+        for peer, value in presences.items():
+            demand = value.get("demand")
+            if demand is not None and not (
+                isinstance(demand, dict)
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in demand.values())
+            ):
+                self.bad_demands += 1
+                if peer not in self._bad_peers:  # once per peer, not once a round
+                    self._bad_peers.add(peer)
+                    log.warning(
+                        "cluster: instance %s publishes a malformed pacing demand (%.80r); "
+                        "sharing the per-IP budgets equally", peer, demand,
+                    )  # fmt: skip
+                demand = None
+            demands[peer] = demand
+        self._pacer.share_by_demand(demands)
+
     async def start(self) -> None:
         """Connect, agree on the slot count, mirror the tokens, start the lease rounds. Raises
         ``ClusterUnavailable``, or ``SlotCountMismatch`` (a ``ConfigError``)."""
@@ -210,6 +242,8 @@ class Cluster:
                 on_lost=self._lost,
                 on_change=self._on_change,
                 on_cut_off=self._on_cut_off,
+                presence=self._presence if self._pacer is not None else None,
+                on_presence=self._share_by_demand if self._pacer is not None else None,
             )
             await self.leases.join()
         except SlotCountMismatch:
@@ -411,6 +445,7 @@ class Cluster:
             "lease_round_failures": leases.round_failures if leases is not None else 0,
             "routed": dict(router.routed),
             "peer_requests": router.served,
+            "bad_demands": self.bad_demands,
         }
 
     def describe(self) -> dict[str, Any]:

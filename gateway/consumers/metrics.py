@@ -417,6 +417,7 @@ CLUSTER: dict[str, tuple[str, str, _Family, tuple[str, tuple[str, ...]] | None]]
     "slot_changes": ("cloud2mqtt_cluster_slot_changes", "Slots this instance gained or gave up: claimed (free or expired), released (above its fair share, or at stop), taken_over (another instance holds it now), fenced (no confirmed renewal in time: stopped before the lease could expire)", CounterMetricFamily, ("change", ("claimed", "released", "taken_over", "fenced"))),
     "lease_round_failures": ("cloud2mqtt_cluster_lease_round_failures", "Lease rounds that failed (NATS unreachable or slow); slots not renewed in time are fenced", CounterMetricFamily, None),
     "routed": ("cloud2mqtt_cluster_routed_commands", "Device commands this instance received for a device it does not run, by outcome: answered (by the instance that runs it), timeout, unavailable (its account is moving, or its instance is unreachable), unknown (no instance has the device)", CounterMetricFamily, ("outcome", ("answered", "timeout", "unavailable", "unknown"))),
+    "bad_demands": ("cloud2mqtt_cluster_bad_pacing_demands", "Lease rounds in which a live instance published a malformed pacing demand (the per-IP budgets were then shared equally)", CounterMetricFamily, None),
     "peer_requests": ("cloud2mqtt_cluster_peer_requests", "Commands and requests other instances routed here that this instance ran", CounterMetricFamily, None),
 }  # fmt: skip
 

@@ -262,8 +262,127 @@ def test_instances_sharing_one_egress_ip_each_pace_to_their_part() -> None:
     assert p.reserve("handshake", ip, acc, endpoint="/ws") == pytest.approx(20.005)  # not halved
     budget = p.budget("coolkit", "a")
     assert budget["ip"]["instances"] == 2 and budget["ip"]["calls"]["limit"] == 150
+    assert budget["ip"]["part"] == 0.5
     assert "instances" not in budget["account"]
-    assert divided(rules, 2).app_calls_per_second == 5.0 and divided(rules, 2).app_calls_burst == 10
-    assert divided(rules, 1) is rules
+    assert divided(rules, 0.5).app_calls_per_second == 5.0 and divided(rules, 0.5).app_calls_burst == 10
+    assert divided(rules, 1.0) is rules
     p.share_with(1)
     assert p.budget("coolkit", "a")["ip"]["calls"]["limit"] == 300
+
+
+class Cluster:
+    """Pacers of instances sharing one egress IP, on one fake clock, and the presence values
+    of their lease rounds: ``round(name)`` is one instance's round (publish its demand, then
+    read the others' as they last published them), as gateway/cluster/leases.py runs it."""
+
+    TTL = 3.0
+
+    def __init__(self, names: str, rates: VendorRates, raise_after: float = TTL) -> None:
+        self.clock = Clock()
+        self.pacers = {name: pacer(self.clock, tencent=rates) for name in names}
+        self.board: dict[str, dict[str, int]] = {n: {} for n in names}  # all joined, idle
+        for name, p in self.pacers.items():
+            p.raise_after = raise_after
+            p.share_by_demand({o: {} for o in names if o != name})
+
+    def round(self, name: str) -> None:
+        p = self.pacers[name]
+        self.board[name] = p.demand()
+        p.share_by_demand({o: d for o, d in self.board.items() if o != name})
+
+    def rounds(self, n: int = 1) -> None:
+        """``n`` rounds of every instance, ``TTL/3`` apart, in turn."""
+        for _ in range(n):
+            for name in self.pacers:
+                self.round(name)
+            self.clock.now += self.TTL / 3
+
+    def want(self, name: str, slots: int) -> None:
+        for _ in range(slots):
+            self.pacers[name].reserve("connect", IP)
+
+    def parts(self) -> dict[str, float]:
+        return {name: p.part(IP) for name, p in self.pacers.items()}
+
+
+IP = ip_scope("tencent")
+RATES = VendorRates(connect_per_second=6.0, connect_burst=6)
+
+
+def test_instances_with_equal_demand_each_keep_exactly_one_nth() -> None:
+    c = Cluster("abc", RATES)
+    for _ in range(4):
+        for name in "abc":
+            c.want(name, 5)
+        c.rounds()
+    assert c.parts() == {"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}
+    assert c.pacers["a"]._scope(IP).rates.connect_per_second == 2.0
+    assert c.pacers["a"].budget("tencent", "x") == {}  # no account of x used the scope
+    c.pacers["a"].reserve("connect", IP, account_scope("tencent", "x"))
+    ip = c.pacers["a"].budget("tencent", "x")["ip"]
+    assert (ip["instances"], ip["part"], ip["connects"]["limit"]) == (3, 0.3333, 2 + 2 * 60)
+
+
+def test_a_busy_instance_among_idle_ones_gets_most_of_the_budget() -> None:
+    c = Cluster("abc", RATES)
+    c.rounds()
+    assert c.parts() == {"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}
+    for _ in range(6):  # a has a backlog of 40 slots a round; b and c are idle
+        c.want("a", 40)
+        c.rounds()
+    parts = c.parts()
+    assert parts["a"] == 41 / 43 and parts["b"] == parts["c"] == 1 / 43
+    assert c.pacers["a"]._scope(IP).rates.connect_per_second == pytest.approx(6.0 * 41 / 43)
+    # an idle instance keeps a slot of burst: its first call goes at once
+    assert c.pacers["b"].reserve("connect", IP) == 0.0
+    # the backlog served, a goes back to its equal part
+    c.rounds(4)
+    assert c.parts() == {"a": 1 / 3, "b": 1 / 3, "c": 1 / 3}
+
+
+def test_parts_never_add_up_to_more_than_one_while_demands_change() -> None:
+    """Every instance reads the others one round late; a raise of its own weight counts only
+    after a lease TTL (three rounds), a drop at once. Checked after every single round through
+    a random sequence of demands; without the delay (``raise_after = 0``) the same sequence
+    overshoots."""
+
+    def worst(raise_after: float) -> float:
+        c = Cluster("abc", RATES, raise_after=raise_after)
+        rng = random.Random(7)
+        most = 0.0
+        for _ in range(60):
+            for name in "abc":
+                c.want(name, rng.choice([0, 0, 1, 5, 30, 100]))
+                c.round(name)
+                most = max(most, sum(c.parts().values()))
+            c.clock.now += Cluster.TTL / 3
+        return most
+
+    assert worst(raise_after=Cluster.TTL) <= 1 + 1e-12
+    assert worst(raise_after=0.0) > 1.2
+
+
+def test_an_instance_of_an_older_version_among_the_peers_means_equal_parts() -> None:
+    c = Cluster("ab", RATES)
+    for _ in range(6):
+        c.want("a", 40)
+        c.rounds()
+    assert c.parts()["a"] > 0.9
+    c.pacers["a"].share_by_demand({"b": {}, "old": None})  # "old" publishes no demand
+    assert c.parts()["a"] == 1 / 3
+
+
+async def test_demand_counts_slots_taken_since_the_last_round_and_the_backlog() -> None:
+    clock = Clock()
+    p = pacer(clock, tencent=VendorRates(connect_per_second=1.0, connect_burst=2))
+    tasks = [asyncio.ensure_future(p.acquire("call", IP)) for _ in range(2)]
+    tasks += [asyncio.ensure_future(p.acquire("connect", IP, account_scope("tencent", f"a{i}")))
+              for i in range(5)]  # fmt: skip
+    for _ in range(3):
+        await asyncio.sleep(0)
+    # 7 slots taken; the 5 connects wait for theirs (each starts after a jitter)
+    assert p.demand() == {"ip/tencent": 7 + 5}
+    assert p.demand() == {"ip/tencent": 5}  # the backlog counts again, the slots taken do not
+    await clock.run(*tasks)
+    assert p.demand() == {}
+    assert p.demand() == {}  # idle
