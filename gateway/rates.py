@@ -49,7 +49,8 @@ The ``Pacer`` protocol is what connectors see; ``LocalPacer`` keeps the state in
 Several instances (cluster mode, ``shared_egress``) share the per-IP and per-app-key budgets:
 each keeps a *part* of every shared scope's rate, burst and window (and ``1/part`` times its
 endpoint spacing), ``divided(rates, part)``. No per-call round trip; the account scope is not
-divided (an account runs on one instance). ``share_with(n)`` is plain division, ``1/n`` each.
+divided (an account runs on one instance). Peers that publish no demand mean plain division,
+``1/n`` each.
 
 Sharing by demand
 -----------------
@@ -606,8 +607,6 @@ class Pacer(Protocol):
 
     def configure_account(self, vendor: str, account: str, values: Mapping[str, Any]) -> None: ...
 
-    def share_with(self, instances: int) -> None: ...
-
     def demand(self) -> dict[str, int]: ...
 
     def share_by_demand(self, peers: Mapping[str, Mapping[str, int] | None]) -> None: ...
@@ -690,13 +689,6 @@ class LocalPacer:
         self._scopes.pop(key, None)
 
     # ------------------------------------------------------------------ sharing (cluster mode)
-
-    def share_with(self, instances: int) -> None:
-        """``instances`` live instances share every ip and app scope equally: this one keeps
-        ``1/instances`` of each (see the module docstring). Usage counts are kept."""
-        self._peers = None
-        self._set_instances(max(1, instances))
-        self._reshare()
 
     def demand(self) -> dict[str, int]:
         """This instance's demand per shared scope, to publish in its presence value (module

@@ -255,7 +255,7 @@ def test_instances_sharing_one_egress_ip_each_pace_to_their_part() -> None:
     p = pacer(clock, coolkit=rules)
     ip, acc = ip_scope("coolkit"), account_scope("coolkit", "a")
     assert p.reserve("call", ip, endpoint="/x") == 0.0
-    p.share_with(2)
+    p.share_by_demand({"gw-b": None})  # a peer without demands: plain division, 1/2 each
     assert [p.reserve("connect", ip) for _ in range(3)] == pytest.approx([0.0, 0.0, 0.5])
     assert p.reserve("call", ip, endpoint="/x") == pytest.approx(1.005)  # 0.5 s spacing × 2
     assert p.reserve("handshake", ip, acc, endpoint="/ws") == 0.0
@@ -266,7 +266,7 @@ def test_instances_sharing_one_egress_ip_each_pace_to_their_part() -> None:
     assert "instances" not in budget["account"]
     assert divided(rules, 0.5).app_calls_per_second == 5.0 and divided(rules, 0.5).app_calls_burst == 10
     assert divided(rules, 1.0) is rules
-    p.share_with(1)
+    p.share_by_demand({})  # alone again
     assert p.budget("coolkit", "a")["ip"]["calls"]["limit"] == 300
 
 
